@@ -1,0 +1,279 @@
+"""Wires the fork server together and owns its lifecycle (start, drain, stop).
+
+The config is the same typed ``fs_dialplan`` model the renderer uses, so the URL path,
+the metadata and the route settings always agree with the XML the switch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any, Callable, Mapping
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from fs_dialplan.model import Config, Route
+
+from . import esl_messages as em
+from .audio_fork import ForkIntake, ForkMetadata
+from .call import Call, CallLogger, ConnectorTarget
+from .errors import EslError, ForkProtocolError, LocalUsageError
+from .esl_client import EslClient
+from .intake import BasicCredentials, IntakeServer
+from .metrics import CONTENT_TYPE, Metrics
+from .session import CallSession, SessionSettings, Shutdown
+from .spool import SpoolLayout
+
+__all__ = ["App", "SUBSCRIBED_EVENTS"]
+
+log = logging.getLogger("voicefork")
+
+SUBSCRIBED_EVENTS = [
+    "CUSTOM",
+    "mod_audio_fork::connect",
+    "mod_audio_fork::connect_failed",
+    "mod_audio_fork::disconnect",
+    "mod_audio_fork::buffer_overrun",
+    "mod_audio_fork::play_audio",
+    "mod_audio_fork::kill_audio",
+    "PLAYBACK_START",
+    "PLAYBACK_STOP",
+    "CHANNEL_EXECUTE_COMPLETE",
+    "DTMF",
+    "CHANNEL_HANGUP_COMPLETE",
+]
+_METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
+
+
+def _secret(env: Mapping[str, str], name: str, what: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise LocalUsageError(f"{what}: environment variable {name} is not set")
+    return value
+
+
+class App:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        env: Mapping[str, str] = os.environ,
+        listen_port: int | None = None,
+        esl_factory: Callable[..., Any] = EslClient,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.config = config
+        self.log = logger
+        self.metrics = Metrics()
+        self.calls: dict[str, Call] = {}
+        self._accepting = True
+        self._listen_port = config.fork_server.listen_port if listen_port is None else listen_port
+        fs = config.freeswitch
+        auth = config.fork_server.auth
+        self._credentials = (
+            BasicCredentials(auth.username, _secret(env, auth.password_env, "fork_server.auth.password_env"))
+            if auth is not None
+            else None
+        )
+        self._connector_headers: dict[str, dict[str, str]] = {}
+        for name, c in config.connectors.items():
+            headers = dict(c.headers)
+            if c.token_env:
+                headers["Authorization"] = "Bearer " + _secret(env, c.token_env, f"connectors.{name}.token_env")
+            self._connector_headers[name] = headers
+        self.esl = esl_factory(
+            fs.esl_host,
+            fs.esl_port,
+            _secret(env, fs.esl_password_env, "freeswitch.esl_password_env"),
+            on_event=self._on_esl_event,
+            event_names=SUBSCRIBED_EVENTS,
+            filters=[("variable_voicefork_route", r.name) for r in config.routes],
+            logger=logger.getChild("esl"),
+            on_state=self._on_esl_state,
+        )
+        p = config.playback
+        self.spool = SpoolLayout(os.path.abspath(p.spool_dir), p.freeswitch_spool_dir)
+        self.intake = IntakeServer(
+            routes={r.name for r in config.routes},
+            credentials=self._credentials,
+            on_call=self._on_call,
+            healthy=lambda: bool(self.esl.up),
+            metrics_body=lambda: (self.metrics.render(), CONTENT_TYPE),
+            calls_body=lambda: [c.info() for c in self.calls.values()],
+            accepting=lambda: self._accepting,
+            on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+        )
+        self.port: int | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> int:
+        os.makedirs(self.spool.local_root, mode=0o750, exist_ok=True)
+        await self.esl.start()
+        fs = self.config.fork_server
+        self.port = await self.intake.start(fs.listen_host, self._listen_port)
+        self.log.info(
+            "fork server listening on %s:%d (%d routes, auth %s, playback %s/%s, ESL %s:%d %s)",
+            fs.listen_host,
+            self.port,
+            len(self.config.routes),
+            "on" if self._credentials else "OFF",
+            self.config.playback.command,
+            self.config.playback.transport,
+            self.config.freeswitch.esl_host,
+            self.config.freeswitch.esl_port,
+            "up" if self.esl.up else "not up yet",
+        )
+        return self.port
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting; let calls finish up to the timeout; then end the rest cleanly."""
+        timeout_s = self.config.fork_server.drain_timeout_s if timeout_s is None else timeout_s
+        self._accepting = False
+        self.intake.stop_accepting()
+        self.log.info("draining: %d live calls, timeout %.0f s", len(self.calls), timeout_s)
+        await self._wait_calls(timeout_s)
+        if self.calls:
+            self.log.warning("drain timeout: ending %d calls with their route fallback", len(self.calls))
+            for call in list(self.calls.values()):
+                call.post(Shutdown())
+            await self._wait_calls(5.0)
+
+    async def _wait_calls(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        await self.intake.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.esl.close()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT, then drain and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        self.log.info("signal received")
+        await self.drain()
+        await self.stop()
+
+    # ------------------------------------------------------------------ calls
+
+    def _settings(self, route: Route) -> SessionSettings:
+        p = self.config.playback
+        c = self.config.connectors[route.connector]
+        return SessionSettings(
+            route=route.name,
+            fork_rate=route.rate,
+            language=route.language,
+            metadata=route.metadata,
+            fallback_action=route.fallback.action,
+            fallback_file=route.fallback.file,
+            fallback_target=route.fallback.target,
+            spool=self.spool,
+            playback_command=p.command,
+            transport=p.transport,
+            first_segment_ms=p.first_segment_ms,
+            segment_ms=p.segment_ms,
+            lead_ms=p.lead_ms,
+            reconnect_attempts=c.reconnect_attempts,
+            max_spool_bytes=p.max_spool_bytes_per_call,
+            switch_temp_dir=self.config.freeswitch.temp_dir,
+        )
+
+    async def _on_call(self, ws: ServerConnection, route_name: str) -> None:
+        route = self.config.route(route_name)
+        intake = ForkIntake(expected_route=route.name, max_metadata_bytes=self.config.fork_server.max_metadata_bytes)
+        peer = ws.remote_address
+        try:
+            first = await asyncio.wait_for(ws.recv(), _METADATA_TIMEOUT_S)
+            if isinstance(first, bytes):
+                raise ForkProtocolError("audio before the metadata text frame")
+            meta = next(ev for ev in intake.receive_text(first) if isinstance(ev, ForkMetadata))
+        except (TimeoutError, ConnectionClosed, StopIteration, ForkProtocolError) as exc:
+            self.metrics.rejected.labels("bad_metadata").inc()
+            self.log.error("< fork from %s on /calls/%s: no usable metadata: %s", peer, route_name, exc or type(exc).__name__)
+            await ws.close(1008, "bad metadata")
+            return
+        if meta.uuid in self.calls:
+            self.metrics.rejected.labels("duplicate_uuid").inc()
+            self.log.error("< fork for %s on /calls/%s: uuid already has a live call", meta.uuid, route_name)
+            await ws.close(1008, "duplicate call")
+            return
+        connector = self.config.connectors[route.connector]
+        target = ConnectorTarget(
+            connector.url,
+            self._connector_headers[route.connector],
+            connector.connect_timeout_s,
+            connector.ping_interval_s,
+            connector.send_queue_ms,
+        )
+        session = CallSession(meta.uuid, self._settings(route))
+        call = Call(session, ws, intake, target, self.esl, self.metrics, self.log)
+        self.calls[meta.uuid] = call
+        self.metrics.active_calls.inc()
+        call.log.info("< fork open on /calls/%s from %s (%d Hz)", route.name, peer, route.rate)
+        try:
+            await call.run()
+        finally:
+            self.calls.pop(meta.uuid, None)
+            self.metrics.active_calls.dec()
+
+    # ------------------------------------------------------------------ ESL
+
+    def _on_esl_state(self, up: bool) -> None:
+        self.metrics.esl_up.set(1 if up else 0)
+        if up:
+            self.log.info("ESL link up")
+        else:
+            self.metrics.esl_reconnects.inc()
+            self.log.warning("ESL link down; reconnecting")
+
+    def _on_esl_event(self, event: Any) -> None:
+        call = self.calls.get(event.uuid)
+        if call is not None:
+            call.post(event)
+            return
+        if isinstance(event, em.ForkEvent) and event.name == "connect_failed" and event.route:
+            try:
+                route = self.config.route(event.route)
+            except KeyError:
+                return
+            task = asyncio.get_running_loop().create_task(self._fallback_without_call(event.uuid, route, event.body))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _fallback_without_call(self, uuid: str, route: Route, body: Any) -> None:
+        """mod_audio_fork could not reach us for one of our routes: run its fallback (REF "Events")."""
+        clog = CallLogger(self.log, {"uuid": uuid})
+        clog.error("< mod_audio_fork::connect_failed on route %s: %s; fallback %s", route.name, body, route.fallback.action)
+        self.metrics.calls.labels("connect_failed").inc()
+        fb = route.fallback
+        try:
+            # The bug stays attached after a failed connect (REF "Close"); free it.
+            await self.esl.api(em.uuid_audio_fork_stop(uuid))
+        except EslError as exc:
+            clog.warning("> uuid_audio_fork stop: %s", exc)
+        try:
+            if fb.action == "transfer" and fb.target:
+                await self.esl.api(em.uuid_transfer(uuid, fb.target))
+            elif fb.action == "play" and fb.file:
+                # Queued with event-lock, hangup runs after the prompt has played.
+                await self.esl.execute_playback(em.PlaybackCommand(uuid, fb.file))
+                await self.esl.sendmsg(uuid, em.execute_headers("hangup", "NORMAL_CLEARING"))
+            else:
+                await self.esl.api(em.uuid_kill(uuid))
+        except EslError as exc:
+            self.metrics.errors.labels("fallback_failed").inc()
+            clog.error("> fallback for route %s failed: %s", route.name, exc)

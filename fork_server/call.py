@@ -1,0 +1,386 @@
+"""One call's adapter: runs a :class:`CallSession` and performs its actions (I/O only).
+
+Events from the fork socket, the connector and ESL are queued and fed to the session one
+at a time, in arrival order, by a single task; actions are performed in the order the
+session returned them. Caller audio is the exception (hot path): it goes straight from
+the fork socket through ``session.caller_audio`` to the connector's send queue.
+
+All of a call's tasks live in one TaskGroup, so a call that ends leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import esl_messages as em
+from .audio_fork import CallerAudio, ForkDrained, ForkIntake
+from .connector_link import ConnectorLink
+from .errors import ConnectorProtocolError, EslError, ForkProtocolError, LocalUsageError
+from .metrics import Metrics
+from .session import (
+    ArmTimer,
+    BreakPlayback,
+    CallerInfoFailed,
+    CallerInfoReady,
+    CallSession,
+    CloseConnector,
+    ConnectConnector,
+    ConnectorClosed,
+    ConnectorFailed,
+    ConnectorUp,
+    DeleteFile,
+    Finished,
+    ForkClosed,
+    HangupCall,
+    LookupCaller,
+    PlayFile,
+    SendAudioToConnector,
+    SendDtmfToCaller,
+    SendToConnector,
+    SendToFork,
+    StopFork,
+    TimerFired,
+    TransferCall,
+    WriteSegment,
+)
+
+__all__ = ["Call", "ConnectorTarget", "CallLogger"]
+
+_EVENT_QUEUE_MAX = 4096  # events per call waiting for the session; far above any real burst
+
+
+class CallLogger(logging.LoggerAdapter):
+    """Puts the call uuid on every line (STYLE.md)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['uuid']}] {msg}", kwargs
+
+
+class ConnectorTarget:
+    """Where and how to reach the route's connector."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        connect_timeout_s: float,
+        ping_interval_s: float,
+        send_queue_ms: int,
+    ) -> None:
+        self.url = url
+        self.headers = dict(headers)
+        self.connect_timeout_s = connect_timeout_s
+        self.ping_interval_s = ping_interval_s
+        self.max_queued_frames = max(5, send_queue_ms // 20)
+
+
+class Call:
+    def __init__(
+        self,
+        session: CallSession,
+        fork: ServerConnection,
+        intake: ForkIntake,
+        connector: ConnectorTarget,
+        esl: Any,
+        metrics: Metrics,
+        logger: logging.Logger,
+    ) -> None:
+        self.session = session
+        self.uuid = session.uuid
+        self.fork = fork
+        self.intake = intake
+        self.connector = connector
+        self.esl = esl
+        self.metrics = metrics
+        self.log = CallLogger(logger, {"uuid": session.uuid})
+        self.started = time.monotonic()
+        self._events: asyncio.Queue[Any] = asyncio.Queue(_EVENT_QUEUE_MAX)
+        self._link: ConnectorLink | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._done = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._made_dirs: set[str] = set()
+
+    # ------------------------------------------------------------------ public
+
+    def post(self, event: Any) -> None:
+        """Queue an event for the session (from ESL, timers, the connector)."""
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            self.metrics.errors.labels("event_queue_full").inc()
+            self.log.error("event queue full; dropped %s", type(event).__name__)
+
+    def info(self) -> dict[str, Any]:
+        s = self.session
+        return {
+            "uuid": self.uuid,
+            "route": s.settings.route,
+            "state": s.state.value,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "caller_bytes": s.caller_bytes,
+            "connector_frames": s.connector_frames,
+            "tts_bytes": s.tts_bytes,
+            "barge_ins": s.barge_ins,
+        }
+
+    async def run(self) -> None:
+        """Run the call until the session finishes; returns when everything is torn down."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._session_loop(), name=f"session-{self.uuid}")
+                reader = tg.create_task(self._fork_reader(), name=f"fork-{self.uuid}")
+                self._perform_now(self.session.start())
+                await self._done.wait()
+                reader.cancel()
+        finally:
+            for handle in self._timers.values():
+                handle.cancel()
+            self._timers.clear()
+            if self._link is not None:
+                self._link.abort()
+            self._remove_call_dir()
+
+    # ------------------------------------------------------------------ fork side
+
+    async def _fork_reader(self) -> None:
+        session, link_frames = self.session, self.metrics.frames_in
+        code: int | None = None
+        try:
+            async for message in self.fork:
+                try:
+                    if isinstance(message, bytes):
+                        events = self.intake.receive_binary(message)
+                    else:
+                        events = self.intake.receive_text(message)
+                except ForkProtocolError as exc:
+                    self.metrics.errors.labels("fork_protocol").inc()
+                    self.log.error("< fork: %s", exc)
+                    await self.fork.close(1008, "protocol error")
+                    break
+                for ev in events:
+                    if type(ev) is CallerAudio:
+                        link_frames.inc()
+                        t0 = time.perf_counter()
+                        frames = session.caller_audio(ev.pcm)
+                        if frames and self._link is not None:
+                            self._link.send_audio(frames)
+                            self.metrics.frames_out.inc(len(frames))
+                        self.metrics.relay_latency.observe(time.perf_counter() - t0)
+                    elif type(ev) is ForkDrained:
+                        # REF "Close": after graceful-shutdown the server must close.
+                        self.log.info("< fork drained (graceful-shutdown); closing")
+                        await self.fork.close(1000)
+                    else:
+                        self.log.info("< fork text %.80r", getattr(ev, "text", ev))
+        except ConnectionClosed:
+            pass
+        finally:
+            code = self.fork.close_code
+        self.post(ForkClosed(code))
+
+    # ------------------------------------------------------------------ the session loop
+
+    async def _session_loop(self) -> None:
+        while not self._done.is_set():
+            event = await self._events.get()
+            try:
+                actions = self.session.handle(event)
+            except LocalUsageError:
+                self.metrics.errors.labels("session_bug").inc()
+                self.log.exception("session rejected %s", type(event).__name__)
+                continue
+            await self._perform(actions)
+
+    def _perform_now(self, actions: list[Any]) -> None:
+        """Start actions from outside the session loop (the first LookupCaller)."""
+        if self._tg is None:
+            raise LocalUsageError("call is not running")
+        self._tg.create_task(self._perform(actions))
+
+    async def _perform(self, actions: list[Any]) -> None:
+        for action in actions:
+            handler = _ACTIONS[type(action)]
+            try:
+                await handler(self, action)
+            except EslError as exc:
+                # Reported on the call (REF: no command silently lost): counted and logged.
+                self.metrics.errors.labels("esl_command").inc()
+                self.log.error("> esl %s failed: %s", type(action).__name__, exc)
+            except OSError as exc:
+                self.metrics.errors.labels("spool_io").inc()
+                self.log.error("spool I/O for %s failed: %s", type(action).__name__, exc)
+
+    # ------------------------------------------------------------------ actions
+
+    async def _lookup(self, action: LookupCaller) -> None:
+        self._tg.create_task(self._lookup_task(action.uuid))  # type: ignore[union-attr]
+
+    async def _lookup_task(self, uuid: str) -> None:
+        try:
+            dump = em.parse_dump(await self.esl.api(em.uuid_dump(uuid)))
+            info = em.caller_info(dump)
+        except EslError as exc:
+            self.log.error("< esl caller lookup failed: %s", exc)
+            self.post(CallerInfoFailed(str(exc)))
+            return
+        self.log.info("< caller %r <%s> to %s at %d Hz", info.name, info.number, info.destination, info.write_rate)
+        self.post(CallerInfoReady(info.number, info.name, info.destination, info.write_rate))
+
+    async def _connect(self, action: ConnectConnector) -> None:
+        self._tg.create_task(self._connect_task(action.resumed))  # type: ignore[union-attr]
+
+    async def _connect_task(self, resumed: bool) -> None:
+        c = self.connector
+        link = ConnectorLink(
+            c.url,
+            headers=c.headers,
+            connect_timeout_s=c.connect_timeout_s,
+            ping_interval_s=c.ping_interval_s,
+            max_queued_frames=c.max_queued_frames,
+            on_event=self.post,
+            on_lost=lambda code, reason: self.post(ConnectorClosed(code, reason)),
+            log=self.log,
+        )
+        t0 = time.monotonic()
+        try:
+            await link.open()
+        except ConnectorProtocolError as exc:
+            self.log.warning("> connector %s (%.0f ms)", exc, (time.monotonic() - t0) * 1000)
+            self.post(ConnectorFailed(str(exc)))
+            return
+        self._link = link
+        self.log.info("> connector %s up in %.1f ms%s", c.url, (time.monotonic() - t0) * 1000, " (resumed)" if resumed else "")
+        self.post(ConnectorUp())
+
+    async def _send_text(self, action: SendToConnector) -> None:
+        if self._link is not None:
+            self._link.send_text(action.text)
+
+    async def _send_audio(self, action: SendAudioToConnector) -> None:
+        if self._link is not None:
+            self._link.send_audio(action.frames)
+            self.metrics.frames_out.inc(len(action.frames))
+
+    async def _close_connector(self, action: CloseConnector) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            self.metrics.frames_dropped.inc(link.dropped_frames)
+            self._tg.create_task(link.close())  # type: ignore[union-attr]
+
+    async def _write_segment(self, action: WriteSegment) -> None:
+        directory = os.path.dirname(action.local_path)
+        if directory not in self._made_dirs:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            self._made_dirs.add(directory)
+        # Complete before it is queued: FreeSWITCH plays a file only up to the EOF seen at open (REF).
+        with open(action.local_path, "wb") as f:
+            f.write(action.pcm)
+
+    async def _play(self, action: PlayFile) -> None:
+        self.metrics.segments.inc()
+        if action.command == "uuid_broadcast":
+            await self.esl.api(em.uuid_broadcast(action.uuid, action.path))
+        else:
+            await self.esl.execute_playback(em.PlaybackCommand(action.uuid, action.path))
+
+    async def _send_fork(self, action: SendToFork) -> None:
+        try:
+            await self.fork.send(action.text)
+        except ConnectionClosed:
+            pass
+
+    async def _break(self, action: BreakPlayback) -> None:
+        self.metrics.barge_ins.inc()
+        await self.esl.api(em.uuid_break(action.uuid, all=True))
+
+    async def _hangup(self, action: HangupCall) -> None:
+        await self.esl.api(em.uuid_kill(action.uuid, action.cause))
+
+    async def _transfer(self, action: TransferCall) -> None:
+        await self.esl.api(em.uuid_transfer(action.uuid, action.target))
+
+    async def _dtmf(self, action: SendDtmfToCaller) -> None:
+        await self.esl.api(em.uuid_send_dtmf(action.uuid, action.digits))
+
+    async def _stop_fork(self, action: StopFork) -> None:
+        await self.esl.api(em.uuid_audio_fork_stop(action.uuid))
+
+    async def _delete(self, action: DeleteFile) -> None:
+        try:
+            os.unlink(action.local_path)
+        except FileNotFoundError:
+            pass
+
+    async def _arm(self, action: ArmTimer) -> None:
+        old = self._timers.pop(action.name, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[action.name] = loop.call_later(action.delay_s, self.post, TimerFired(action.name))
+
+    async def _finished(self, action: Finished) -> None:
+        s = action.summary
+        self.log.info(
+            "call ended: route=%s outcome=%s duration=%.1fs caller_in=%d B to_connector=%d frames "
+            "tts_in=%d B segments_played=%d barge_ins=%d marks=%d/%d dropped=%d errors=%s",
+            s.route,
+            s.outcome,
+            time.monotonic() - self.started,
+            s.caller_bytes,
+            s.connector_frames,
+            s.tts_bytes,
+            s.segments_played,
+            s.barge_ins,
+            s.marks_played,
+            s.marks_cleared,
+            s.dropped_frames,
+            dict(s.errors) or "{}",
+        )
+        self.metrics.calls.labels(s.outcome).inc()
+        self.metrics.tts_bytes.inc(s.tts_bytes)
+        for kind, n in s.errors.items():
+            self.metrics.errors.labels(kind).inc(n)
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+        self._done.set()
+
+    def _remove_call_dir(self) -> None:
+        for directory in self._made_dirs:
+            try:
+                for name in os.listdir(directory):
+                    os.unlink(os.path.join(directory, name))
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.log.error("could not remove spool dir %s: %s", directory, exc)
+
+
+_ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
+    LookupCaller: Call._lookup,
+    ConnectConnector: Call._connect,
+    SendToConnector: Call._send_text,
+    SendAudioToConnector: Call._send_audio,
+    CloseConnector: Call._close_connector,
+    WriteSegment: Call._write_segment,
+    PlayFile: Call._play,
+    SendToFork: Call._send_fork,
+    BreakPlayback: Call._break,
+    HangupCall: Call._hangup,
+    TransferCall: Call._transfer,
+    SendDtmfToCaller: Call._dtmf,
+    StopFork: Call._stop_fork,
+    DeleteFile: Call._delete,
+    ArmTimer: Call._arm,
+    Finished: Call._finished,
+}

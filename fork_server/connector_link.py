@@ -1,0 +1,183 @@
+"""The WebSocket client to a voice connector: one per call (adapter; protocol in connector_protocol).
+
+It only moves data. Outgoing messages go through one bounded queue so that ``start`` always
+precedes audio and marks keep their place; when the connector reads too slowly, the OLDEST
+caller audio is dropped and counted (issue 6: bounded memory, never block the fork).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Callable, Mapping
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from . import connector_protocol as cp
+from .errors import ConnectorProtocolError
+
+__all__ = ["ConnectorLink", "SUBPROTOCOL"]
+
+SUBPROTOCOL = "voicefork.v1"
+_MAX_TEXT_QUEUE = 256  # control messages are few; a peer that never reads them is dead
+_MAX_MESSAGE = (1 << 20) + 16  # protocol v1: binary frames up to 1 MiB
+
+
+class ConnectorLink:
+    """Connect, pump both directions, report events and loss through callbacks."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        connect_timeout_s: float,
+        ping_interval_s: float,
+        max_queued_frames: int,
+        on_event: Callable[[Any], None],
+        on_lost: Callable[[int | None, str], None],
+        log: logging.LoggerAdapter,
+    ) -> None:
+        self.url = url
+        self._headers = dict(headers)
+        self._connect_timeout = connect_timeout_s
+        self._ping = ping_interval_s
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._log = log
+        self._ws: ClientConnection | None = None
+        self._parser = cp.ConnectorParser()
+        self._out: deque[bytes | str] = deque()
+        self._audio_in_queue = 0
+        self._max_frames = max_queued_frames
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped_frames = 0
+
+    async def open(self) -> None:
+        """Connect within the timeout; raises ConnectorProtocolError on any failure."""
+        try:
+            self._ws = await asyncio.wait_for(
+                connect(
+                    self.url,
+                    additional_headers=self._headers,
+                    subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                    compression=None,
+                    open_timeout=self._connect_timeout,
+                    ping_interval=self._ping,
+                    ping_timeout=2 * self._ping,
+                    close_timeout=2,
+                    max_size=_MAX_MESSAGE,
+                    proxy=None,
+                    user_agent_header="voicefork",
+                ),
+                self._connect_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            raise ConnectorProtocolError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
+        self._parser = cp.ConnectorParser()
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._reader(), name="connector-reader"),
+            asyncio.create_task(self._writer(), name="connector-writer"),
+        ]
+
+    def send_text(self, text: str) -> None:
+        if len(self._out) - self._audio_in_queue >= _MAX_TEXT_QUEUE:
+            self._log.warning("> connector control queue full; dropping %.60s", text)
+            return
+        self._out.append(text)
+        self._wake.set()
+
+    def send_audio(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
+        out = self._out
+        for frame in frames:
+            out.append(frame)
+        self._audio_in_queue += len(frames)
+        over = self._audio_in_queue - self._max_frames
+        if over > 0:
+            self._drop_oldest_audio(over)
+        self._wake.set()
+
+    def _drop_oldest_audio(self, n: int) -> None:
+        kept: deque[bytes | str] = deque()
+        out = self._out
+        while out and n:
+            item = out.popleft()
+            if isinstance(item, bytes):
+                n -= 1
+                self._audio_in_queue -= 1
+                self.dropped_frames += 1
+            else:
+                kept.append(item)
+        kept.extend(out)
+        self._out = kept
+
+    async def _writer(self) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            while True:
+                while not self._out:
+                    if self._closing:
+                        await ws.close(1000)
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                item = self._out.popleft()
+                if isinstance(item, bytes):
+                    self._audio_in_queue -= 1
+                await ws.send(item)
+        except ConnectionClosed:
+            return
+
+    async def _reader(self) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        code: int | None = None
+        reason = ""
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    events = self._parser.receive_text(message)
+                else:
+                    events = self._parser.receive_binary(message)
+                for ev in events:
+                    self._on_event(ev)
+        except ConnectionClosed:
+            pass
+        finally:
+            if ws.close_code is not None:
+                code, reason = ws.close_code, ws.close_reason or ""
+            if not self._closing:
+                self._on_lost(code, reason or "connection closed")
+
+    async def close(self) -> None:
+        """Send what is queued (stop last), then close with 1000."""
+        self._closing = True
+        self._wake.set()
+        tasks, self._tasks = self._tasks, []
+        if not tasks:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 3)
+        except TimeoutError:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
+
+    def abort(self) -> None:
+        """Drop everything now (call teardown after the fork is gone)."""
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []

@@ -1,0 +1,70 @@
+# voicefork tasks. Every recipe bootstraps .venv by itself on a fresh Debian machine.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+py := venv / "bin/python"
+config := "config/voicefork.yaml"
+out := "build/freeswitch"
+
+# The main job: one emulated call end to end (fork server + emulated FreeSWITCH + script connector).
+default: demo
+
+# Create .venv with the package, its dev extras and python-ESL (SWIG workaround, see README).
+bootstrap:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stamp="{{venv}}/.voicefork-bootstrap"
+    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && {{py}} -c "import ESL" 2>/dev/null; then exit 0; fi
+    missing=""
+    command -v swig >/dev/null || missing="$missing swig"
+    command -v espeak-ng >/dev/null || missing="$missing espeak-ng"
+    dpkg -s python3-dev >/dev/null 2>&1 || python3 -c "import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()['include'],'Python.h')) else 1)" || missing="$missing python3-dev"
+    command -v g++ >/dev/null || missing="$missing g++"
+    if [ -n "$missing" ]; then
+        echo "bootstrap: installing Debian packages:$missing"
+        SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing >/dev/null
+    fi
+    [ -x {{py}} ] || python3 -m venv {{venv}}
+    {{py}} -m pip install -q --upgrade pip >/dev/null
+    echo "bootstrap: installing voicefork with dev extras into {{venv}}"
+    {{py}} -m pip install -q -e '.[dev]'
+    if ! {{py}} -c "import ESL" 2>/dev/null; then
+        echo "bootstrap: building python-ESL with SWIG 4 (setuptools config drops -classic)"
+        cfg="$(mktemp)"; printf '[build_ext]\nswig_opts = -c++ -DMULTIPLICITY -threads -I.\n' > "$cfg"
+        DIST_EXTRA_CONFIG="$cfg" {{py}} -m pip install -q python-ESL
+        rm -f "$cfg"
+    fi
+    touch "$stamp"
+
+# Render the FreeSWITCH XML tree from the YAML config.
+render config=config out=out: bootstrap
+    {{py}} -m fs_dialplan render --config {{config}} --out {{out}}
+
+# Validate the config and the rendered output without writing anything.
+check config=config: bootstrap
+    {{py}} -m fs_dialplan check --config {{config}}
+
+# Regenerate the JSON Schema editors use (config/voicefork.schema.json).
+schema: bootstrap
+    {{py}} -m fs_dialplan schema --out config/voicefork.schema.json
+
+# Run the fork server with the example config.
+serve config=config *args: bootstrap
+    {{py}} -m fork_server --config {{config}} {{args}}
+
+# A whole emulated call: render, fork server, emulated FreeSWITCH, script connector, timeline.
+demo *args: bootstrap
+    {{py}} -m testbed.demo {{args}}
+
+# The test suite (unit, property, integration, end to end, chaos).
+test *args: bootstrap
+    {{py}} -m pytest -q {{args}}
+
+# Benchmarks: print numbers, make no pass/fail claim.
+bench *args: bootstrap
+    {{py}} -m testbed.bench {{args}}
+
+# Long hypothesis runs (not in CI).
+fuzz: bootstrap
+    HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q -m "not freeswitch" tests
