@@ -18,11 +18,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from . import connector_protocol as cp
 from .errors import ConnectorProtocolError
 
-__all__ = ["ConnectorLink", "SUBPROTOCOL"]
+__all__ = ["ConnectorLink"]
 
-SUBPROTOCOL = "voicefork.v1"
+SUBPROTOCOL = cp.SUBPROTOCOL
 _MAX_TEXT_QUEUE = 256  # control messages are few; a peer that never reads them is dead
-_MAX_MESSAGE = (1 << 20) + 16  # protocol v1: binary frames up to 1 MiB
+_MAX_MESSAGE = cp.MAX_BINARY_BYTES + 16
 
 
 class ConnectorLink:

@@ -24,7 +24,7 @@ _RAW_EXT = {8000: ".r8", 16000: ".r16", 24000: ".r24", 32000: ".r32", 48000: ".r
 
 
 def valid_uuid(value: str) -> bool:
-    return isinstance(value, str) and UUID_RE.match(value) is not None
+    return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
 
 
 def raw_extension(rate: int) -> str:

@@ -1,0 +1,395 @@
+"""The mod_audio_fork side of a call, sans-I/O (REF = shared/reference/freeswitch-observed.md).
+
+FreeSWITCH is the WebSocket client. What it sends (REF "Frame order", "Close"):
+
+1. one text frame, the metadata given to ``uuid_audio_fork ... start``, verbatim, about 0.5 ms
+   after the open. Ours is ``{"route":"<name>","uuid":"<uuid>"}`` (DESIGN "Rendered dialplan");
+2. binary frames of raw s16le PCM, no header, of ANY even length (one RTP packet per frame,
+   but everything buffered in one frame under load: never assume 20 ms);
+3. maybe later text frames (``send_text``, or ``stop <text>`` just before a 1000 close);
+4. after ``graceful-shutdown``, zero-length binary frames, and never a close: we must close.
+
+:class:`ForkIntake` turns those frames into events. Off-spec input raises
+:class:`~fork_server.errors.ForkProtocolError` (the adapter closes with 1008 and logs it); no
+other exception escapes on any input. The moves are one table, :data:`TRANSITIONS`.
+
+Audio before the metadata is an error: REF has the metadata first, always, ~4 ms before the
+first audio, and our dialplan always passes metadata. A binary first frame means a fork that
+was started by hand or by a dialplan we did not render, and we cannot tell which call it is.
+
+The builders return the text frames we send to FreeSWITCH (REF "Messages from the server to
+FreeSWITCH"). :func:`play_audio` always carries ``audioContentType`` and ``sampleRate``: a
+``playAudio`` without ``audioContentType`` crashes the whole FreeSWITCH process.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import ForkProtocolError, LocalUsageError
+
+__all__ = [
+    "ForkIntake",
+    "ForkState",
+    "TRANSITIONS",
+    "ForkMetadata",
+    "CallerAudio",
+    "ForkDrained",
+    "ForkText",
+    "Event",
+    "play_audio",
+    "kill_audio",
+    "disconnect",
+    "transcription",
+    "transfer",
+    "error",
+    "expected_play_audio_extension",
+    "PLAY_AUDIO_RATES",
+    "MAX_PLAY_AUDIO_BYTES",
+    "MAX_PLAY_TEXT_CHARS",
+    "MAX_MESSAGE_BYTES",
+    "UUID_RE",
+    "ROUTE_RE",
+]
+
+UUID_RE: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+ROUTE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+# REF "playAudio": raw at these rates gets a matching .rNN file; any other raw rate gets .r16.
+PLAY_AUDIO_RATES: Final = {8000: ".r8", 16000: ".r16", 24000: ".r24", 32000: ".r32", 48000: ".r48", 64000: ".r64"}
+MAX_PLAY_AUDIO_BYTES: Final = 960_000  # REF: a 30 s message (1.28 MB as base64) worked; no larger one was tried
+MAX_PLAY_TEXT_CHARS: Final = 4096
+MAX_MESSAGE_BYTES: Final = 64 * 1024  # disconnect / transcription / transfer / error
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class ForkMetadata:
+    """The first text frame, checked. ``raw`` is the text exactly as it came."""
+
+    route: str
+    uuid: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallerAudio:
+    """Caller PCM s16le at the fork rate; non-empty, even length (an odd byte waits for the next frame)."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ForkDrained:
+    """A zero-length binary frame: graceful-shutdown stopped the audio; the server must close."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForkText:
+    """A text frame after the metadata (``send_text``, or ``stop <text>`` before the close)."""
+
+    text: str
+
+
+Event = ForkMetadata | CallerAudio | ForkDrained | ForkText
+
+
+class ForkState(enum.Enum):
+    AWAITING_METADATA = "awaiting_metadata"
+    STREAMING = "streaming"
+    DRAINED = "drained"  # graceful-shutdown seen; the adapter closes
+    FAILED = "failed"  # a ForkProtocolError was raised; the adapter closes
+
+
+# What arrives, as table keys.
+_TEXT, _AUDIO, _EMPTY = "text frame", "binary frame", "zero-length binary frame"
+
+# Every allowed move. A frame whose (state, kind) is missing is off-spec: ForkProtocolError.
+# DRAINED takes anything: frames already in flight when graceful-shutdown ran are harmless,
+# and REF says later send_text/stop only produce more zero-length frames.
+TRANSITIONS: Final[Mapping[ForkState, Mapping[str, ForkState]]] = {
+    ForkState.AWAITING_METADATA: {_TEXT: ForkState.STREAMING},
+    ForkState.STREAMING: {_TEXT: ForkState.STREAMING, _AUDIO: ForkState.STREAMING, _EMPTY: ForkState.DRAINED},
+    ForkState.DRAINED: {_TEXT: ForkState.DRAINED, _AUDIO: ForkState.DRAINED, _EMPTY: ForkState.DRAINED},
+    ForkState.FAILED: {},
+}
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _utf8_len_over(text: str, limit: int) -> bool:
+    if len(text) > limit:
+        return True
+    if 4 * len(text) <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_SPLIT_HINT = (
+    "; it looks cut short: uuid_audio_fork splits its arguments on spaces (the part before a "
+    "space becomes the bugname), so the metadata must be compact JSON with no spaces, and the "
+    "dialplan must write quotes as &quot;, not \\\" (which cuts the attribute)"
+)
+
+
+def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
+    """Check the metadata text; raise ForkProtocolError with a message that says what to fix."""
+    if not text:
+        raise ForkProtocolError("empty metadata text frame")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        stripped = text.strip()
+        cut = (
+            not stripped.startswith("{")
+            or stripped.endswith("\\")
+            or (isinstance(exc, json.JSONDecodeError) and exc.pos >= len(text.rstrip()))
+        )
+        raise ForkProtocolError(
+            f"metadata is not valid JSON ({detail}): {_show(text)}" + (_SPLIT_HINT if cut else "")
+        ) from None
+    if not isinstance(doc, dict):
+        raise ForkProtocolError(f"metadata must be a JSON object, got {type(doc).__name__}: {_show(text)}")
+    route, uuid = doc.get("route"), doc.get("uuid")
+    if not isinstance(route, str) or not ROUTE_RE.fullmatch(route):
+        raise ForkProtocolError(f"metadata route: expected ^[a-z0-9][a-z0-9_-]{{0,62}}$, got {_show(route)}")
+    if expected_route is not None and route != expected_route:
+        raise ForkProtocolError(f"metadata route {route!r} does not match the URL path route {expected_route!r}")
+    if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
+        hint = " (the dialplan variable was not expanded)" if isinstance(uuid, str) and "${" in uuid else ""
+        raise ForkProtocolError(f"metadata uuid: expected a FreeSWITCH uuid 8-4-4-4-12 hex, got {_show(uuid)}{hint}")
+    return ForkMetadata(route, uuid, text)
+
+
+# --------------------------------------------------------------------------- intake
+
+
+class ForkIntake:
+    """One fork WebSocket, FreeSWITCH → us. Frames in, events out; errors raise ForkProtocolError.
+
+    Counters: ``frames_in`` (binary frames accepted, zero-length ones included), ``bytes_in``
+    (their bytes), ``texts_in`` (text frames, the metadata included). ``pending_bytes`` is the
+    odd byte (0 or 1) held for the next frame; it is dropped when the fork drains.
+    """
+
+    def __init__(
+        self,
+        *,
+        expected_route: str | None = None,
+        max_metadata_bytes: int = 4096,
+        max_frame_bytes: int = 1 << 20,
+        max_text_bytes: int = 4096,
+    ) -> None:
+        if expected_route is not None and not (isinstance(expected_route, str) and ROUTE_RE.fullmatch(expected_route)):
+            raise LocalUsageError(f"expected_route: expected a route name, got {_show(expected_route)}")
+        for name, value, low in (
+            ("max_metadata_bytes", max_metadata_bytes, 64),
+            ("max_frame_bytes", max_frame_bytes, 2),
+            ("max_text_bytes", max_text_bytes, 0),
+        ):
+            if not _is_int(value) or value < low:
+                raise LocalUsageError(f"{name}: expected int >= {low}, got {_show(value)}")
+        self.expected_route = expected_route
+        self.max_metadata_bytes = max_metadata_bytes
+        self.max_frame_bytes = max_frame_bytes
+        self.max_text_bytes = max_text_bytes
+        self.state = ForkState.AWAITING_METADATA
+        self.metadata: ForkMetadata | None = None
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.texts_in = 0
+        self._carry = b""
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._carry)
+
+    def _move(self, kind: str) -> ForkState:
+        state = self.state
+        new = TRANSITIONS[state].get(kind)
+        if new is None:
+            if state is ForkState.FAILED:
+                raise LocalUsageError(f"{kind} after a ForkProtocolError: the fork must be closed")
+            self._fail()
+            hint = ""
+            if state is ForkState.AWAITING_METADATA:
+                hint = " (audio before the metadata: the fork was not started by our dialplan)"
+            raise ForkProtocolError(f"{kind} is not allowed in state {state.value}{hint}")
+        return new
+
+    def _fail(self) -> None:
+        self.state = ForkState.FAILED
+        self._carry = b""
+
+    def receive_text(self, text: str) -> list[Event]:
+        if not isinstance(text, str):
+            raise LocalUsageError(f"receive_text: expected str, got {type(text).__name__}")
+        new = self._move(_TEXT)
+        self.texts_in += 1
+        if self.state is ForkState.AWAITING_METADATA:
+            if _utf8_len_over(text, self.max_metadata_bytes):
+                self._fail()
+                raise ForkProtocolError(f"metadata over {self.max_metadata_bytes} bytes: {_show(text[:80])}")
+            try:
+                meta = _parse_metadata(text, self.expected_route)
+            except ForkProtocolError:
+                self._fail()
+                raise
+            self.metadata = meta
+            self.state = new
+            return [meta]
+        if _utf8_len_over(text, self.max_text_bytes):
+            self._fail()
+            raise ForkProtocolError(f"text frame over {self.max_text_bytes} bytes: {_show(text[:80])}")
+        self.state = new
+        return [ForkText(text)]
+
+    def receive_binary(self, data: bytes) -> list[Event]:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise LocalUsageError(f"receive_binary: expected bytes, got {type(data).__name__}")
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if not size:
+            was = self.state
+            self.state = self._move(_EMPTY)
+            self.frames_in += 1
+            self._carry = b""  # half a sample, and no more audio comes
+            return [ForkDrained()] if was is not ForkState.DRAINED else []
+        self.state = self._move(_AUDIO)
+        if size > self.max_frame_bytes:
+            self._fail()
+            raise ForkProtocolError(f"binary frame of {size} bytes over {self.max_frame_bytes}")
+        self.frames_in += 1
+        self.bytes_in += size
+        if not self._carry and not size & 1:
+            return [CallerAudio(bytes(data))]
+        pcm = self._carry + bytes(data)
+        cut = len(pcm) & ~1
+        self._carry = pcm[cut:]
+        return [CallerAudio(pcm[:cut])] if cut else []
+
+
+# --------------------------------------------------------------------------- builders (us → FreeSWITCH)
+
+
+def expected_play_audio_extension(content_type: str, rate: int) -> str | None:
+    """The extension of the file FreeSWITCH writes for a playAudio (REF "playAudio").
+
+    ``raw`` at 8000…64000 → ``.r8`` … ``.r64``, any other raw rate → ``.r16``; ``wav``/``wave``
+    → ``.wav``; any other type → None (the event then has no ``file``).
+    """
+    if content_type == "raw":
+        return PLAY_AUDIO_RATES.get(rate, ".r16")
+    if content_type in ("wav", "wave"):
+        return ".wav"
+    return None
+
+
+def _dumps(message: dict[str, Any], limit: int | None = MAX_MESSAGE_BYTES) -> str:
+    def default(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    try:
+        text = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=default)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise LocalUsageError(f"{message['type']}: cannot encode as JSON: {exc}") from None
+    if limit is not None and _utf8_len_over(text, limit):
+        raise LocalUsageError(f"{message['type']}: message over {limit} bytes")
+    return text
+
+
+def play_audio(pcm: bytes, sample_rate: int, *, content_type: str = "raw", text: str | None = None) -> str:
+    """A ``playAudio`` text frame: FreeSWITCH writes the audio to a file and fires ``play_audio``.
+
+    ``raw``: ``pcm`` is s16le mono at ``sample_rate``, one of :data:`PLAY_AUDIO_RATES` (other
+    rates would be written as .r16 and play at the wrong speed). ``wav``: ``pcm`` is a whole
+    RIFF/WAVE file whose header agrees with ``sample_rate``. FreeSWITCH does not play the file
+    by itself (REF): the adapter plays the ``file`` of the event.
+    """
+    if not isinstance(pcm, (bytes, bytearray, memoryview)):
+        raise LocalUsageError(f"play_audio: pcm: expected bytes, got {type(pcm).__name__}")
+    audio = bytes(pcm)
+    if not audio:
+        raise LocalUsageError("play_audio: no audio")
+    if len(audio) > MAX_PLAY_AUDIO_BYTES:
+        raise LocalUsageError(f"play_audio: {len(audio)} bytes of audio, over {MAX_PLAY_AUDIO_BYTES}")
+    if content_type == "raw":
+        if not _is_int(sample_rate) or sample_rate not in PLAY_AUDIO_RATES:
+            raise LocalUsageError(
+                f"play_audio: raw sample_rate must be one of {sorted(PLAY_AUDIO_RATES)}, got {_show(sample_rate)}"
+            )
+        if len(audio) & 1:
+            raise LocalUsageError(f"play_audio: raw s16le audio must have an even length, got {len(audio)}")
+    elif content_type == "wav":
+        if not _is_int(sample_rate) or not 8000 <= sample_rate <= 192000:
+            raise LocalUsageError(f"play_audio: wav sample_rate: expected int 8000-192000, got {_show(sample_rate)}")
+        if len(audio) < 44 or audio[:4] != b"RIFF" or audio[8:12] != b"WAVE":
+            raise LocalUsageError("play_audio: wav audio must be a whole RIFF/WAVE file")
+    else:
+        raise LocalUsageError(f"play_audio: content_type must be raw or wav, got {_show(content_type)}")
+    data: dict[str, Any] = {
+        "audioContentType": content_type,  # never omitted: without it FreeSWITCH segfaults (REF)
+        "sampleRate": sample_rate,
+        "audioContent": base64.b64encode(audio).decode("ascii"),
+    }
+    if text is not None:
+        if not isinstance(text, str) or len(text) > MAX_PLAY_TEXT_CHARS:
+            raise LocalUsageError(f"play_audio: text: expected str of at most {MAX_PLAY_TEXT_CHARS} chars")
+        data["textContent"] = text
+    return _dumps({"type": "playAudio", "data": data}, limit=None)
+
+
+def kill_audio() -> str:
+    """``killAudio``: FreeSWITCH stops the current playback (PLAYBACK_STOP ``break``)."""
+    return '{"type":"killAudio"}'
+
+
+def _with_data(kind: str, data: Any) -> str:
+    message: dict[str, Any] = {"type": kind}
+    if data is not None:
+        message["data"] = data
+    return _dumps(message)
+
+
+def disconnect(data: Any = None) -> str:
+    """``disconnect``: fires ``mod_audio_fork::disconnect``; it does NOT hang up the call (REF)."""
+    return _with_data("disconnect", data)
+
+
+def transcription(data: Any) -> str:
+    """``transcription``: fires ``mod_audio_fork::transcription`` with ``data`` as the body."""
+    if data is None:
+        raise LocalUsageError("transcription: data is required")
+    return _with_data("transcription", data)
+
+
+def transfer(data: Any) -> str:
+    """``transfer``: fires ``mod_audio_fork::transfer`` with ``data`` as the body (no transfer by itself)."""
+    if data is None:
+        raise LocalUsageError("transfer: data is required")
+    return _with_data("transfer", data)
+
+
+def error(data: Any) -> str:
+    """``error``: fires ``mod_audio_fork::error`` with ``data`` as the body."""
+    if data is None:
+        raise LocalUsageError("error: data is required")
+    return _with_data("error", data)
