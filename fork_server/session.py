@@ -576,6 +576,8 @@ class CallSession:
         return [ConnectConnector(resumed=False)]
 
     def _on_connector_lost(self, ev: ConnectorClosed | ConnectorFailed) -> list[Any]:
+        if self.state is not State.ACTIVE and self.state is not State.RECONNECTING:
+            return []  # the table already moved on (CONNECTING → FALLBACK runs the fallback)
         self._connector_connected = False
         self._count("connector_lost")
         if self._reconnects_left > 0:
@@ -750,8 +752,10 @@ class CallSession:
         return []
 
     def _on_fork_event(self, ev: em.ForkEvent) -> list[Any]:
-        if ev.name == "play_audio" and self._awaiting_file:
-            return self._on_inband_file(ev)
+        if ev.name == "play_audio":
+            if self._awaiting_file:
+                return self._on_inband_file(ev)
+            self._count("inband_unexpected_file")
         if ev.name == "buffer_overrun":
             self._count("fork_buffer_overrun")
         elif ev.name == "disconnect":

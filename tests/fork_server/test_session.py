@@ -1,0 +1,214 @@
+"""The call state machine driven by events alone (no sockets, no clock)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fork_server import connector_protocol as cp, esl_messages as em
+from fork_server.errors import InvalidTransition
+from fork_server.session import (
+    TRANSITIONS,
+    BreakPlayback,
+    CallerInfoReady,
+    CallSession,
+    CloseConnector,
+    ConnectConnector,
+    ConnectorClosed,
+    ConnectorFailed,
+    ConnectorUp,
+    DeleteFile,
+    Finished,
+    ForkClosed,
+    HangupCall,
+    LookupCaller,
+    PlayFile,
+    SendAudioToConnector,
+    SendToConnector,
+    SessionSettings,
+    State,
+    StopFork,
+    TransferCall,
+    WriteSegment,
+)
+from fork_server.spool import SpoolLayout
+
+U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+
+
+def settings(**kw):
+    base = dict(
+        route="support",
+        fork_rate=16000,
+        language="en-US",
+        metadata={"tier": "gold"},
+        fallback_action="hangup",
+        fallback_file=None,
+        fallback_target=None,
+        spool=SpoolLayout("/var/spool/vf", "/fs/spool"),
+    )
+    base.update(kw)
+    return SessionSettings(**base)
+
+
+def tts(ms, rate=16000):
+    n = rate * ms // 1000
+    return cp.TtsAudio(np.rint(np.sin(np.arange(n) * 0.2) * 8000).astype("<i2").tobytes(), rate)
+
+
+def sent(actions):
+    return [json.loads(a.text) for a in actions if isinstance(a, SendToConnector)]
+
+
+def active(**kw):
+    s = CallSession(U, settings(**kw))
+    assert s.start() == [LookupCaller(U)]
+    assert s.handle(CallerInfoReady("+15550001111", "Alice", "+15551234567", 8000)) == [ConnectConnector(resumed=False)]
+    assert s.state is State.CONNECTING
+    # Caller audio while connecting is kept, not lost.
+    assert s.caller_audio(bytes(640)) == []
+    acts = s.handle(ConnectorUp())
+    start = sent(acts)[0]
+    assert start["type"] == "start" and start["call"]["from"] == "+15550001111"
+    assert start["call"]["metadata"] == {"tier": "gold"} and start["resumed"] is False
+    frames = [len(f) for a in acts if isinstance(a, SendAudioToConnector) for f in a.frames]
+    assert frames == [640] * (16000 // s.settings.fork_rate)  # 640 B at the fork rate, as 20 ms 16 kHz frames
+    assert s.state is State.ACTIVE
+    return s
+
+
+def test_every_state_handles_the_call_ending():
+    for state, row in TRANSITIONS.items():
+        assert ForkClosed in row and em.HangupComplete in row, state
+
+
+def test_an_event_missing_from_the_table_raises():
+    s = CallSession(U, settings())
+    with pytest.raises(InvalidTransition) as err:
+        s.handle(ConnectorUp())
+    assert "ConnectorUp" in str(err.value) and "lookup" in str(err.value)
+
+
+def test_caller_audio_8k_becomes_640_byte_16k_frames():
+    s = active(fork_rate=8000)
+    frames = s.caller_audio(bytes(320) * 5)  # 100 ms at 8 kHz
+    assert frames and all(len(f) == 640 for f in frames)
+
+
+def test_tts_is_written_at_the_write_rate_and_queued_with_sendmsg():
+    s = active()
+    acts = s.handle(tts(500))
+    writes = [a for a in acts if isinstance(a, WriteSegment)]
+    plays = [a for a in acts if isinstance(a, PlayFile)]
+    assert writes and len(writes) == len(plays)
+    assert writes[0].local_path.startswith(f"/var/spool/vf/{U}/") and writes[0].local_path.endswith(".r8")
+    assert plays[0].path.startswith(f"/fs/spool/{U}/") and plays[0].command == "sendmsg"
+    assert len(writes[0].pcm) == 80 * 16  # first segment 80 ms at 8 kHz
+
+
+def test_mark_is_played_after_its_audio_and_files_are_deleted():
+    s = active()
+    acts = s.handle(tts(200)) + s.handle(cp.MarkRequest("m1"))
+    paths = [a.path for a in acts if isinstance(a, PlayFile)]
+    assert not any(m["type"] == "mark" for m in sent(acts))
+    for p in paths[:-1]:
+        s.handle(em.PlaybackStarted(U, "support", p))
+        s.handle(em.PlaybackStopped(U, "support", p, "done", 80))
+    s.handle(em.PlaybackStarted(U, "support", paths[-1]))
+    acts = s.handle(em.PlaybackStopped(U, "support", paths[-1], "done", 80))
+    assert {"type": "mark", "name": "m1", "status": "played"} in sent(acts)
+    assert any(isinstance(a, DeleteFile) for a in acts)
+
+
+def test_mark_with_nothing_queued_is_played_at_once():
+    s = active()
+    assert sent(s.handle(cp.MarkRequest("now")))[0]["status"] == "played"
+
+
+def test_clear_breaks_playback_deletes_files_and_clears_marks():
+    s = active()
+    acts = s.handle(tts(1000)) + s.handle(cp.MarkRequest("m"))
+    files = [a.local_path for a in acts if isinstance(a, WriteSegment)]
+    acts = s.handle(cp.Clear())
+    assert acts[0] == BreakPlayback(U)
+    assert {a.local_path for a in acts if isinstance(a, DeleteFile)} == set(files)
+    assert {"type": "mark", "name": "m", "status": "cleared"} in sent(acts)
+    assert s.barge_ins == 1
+    # A late event for a dropped file is ignored.
+    assert s.handle(em.PlaybackStopped(U, "support", "/fs/spool/x", "break", 10)) == []
+
+
+def test_hangup_after_playback_waits_for_the_last_file():
+    s = active()
+    acts = s.handle(tts(100)) + s.handle(cp.HangupRequest(True, "done"))
+    assert not any(isinstance(a, HangupCall) for a in acts) and s.state is State.ENDING
+    paths = [a.path for a in acts if isinstance(a, PlayFile)]
+    for p in paths[:-1]:
+        assert not any(isinstance(a, HangupCall) for a in s.handle(em.PlaybackStopped(U, None, p, "done", 0)))
+    acts = s.handle(em.PlaybackStopped(U, None, paths[-1], "done", 0))
+    assert HangupCall(U) in acts and {"type": "stop", "reason": "connector_hangup"} in sent(acts)
+
+
+def test_transfer_now_stops_connector_then_transfers_and_stops_the_fork():
+    s = active()
+    acts = s.handle(cp.TransferRequest("1000", False))
+    assert TransferCall(U, "1000") in acts and StopFork(U) in acts and CloseConnector() in acts
+
+
+def test_dtmf_goes_both_ways():
+    s = active()
+    assert sent(s.handle(em.Dtmf(U, None, "5", 100))) == [{"type": "dtmf", "digit": "5", "duration_ms": 100}]
+    (act,) = s.handle(cp.SendDtmf("12#"))
+    assert act.digits == "12#"
+
+
+def test_connector_unreachable_runs_the_fallback():
+    s = CallSession(U, settings(fallback_action="transfer", fallback_target="2000"))
+    s.handle(CallerInfoReady("1", "a", "2", 8000))
+    acts = s.handle(ConnectorFailed("refused"))
+    assert s.state is State.FALLBACK and TransferCall(U, "2000") in acts
+
+
+def test_play_fallback_hangs_up_after_the_prompt():
+    s = CallSession(U, settings(fallback_action="play", fallback_file="/sounds/sorry.wav"))
+    s.handle(CallerInfoReady("1", "a", "2", 8000))
+    acts = s.handle(ConnectorFailed("timeout"))
+    assert PlayFile(U, "/sounds/sorry.wav", "sendmsg") in acts and not any(isinstance(a, HangupCall) for a in acts)
+    assert HangupCall(U) in s.handle(em.PlaybackStopped(U, None, "/sounds/sorry.wav", "done", 900))
+
+
+def test_connector_drop_reconnects_once_with_the_same_context_then_falls_back():
+    s = active(reconnect_attempts=1)
+    assert s.handle(ConnectorClosed(1006, "gone")) == [ConnectConnector(resumed=True)]
+    assert s.state is State.RECONNECTING
+    assert sent(s.handle(ConnectorUp()))[0]["resumed"] is True
+    acts = s.handle(ConnectorClosed(1006, "gone again"))
+    assert s.state is State.FALLBACK and HangupCall(U) in acts
+
+
+def test_hangup_ends_the_call_with_stop_and_a_summary():
+    s = active()
+    s.handle(tts(300))
+    acts = s.handle(ForkClosed(1000))
+    assert {"type": "stop", "reason": "hangup"} in sent(acts)
+    assert isinstance(acts[-1], Finished) and acts[-1].summary.outcome == "completed"
+    assert any(isinstance(a, DeleteFile) for a in acts)
+    assert s.state is State.ENDED
+    assert s.handle(cp.Clear()) == [] and s.handle(em.HangupComplete(U, None, "NORMAL_CLEARING")) == []
+    assert s.caller_audio(bytes(640)) == []
+
+
+def test_inband_transport_plays_the_file_the_switch_reports():
+    s = active(transport="inband")
+    acts = s.handle(tts(1000))
+    play_audio = [json.loads(a.text) for a in acts if type(a).__name__ == "SendToFork"]
+    assert play_audio and all(m["data"]["audioContentType"] == "raw" and m["data"]["sampleRate"] == 8000 for m in play_audio)
+    ok = em.ForkEvent(U, None, "play_audio", {"file": f"/tmp/{U}_1.tmp.r8"})
+    assert s.handle(ok) == [PlayFile(U, f"/tmp/{U}_1.tmp.r8", "sendmsg")]
+    evil = em.ForkEvent(U, None, "play_audio", {"file": "/etc/passwd"})
+    assert not any(isinstance(a, PlayFile) for a in s.handle(evil))
+    assert s.errors["inband_bad_file"] == 1
+    for n in range(2, len(play_audio)):  # the rest of the outstanding playAudio messages
+        assert len(s.handle(em.ForkEvent(U, None, "play_audio", {"file": f"/tmp/{U}_{n}.tmp.r8"}))) == 1
+    assert s.handle(em.ForkEvent(U, None, "play_audio", {"file": f"/tmp/{U}_9.tmp.r8"})) == []
+    assert s.errors["inband_unexpected_file"] == 1
