@@ -1,0 +1,219 @@
+"""asyncio adapter over python-ESL (blocking), kept off the event loop.
+
+Two connections, as issue 3 asks: one for commands, served by one dedicated thread
+(python-ESL connections are not thread-safe), and one for events, read by a second
+thread. Both reconnect with jittered exponential backoff. A command issued while the
+link is down waits for it up to ``command_timeout`` and then raises ``EslUnavailable``:
+it is reported to the caller, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import random
+import threading
+from typing import Any, Callable, Mapping
+
+from . import esl_messages as em
+from .errors import EslCommandError, EslUnavailable, LocalUsageError
+from .spool import valid_uuid
+
+__all__ = ["EslClient"]
+
+_QUEUE_MAX = 10_000  # commands waiting for the command thread
+
+
+def _load_esl() -> Any:
+    import ESL  # python-ESL, built by the justfile's bootstrap
+
+    return ESL
+
+
+class EslClient:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        *,
+        on_event: Callable[[em.EslEvent], None],
+        event_names: list[str],
+        filters: list[tuple[str, str]],
+        logger: logging.Logger,
+        on_state: Callable[[bool], None] | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        command_timeout: float = 5.0,
+    ) -> None:
+        self._addr = (host, str(port))
+        self._password = password
+        self._on_event = on_event
+        self._event_names = " ".join(event_names)
+        self._filters = list(filters)
+        self.log = logger
+        self._on_state = on_state
+        self._backoff = (backoff_initial, backoff_max)
+        self.command_timeout = command_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._commands: queue.Queue[Any] = queue.Queue(_QUEUE_MAX)
+        self._stop = threading.Event()
+        self._cmd_up = threading.Event()
+        self._evt_up = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.reconnects = 0
+
+    @property
+    def up(self) -> bool:
+        return self._cmd_up.is_set() and self._evt_up.is_set()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for target, name in ((self._command_thread, "esl-commands"), (self._event_thread, "esl-events")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    async def wait_up(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.up and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return self.up
+
+    async def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            await asyncio.to_thread(t.join, 2.0)
+        self._threads.clear()
+
+    # ---------------------------------------------------------------- commands
+
+    async def _submit(self, kind: str, payload: Any) -> str:
+        fut: concurrent.futures.Future[str] = concurrent.futures.Future()
+        try:
+            self._commands.put_nowait((kind, payload, fut))
+        except queue.Full:
+            raise EslUnavailable("command queue full") from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.command_timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({kind})") from None
+
+    async def api(self, cmdline: str) -> str:
+        self.log.debug("> api %s", cmdline)
+        reply = await self._submit("api", cmdline)
+        if reply.startswith("-ERR") or reply.startswith("-USAGE"):
+            raise EslCommandError(cmdline, reply)
+        return reply
+
+    async def execute_playback(self, cmd: em.PlaybackCommand) -> None:
+        await self.sendmsg(cmd.uuid, cmd.headers())
+
+    async def sendmsg(self, uuid: str, headers: Mapping[str, str]) -> None:
+        if not valid_uuid(uuid) or any(
+            ch in kv for k, v in headers.items() for kv in (k, v) for ch in "\r\n\0"
+        ):
+            raise LocalUsageError(f"unsafe sendmsg to {uuid!r}")  # a newline would start a new command
+        reply = await self._submit("sendmsg", (uuid, dict(headers)))
+        if not reply.startswith("+OK"):
+            raise EslCommandError("sendmsg " + headers.get("execute-app-name", ""), reply)
+
+    def _connect(self) -> Any:
+        ESL = _load_esl()
+        con = ESL.ESLconnection(self._addr[0], self._addr[1], self._password)
+        return con if con.connected() else None
+
+    def _set_state(self, flag: threading.Event, up: bool) -> None:
+        was = self.up
+        flag.set() if up else flag.clear()
+        if self.up != was and self._on_state is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_state, self.up)
+
+    def _backoff_sleep(self, attempt: int) -> None:
+        lo, hi = self._backoff
+        self._stop.wait(min(hi, lo * 2**attempt) * random.uniform(0.5, 1.0))
+
+    def _command_thread(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            con = self._connect()
+            if con is None:
+                self._backoff_sleep(attempt)
+                attempt += 1
+                continue
+            if attempt:
+                self.reconnects += 1
+            attempt = 0
+            self._set_state(self._cmd_up, True)
+            while not self._stop.is_set() and con.connected():
+                try:
+                    kind, payload, fut = self._commands.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if fut.cancelled():
+                    continue
+                reply = self._run(con, kind, payload)
+                if reply is None:  # connection lost mid-command: not retried (playback is not idempotent)
+                    fut.set_exception(EslUnavailable(f"connection lost during {kind}"))
+                    break
+                fut.set_result(reply)
+            self._set_state(self._cmd_up, False)
+            con.disconnect()
+        self._fail_pending()
+
+    @staticmethod
+    def _run(con: Any, kind: str, payload: Any) -> str | None:
+        if kind == "api":
+            name, _, args = payload.partition(" ")
+            ev = con.api(name, args)
+            return ev.getBody() or "" if ev is not None else None
+        uuid, headers = payload
+        # The raw sendmsg block: ESLevent("sendmsg") + sendMSG() segfaults in python-ESL 1.4.18
+        # (the event type name is unknown, so the event is NULL). Headers were validated by
+        # esl_messages.execute_headers: no CR/LF can end the block early.
+        text = f"sendmsg {uuid}\n" + "".join(f"{k}: {v}\n" for k, v in headers.items())
+        ev = con.sendRecv(text)
+        return ev.getHeader("Reply-Text") or "" if ev is not None else None
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                _, _, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.done():
+                fut.set_exception(EslUnavailable("ESL client closed"))
+
+    # ---------------------------------------------------------------- events
+
+    def _event_thread(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            con = self._connect()
+            if con is None:
+                self._backoff_sleep(attempt)
+                attempt += 1
+                continue
+            attempt = 0
+            con.events("plain", self._event_names)
+            for header, value in self._filters:
+                con.filter(header, value)
+            self._set_state(self._evt_up, True)
+            while not self._stop.is_set() and con.connected():
+                e = con.recvEventTimed(200)
+                if e is None:
+                    continue
+                headers: dict[str, str] = {}
+                name = e.firstHeader()
+                while name:
+                    headers[name] = e.getHeader(name) or ""
+                    name = e.nextHeader()
+                parsed = em.parse_event(headers, e.getBody())
+                if parsed is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._on_event, parsed)
+            self._set_state(self._evt_up, False)
+            con.disconnect()

@@ -1,0 +1,123 @@
+"""The python-ESL adapter on loopback, against a minimal ESL peer written here.
+
+The peer frames replies as FreeSWITCH's mod_event_socket does (auth/request, command/reply
+with Reply-Text, api/response with Content-Length, text/event-plain with URL-encoded
+header values). The full emulator comes with issue 4.
+"""
+
+import asyncio
+import logging
+from urllib.parse import quote
+
+import pytest
+
+pytest.importorskip("ESL")
+
+from fork_server import esl_messages as em  # noqa: E402
+from fork_server.errors import EslCommandError, EslUnavailable  # noqa: E402
+from fork_server.esl_client import EslClient  # noqa: E402
+
+U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+
+
+class MiniEsl:
+    def __init__(self, password="pw"):
+        self.password = password
+        self.commands = []
+        self.event_writers = []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def client(self, reader, writer):
+        writer.write(b"Content-Type: auth/request\n\n")
+        try:
+            while True:
+                block = (await reader.readuntil(b"\n\n")).decode()
+                first, *rest = block.strip("\n").split("\n")
+                self.commands.append(block)
+                if first.startswith("auth "):
+                    ok = first[5:] == self.password
+                    writer.write(f"Content-Type: command/reply\nReply-Text: {'+OK accepted' if ok else '-ERR invalid'}\n\n".encode())
+                    if not ok:
+                        await writer.drain()
+                        writer.close()
+                        return
+                elif first.startswith("api "):
+                    body = ("-ERR no such channel\n" if "bad" in first else f"+OK {first[4:]}\n").encode()
+                    writer.write(b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body)
+                elif first.startswith("event "):
+                    self.event_writers.append(writer)
+                    writer.write(b"Content-Type: command/reply\nReply-Text: +OK event listener enabled plain\n\n")
+                else:
+                    writer.write(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    def emit(self, headers):
+        data = "".join(f"{k}: {quote(v)}\n" for k, v in headers.items()) + "\n"
+        for w in self.event_writers:
+            w.write(b"Content-Type: text/event-plain\nContent-Length: %d\n\n" % len(data) + data.encode())
+
+    async def close(self):
+        self.server.close()
+        for w in self.event_writers:
+            w.close()
+
+
+async def started(peer, events, password="pw", **kw):
+    client = EslClient(
+        "127.0.0.1", peer.port, password, on_event=events.append, event_names=["PLAYBACK_START"],
+        filters=[("variable_voicefork_route", "support")], logger=logging.getLogger("t"), **kw,
+    )
+    await client.start()
+    return client
+
+
+async def test_api_sendmsg_and_events_round_trip():
+    peer, events = MiniEsl(), []
+    await peer.start()
+    client = await started(peer, events)
+    try:
+        assert await client.wait_up(5)
+        assert (await client.api(em.uuid_getvar(U, "write_rate"))).startswith("+OK uuid_getvar")
+        with pytest.raises(EslCommandError):
+            await client.api("bad command")
+        await client.execute_playback(em.PlaybackCommand(U, "/spool/a b/1.r8".replace(" ", "_")))
+        sendmsg = next((c for c in peer.commands if c.startswith("sendmsg")), repr(peer.commands))
+        assert f"sendmsg {U}" in sendmsg and "event-lock: true" in sendmsg and "execute-app-name: playback" in sendmsg
+        assert any(c.startswith("filter variable_voicefork_route support") for c in peer.commands)
+        peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/x y.r8"})
+        for _ in range(100):
+            if events:
+                break
+            await asyncio.sleep(0.02)
+        assert events == [em.PlaybackStarted(U, None, "/spool/x y.r8")]
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_wrong_password_stays_down_and_commands_fail_cleanly():
+    peer, events = MiniEsl(), []
+    await peer.start()
+    client = await started(peer, events, password="nope", command_timeout=0.5)
+    try:
+        assert not await client.wait_up(0.5)
+        with pytest.raises(EslUnavailable):
+            await client.api(em.uuid_dump(U))
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_sendmsg_refuses_newlines_before_anything_is_sent():
+    from fork_server.errors import LocalUsageError
+
+    client = EslClient("127.0.0.1", 1, "pw", on_event=print, event_names=[], filters=[], logger=logging.getLogger("t"))
+    with pytest.raises(LocalUsageError):
+        await client.sendmsg(U, {"execute-app-arg": "/a\n\napi system id"})
+    with pytest.raises(LocalUsageError):
+        await client.sendmsg("x\nexit", {})
