@@ -7,7 +7,6 @@ header values). The full emulator comes with issue 4.
 
 import asyncio
 import logging
-from urllib.parse import quote
 
 import pytest
 
@@ -16,55 +15,9 @@ pytest.importorskip("ESL")
 from fork_server import esl_messages as em  # noqa: E402
 from fork_server.errors import EslCommandError, EslUnavailable  # noqa: E402
 from fork_server.esl_client import EslClient  # noqa: E402
+from mini_esl import MiniEsl  # noqa: E402
 
 U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
-
-
-class MiniEsl:
-    def __init__(self, password="pw"):
-        self.password = password
-        self.commands = []
-        self.event_writers = []
-
-    async def start(self):
-        self.server = await asyncio.start_server(self.client, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def client(self, reader, writer):
-        writer.write(b"Content-Type: auth/request\n\n")
-        try:
-            while True:
-                block = (await reader.readuntil(b"\n\n")).decode()
-                first, *rest = block.strip("\n").split("\n")
-                self.commands.append(block)
-                if first.startswith("auth "):
-                    ok = first[5:] == self.password
-                    writer.write(f"Content-Type: command/reply\nReply-Text: {'+OK accepted' if ok else '-ERR invalid'}\n\n".encode())
-                    if not ok:
-                        await writer.drain()
-                        writer.close()
-                        return
-                elif first.startswith("api "):
-                    body = ("-ERR no such channel\n" if "bad" in first else f"+OK {first[4:]}\n").encode()
-                    writer.write(b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body)
-                elif first.startswith("event "):
-                    self.event_writers.append(writer)
-                    writer.write(b"Content-Type: command/reply\nReply-Text: +OK event listener enabled plain\n\n")
-                else:
-                    writer.write(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-
-    def emit(self, headers):
-        data = "".join(f"{k}: {quote(v)}\n" for k, v in headers.items()) + "\n"
-        for w in self.event_writers:
-            w.write(b"Content-Type: text/event-plain\nContent-Length: %d\n\n" % len(data) + data.encode())
-
-    async def close(self):
-        self.server.close()
-        for w in self.event_writers:
-            w.close()
 
 
 async def started(peer, events, password="pw", **kw):

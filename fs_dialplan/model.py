@@ -1,0 +1,132 @@
+"""The typed, frozen config model shared by the renderer and the fork server (docs/DESIGN.md).
+
+Values here are already validated; the YAML loader (issue 2) builds them with file:line
+errors. Collections are tuples or read-only mappings so a Config can be shared freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = [
+    "FreeswitchSettings",
+    "BasicAuth",
+    "ForkServerSettings",
+    "Connector",
+    "Fallback",
+    "Route",
+    "Trunk",
+    "PlaybackSettings",
+    "Config",
+]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class FreeswitchSettings:
+    esl_password_env: str  # the NAME of the env var; never a literal password, no default
+    esl_host: str = "127.0.0.1"
+    esl_port: int = 8021
+    esl_listen_ip: str = "127.0.0.1"
+    esl_acl: str | None = "loopback.auto"
+    temp_dir: str = "/tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    username: str
+    password_env: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForkServerSettings:
+    public_url: str  # ws(s)://host:port as FreeSWITCH reaches us
+    auth: BasicAuth | None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8099
+    max_metadata_bytes: int = 4096
+    drain_timeout_s: float = 30.0
+
+    def fork_url(self, route: str) -> str:
+        return f"{self.public_url.rstrip('/')}/calls/{route}"
+
+
+@dataclass(frozen=True, slots=True)
+class Connector:
+    name: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    token_env: str | None = None
+    connect_timeout_s: float = 2.0
+    ping_interval_s: float = 10.0
+    reconnect_attempts: int = 1
+    send_queue_ms: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    action: str = "hangup"  # hangup | play | transfer
+    file: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    connector: str
+    rate: int = 16000
+    number: str | None = None
+    pattern: str | None = None
+    language: str = "en-US"
+    greeting: str | None = None
+    max_duration_s: int | None = None
+    fallback: Fallback = field(default_factory=Fallback)
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    recording: bool = False
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    name: str
+    proxy: str
+    realm: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    register: bool = False
+    transport: str = "udp"
+    acl_cidrs: tuple[str, ...] = ()
+    caller_id_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackSettings:
+    spool_dir: str
+    freeswitch_spool_dir: str
+    command: str = "sendmsg"  # | uuid_broadcast
+    transport: str = "file"  # | inband
+    first_segment_ms: int = 80
+    segment_ms: int = 400
+    lead_ms: int = 100
+    max_spool_bytes_per_call: int = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    freeswitch: FreeswitchSettings
+    fork_server: ForkServerSettings
+    connectors: Mapping[str, Connector]
+    routes: tuple[Route, ...]
+    playback: PlaybackSettings
+    trunks: tuple[Trunk, ...] = ()
+    warnings: tuple[Any, ...] = ()
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(name)

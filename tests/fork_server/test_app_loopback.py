@@ -1,0 +1,135 @@
+"""One whole call through the real App on loopback: a websockets client speaking as
+mod_audio_fork (REF handshake: subprotocol audio.drachtio.org, metadata first, raw L16),
+a minimal ESL peer that "plays" each queued file, and the reference script connector.
+The emulator with REF's real timing and the caller's ear comes with issue 4."""
+
+import asyncio
+import base64
+import json
+import logging
+import os
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+pytest.importorskip("ESL")
+
+from fork_server.app import App  # noqa: E402
+from fs_dialplan.model import (  # noqa: E402
+    BasicAuth, Config, Connector, ForkServerSettings, FreeswitchSettings, PlaybackSettings, Route,
+)
+from mini_esl import MiniEsl  # noqa: E402
+from testbed.connector.server import ConnectorServer  # noqa: E402
+from testbed.speech import CALLER_QUESTION, load_wav  # noqa: E402
+
+U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+ENV = {"ESL_PW": "pw", "FORK_PW": "fork-secret"}
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"freeswitch:fork-secret").decode()}
+
+
+def config(esl_port, connector_url, spool):
+    return Config(
+        source="<test>",
+        freeswitch=FreeswitchSettings(esl_password_env="ESL_PW", esl_port=esl_port),
+        fork_server=ForkServerSettings(public_url="ws://127.0.0.1:0", auth=BasicAuth("freeswitch", "FORK_PW")),
+        connectors={"bot": Connector("bot", connector_url, connect_timeout_s=1.0)},
+        routes=(Route("support", "bot", rate=16000, number="+15551234567", metadata={"tier": "gold"}),),
+        playback=PlaybackSettings(spool_dir=str(spool), freeswitch_spool_dir=str(spool)),
+    )
+
+
+class FakeSwitch:
+    """Scripts MiniEsl: a caller lookup, playback of queued files, uuid_kill ends the fork."""
+
+    def __init__(self, esl):
+        self.esl, self.played, self.killed, self.fork = esl, [], asyncio.Event(), None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        esl.on_api, esl.on_sendmsg = self.api, self.sendmsg
+        self.task = asyncio.get_running_loop().create_task(self.player())
+
+    def api(self, cmd):
+        if cmd.startswith("uuid_dump"):
+            return ("Caller-Caller-ID-Number: %2B15550001111\nCaller-Caller-ID-Name: Alice%20%22Q%22\n"
+                    "Caller-Destination-Number: %2B15551234567\nvariable_write_rate: 8000\n")
+        if cmd.startswith("uuid_kill"):
+            self.killed.set()
+            self.esl.emit(self.headers("CHANNEL_HANGUP_COMPLETE", **{"Hangup-Cause": "NORMAL_CLEARING"}))
+        return None
+
+    def headers(self, name, **kw):
+        return {"Event-Name": name, "Unique-ID": U, "variable_voicefork_route": "support", **kw}
+
+    def sendmsg(self, uuid, hdrs):
+        assert hdrs.get("event-lock") == "true"
+        self.queue.put_nowait(hdrs["execute-app-arg"])
+
+    async def player(self):
+        while True:
+            path = await self.queue.get()
+            with open(path, "rb") as f:
+                self.played.append(f.read())
+            self.esl.emit(self.headers("PLAYBACK_START", **{"Playback-File-Path": path}))
+            await asyncio.sleep(len(self.played[-1]) / 16000 / 8)  # 8x faster than real time
+            self.esl.emit(self.headers("PLAYBACK_STOP", **{"Playback-File-Path": path, "Playback-Status": "done"}))
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    esl = MiniEsl("pw")
+    await esl.start()
+    switch = FakeSwitch(esl)
+    bot = ConnectorServer("script", hangup_after_playback=True, bargein=False)
+    await bot.start()
+    app = App(config(esl.port, bot.url("/bot"), tmp_path / "spool"), env=ENV, listen_port=0,
+              logger=logging.getLogger("voicefork.test"))
+    await app.start()
+    assert await app.esl.wait_up(5)
+    yield app, switch, bot, tmp_path / "spool"
+    await app.stop()
+    await bot.close()
+    switch.task.cancel()
+    await esl.close()
+
+
+async def test_a_whole_call_reaches_the_connector_and_the_bot_is_played_back(stack):
+    app, switch, bot, spool = stack
+    caller = load_wav(CALLER_QUESTION, 16000)
+    url = f"ws://127.0.0.1:{app.port}/calls/support"
+    async with connect(url, subprotocols=["audio.drachtio.org"], additional_headers=AUTH, compression=None) as fork:
+        assert fork.subprotocol == "audio.drachtio.org"
+        await fork.send(json.dumps({"route": "support", "uuid": U}, separators=(",", ":")))
+        for i in range(0, len(caller), 640):
+            await fork.send(caller[i : i + 640])
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(switch.killed.wait(), 15)  # the bot hung up after its answer played
+    record = await bot.wait_call(U, timeout=5)
+    await record.wait_stopped(timeout=5)
+    assert record.start["call"]["from"] == "+15550001111" and record.start["call"]["caller_name"] == 'Alice "Q"'
+    assert record.start["call"]["metadata"] == {"tier": "gold"}
+    got = record.audio()
+    assert got == caller[: len(got)] and len(caller) - len(got) < 640  # 16k route: passthrough, whole frames
+    assert record.violations == []
+    assert record.stop_reason == "connector_hangup"
+    heard = b"".join(switch.played)
+    assert len(heard) >= 0.9 * 5.1 * 8000 * 2  # ~5.1 s of TTS at the 8 kHz write rate
+    assert all(len(seg) % 320 == 0 for seg in switch.played)  # whole 20 ms ptimes
+    for _ in range(50):
+        if not app.calls:
+            break
+        await asyncio.sleep(0.05)
+    assert not app.calls and not any(os.scandir(spool))  # nothing left behind
+
+
+async def test_the_fork_socket_refuses_missing_or_wrong_auth_and_unknown_routes(stack):
+    app = stack[0]
+    base = f"ws://127.0.0.1:{app.port}"
+    for url, headers, status in [
+        (f"{base}/calls/support", {}, 401),
+        (f"{base}/calls/support", {"Authorization": "Basic " + base64.b64encode(b"freeswitch:nope").decode()}, 403),
+        (f"{base}/calls/nosuch", AUTH, 404),
+    ]:
+        with pytest.raises(InvalidStatus) as err:
+            async with connect(url, additional_headers=headers):
+                pass
+        assert err.value.response.status_code == status
