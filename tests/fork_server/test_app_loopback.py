@@ -28,13 +28,13 @@ ENV = {"ESL_PW": "pw", "FORK_PW": "fork-secret"}
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"freeswitch:fork-secret").decode()}
 
 
-def config(esl_port, connector_url, spool):
+def config(esl_port, connector_url, spool, rate=16000):
     return Config(
         source="<test>",
         freeswitch=FreeswitchSettings(esl_password_env="ESL_PW", esl_port=esl_port),
         fork_server=ForkServerSettings(public_url="ws://127.0.0.1:0", auth=BasicAuth("freeswitch", "FORK_PW")),
         connectors={"bot": Connector("bot", connector_url, connect_timeout_s=1.0)},
-        routes=(Route("support", "bot", rate=16000, number="+15551234567", metadata={"tier": "gold"}),),
+        routes=(Route("support", "bot", rate=rate, number="+15551234567", metadata={"tier": "gold"}),),
         playback=PlaybackSettings(spool_dir=str(spool), freeswitch_spool_dir=str(spool)),
     )
 
@@ -42,8 +42,9 @@ def config(esl_port, connector_url, spool):
 class FakeSwitch:
     """Scripts MiniEsl: a caller lookup, playback of queued files, uuid_kill ends the fork."""
 
-    def __init__(self, esl):
-        self.esl, self.played, self.killed, self.fork = esl, [], asyncio.Event(), None
+    def __init__(self, esl, speed=8.0):
+        self.speed = speed
+        self.esl, self.played, self.killed, self.fork, self.breaks = esl, [], asyncio.Event(), None, []
         self.queue: asyncio.Queue = asyncio.Queue()
         esl.on_api, esl.on_sendmsg = self.api, self.sendmsg
         self.task = asyncio.get_running_loop().create_task(self.player())
@@ -52,6 +53,10 @@ class FakeSwitch:
         if cmd.startswith("uuid_dump"):
             return ("Caller-Caller-ID-Number: %2B15550001111\nCaller-Caller-ID-Name: Alice%20%22Q%22\n"
                     "Caller-Destination-Number: %2B15551234567\nvariable_write_rate: 8000\n")
+        if cmd.startswith("uuid_break"):
+            self.breaks.append(cmd)
+            while not self.queue.empty():  # REF: "all" stops the current file and drops the queue
+                self.queue.get_nowait()
         if cmd.startswith("uuid_kill"):
             self.killed.set()
             self.esl.emit(self.headers("CHANNEL_HANGUP_COMPLETE", **{"Hangup-Cause": "NORMAL_CLEARING"}))
@@ -70,18 +75,20 @@ class FakeSwitch:
             with open(path, "rb") as f:
                 self.played.append(f.read())
             self.esl.emit(self.headers("PLAYBACK_START", **{"Playback-File-Path": path}))
-            await asyncio.sleep(len(self.played[-1]) / 16000 / 8)  # 8x faster than real time
+            await asyncio.sleep(len(self.played[-1]) / 16000 / self.speed)
             self.esl.emit(self.headers("PLAYBACK_STOP", **{"Playback-File-Path": path, "Playback-Status": "done"}))
 
 
 @pytest.fixture
-async def stack(tmp_path):
+async def stack(tmp_path, request):
+    opts = getattr(request, "param", {})
     esl = MiniEsl("pw")
     await esl.start()
-    switch = FakeSwitch(esl)
-    bot = ConnectorServer("script", hangup_after_playback=True, bargein=False)
+    switch = FakeSwitch(esl, speed=opts.get("speed", 8.0))
+    bot = ConnectorServer("script", hangup_after_playback=True, bargein=opts.get("bargein", False))
     await bot.start()
-    app = App(config(esl.port, bot.url("/bot"), tmp_path / "spool"), env=ENV, listen_port=0,
+    url = "ws://127.0.0.1:9/unreachable" if opts.get("dead") else bot.url("/bot")
+    app = App(config(esl.port, url, tmp_path / "spool", opts.get("rate", 16000)), env=ENV, listen_port=0,
               logger=logging.getLogger("voicefork.test"))
     await app.start()
     assert await app.esl.wait_up(5)
@@ -133,3 +140,58 @@ async def test_the_fork_socket_refuses_missing_or_wrong_auth_and_unknown_routes(
             async with connect(url, additional_headers=headers):
                 pass
         assert err.value.response.status_code == status
+
+
+async def open_fork(app):
+    fork = await connect(f"ws://127.0.0.1:{app.port}/calls/support", subprotocols=["audio.drachtio.org"],
+                         additional_headers=AUTH, compression=None)
+    await fork.send(json.dumps({"route": "support", "uuid": U}, separators=(",", ":")))
+    return fork
+
+
+@pytest.mark.parametrize("stack", [{"dead": True}], indirect=True)
+async def test_unreachable_connector_runs_the_fallback_within_the_connect_timeout(stack):
+    app, switch, _, _ = stack
+    fork = await open_fork(app)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.wait_for(switch.killed.wait(), 3)  # route fallback: hangup
+    assert loop.time() - t0 < 2.0
+    await fork.close()
+
+
+@pytest.mark.parametrize("stack", [{"bargein": True, "rate": 8000, "speed": 1.0}], indirect=True)
+async def test_barge_in_breaks_playback_and_reports_marks_cleared(stack):
+    app, switch, bot, _ = stack
+    fork = await open_fork(app)
+    quiet = bytes(320)
+    for _ in range(10):  # 200 ms of silence at 8 kHz: the bot starts talking
+        await fork.send(quiet)
+        await asyncio.sleep(0.02)
+    record = await bot.wait_call(U, timeout=5)
+    for _ in range(200):  # barge in once the bot has queued a mark that cannot have played yet
+        if switch.played and record.sent_of("mark"):
+            break
+        await asyncio.sleep(0.01)
+    first_mark = record.sent_of("mark")[0].message["name"]
+    speech = load_wav(CALLER_QUESTION, 8000)
+    for i in range(0, len(speech) // 2, 320):  # the caller talks over the bot
+        await fork.send(speech[i : i + 320])
+        await asyncio.sleep(0.01)
+        if switch.breaks:
+            break
+    for _ in range(100):
+        if switch.breaks:
+            break
+        await asyncio.sleep(0.02)
+    assert switch.breaks and switch.breaks[0].endswith(" all")
+    for _ in range(100):
+        if record.mark_status(first_mark) is not None:
+            break
+        await asyncio.sleep(0.02)
+    # Played at real time while the bot streams at 3x: the first mark is still queued at the break.
+    assert record.mark_status(first_mark) == "cleared"
+    assert app.calls[U].session.barge_ins == 1
+    await fork.close()
+    await record.wait_stopped(timeout=5)
+    assert record.stop_reason == "hangup" and record.violations == []
