@@ -1,0 +1,112 @@
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fs_dialplan import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "voicefork.yaml"
+
+
+def test_example_config_loads_into_frozen_typed_model():
+    c = load_config(str(EXAMPLE))
+    assert [r.name for r in c.routes] == ["support", "sales", "uk-line"]
+    support, sales, uk = c.routes
+    assert support.rate == 16000 and support.connector == "support-bot" and support.max_duration_s == 1800
+    assert dict(support.metadata) == {"queue": "tier1"}
+    assert sales.rate == 8000 and sales.fallback.action == "transfer" and sales.fallback.target == "1000"
+    assert uk.pattern == r"^\+44" and uk.language == "en-GB" and uk.fallback.file.endswith(".wav")
+    assert c.fork_server.auth.password_env == "VOICEFORK_FORK_PASSWORD"
+    assert c.fork_server.fork_url("support") == "ws://127.0.0.1:8099/calls/support"
+    with pytest.raises(AttributeError):
+        support.rate = 8000  # frozen
+
+
+def errors(text):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "cfg.yaml")
+    return [str(i) for i in err.value.issues]
+
+
+BASE = """\
+freeswitch:
+  esl_password_env: ESL_PW
+fork_server:
+  public_url: ws://127.0.0.1:8099
+  auth: none
+connectors:
+  bot:
+    url: ws://127.0.0.1:8765/bot
+routes:
+  - name: support
+    number: "+15551234567"
+    connector: bot
+playback:
+  spool_dir: /tmp/s
+  freeswitch_spool_dir: /tmp/s
+"""
+
+
+def test_base_is_valid():
+    assert parse_config(BASE, "cfg.yaml").routes[0].number == "+15551234567"
+
+
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        ('number: "+15551234567"', 'number: "555-1234"', 'cfg.yaml:11: routes[0].number: expected E.164 like +15551234567, got "555-1234"'),
+        ("connector: bot\nplayback", "connector: nobot\nplayback", 'cfg.yaml:12: routes[0].connector: unknown connector "nobot"; known: bot'),
+        ("    url: ws://127.0.0.1:8765/bot", "    url: http://x/bot", 'cfg.yaml:8: connectors.bot.url: expected a ws:// or wss:// URL with a host and no spaces or quotes, got "http://x/bot"'),
+        ("  esl_password_env: ESL_PW", "  esl_password_env: ClueCon", "cfg.yaml:2: freeswitch.esl_password_env: expected an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself), got \"ClueCon\""),
+        ("    connector: bot\n", "    connector: bot\n    rate: 44k\n", 'cfg.yaml:13: routes[0].rate: expected 8k or 16k, got "44k"'),
+        ("  auth: none\n", "  auth: none\n  listen_prot: 1\n", "cfg.yaml:6: fork_server.listen_prot: unknown key (did you mean 'listen_port'?)"),
+        ("  auth: none\n", "", "cfg.yaml:4: fork_server.auth: required key is missing (the media socket needs auth; write `auth: none` to disable it)"),
+        ('    number: "+15551234567"', "    pattern: '^(+1'", "cfg.yaml:11: routes[0].pattern: invalid regular expression: nothing to repeat at position 2"),
+        ("  public_url: ws://127.0.0.1:8099", "  public_url: ws://127.0.0.1:8099/x", 'cfg.yaml:4: fork_server.public_url: expected ws(s)://host:port with no path (voicefork adds /calls/<route>), got "ws://127.0.0.1:8099/x"'),
+        ("  - name: support", "  - name: Support Line", 'cfg.yaml:10: routes[0].name: expected a route name of a-z, 0-9, _ and - (it goes into the URL), got "Support Line"'),
+        ("  - name: support", "  - name: sup${system(id)}", "cfg.yaml:10: routes[0].name: must not contain \"${\" or control characters, got 'sup${system(id)}'"),
+    ],
+)
+def test_exact_error_messages_with_line_numbers(old, new, expected):
+    assert old in BASE
+    assert errors(BASE.replace(old, new, 1)) == [expected]
+
+
+def test_all_errors_are_reported_at_once_and_duplicates_caught():
+    text = BASE + """\
+  - name: support
+    number: "+15551234567"
+    connector: bot
+    rate: 12k
+"""
+    text = text.replace("playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n", "") + "playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n"
+    got = errors(text)
+    assert any("duplicate route name" in e for e in got)
+    assert any('duplicate number "+15551234567"' in e for e in got)
+    assert any("rate: expected 8k or 16k" in e for e in got)
+    assert len(got) == 3
+
+
+def test_duplicate_yaml_keys_and_overlap_warning():
+    assert any("duplicate key" in e for e in errors(BASE.replace("  auth: none\n", "  auth: none\n  auth: none\n")))
+    overlap = BASE.replace("playback:", "  - name: us\n    pattern: '^\\+1'\n    connector: bot\nplayback:")
+    c = parse_config(overlap, "cfg.yaml")
+    assert any("+15551234567 is also matched" in str(w) for w in c.warnings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_any_string_value_loads_or_fails_with_a_config_error(value):
+    quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    for key in ("  - name: support", '    number: "+15551234567"', "    connector: bot"):
+        field = key.split(":")[0]
+        text = BASE.replace(key, f"{field}: {quoted}", 1)
+        try:
+            c = parse_config(text, "cfg.yaml")
+        except ConfigError as err:
+            assert all(re.match(r"cfg\.yaml:\d+: ", str(i)) for i in err.issues)
+        else:
+            r = c.routes[0]
+            for s in (r.name, r.number or "", r.connector):
+                assert "${" not in s and not re.search(r"[\x00-\x1f]", s)
