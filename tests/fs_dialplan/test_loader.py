@@ -110,3 +110,15 @@ def test_any_string_value_loads_or_fails_with_a_config_error(value):
             r = c.routes[0]
             for s in (r.name, r.number or "", r.connector):
                 assert "${" not in s and not re.search(r"[\x00-\x1f]", s)
+
+
+def test_check_command_lists_routes_and_reports_errors(tmp_path, capsys):
+    from fs_dialplan.cli import main
+
+    assert main(["check", "--config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "route sales: +15557654321 -> connector sales-bot (8k" in out and "OK, 3 routes" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace('"+15551234567"', '"555"'))
+    assert main(["check", "--config", str(bad)]) == 1
+    assert f'{bad}:11: routes[0].number: expected E.164' in capsys.readouterr().err
