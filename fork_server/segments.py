@@ -4,53 +4,78 @@ Facts it implements (REF "Playback timing"):
 
 * A file must be complete before it is queued (a growing file plays only up to the EOF
   seen at open), and a whole number of ptimes long (a partial frame is padded with
-  silence: a 210 ms file leaves a 10 ms hole).
+  silence: a 210 ms file leaves a 10 ms hole). So every segment is whole ptimes, and the
+  sub-ptime remainder stays buffered until more audio or ``flush()`` comes.
 * ``sendmsg`` playback with event-lock plays queued files back to back, sample-exact. So
-  the first segment of an utterance is small (``first_segment_ms``, 40–120 ms) for a fast
-  start and later ones larger; 20 ms segments sometimes fell behind, 40 ms never did, so a
-  starving queue is refilled with at least ``min_refill_ms`` when there is that much.
-* ``uuid_broadcast`` puts ``lead_ms`` (5 × ptime) of no audio before EVERY file. So cuts
-  are made only inside a pause of at least ``lead_ms`` and exactly ``lead_ms`` of that
-  silence is trimmed at the cut: FreeSWITCH adds it back and the caller hears the
-  original timing. Speech without such a pause stays in one segment until ``flush()``.
+  the first segment of an utterance is small (``first_segment_ms``, 80 by default) for a
+  fast start and later ones larger (``segment_ms``, 400). ``take_ready()`` tops up a queue
+  about to run dry with whatever whole ptimes are buffered: 20 ms segments sent on
+  PLAYBACK_START sometimes fell behind and 40 ms never did, so while something still
+  plays it waits for ``min_refill_ms`` (40).
+* ``uuid_broadcast`` puts ``lead_ms`` (5 × ptime = 100 ms) of no audio before EVERY file.
+  So a cut is made only once a pause (every 10 ms window below ``silence_dbfs``) has
+  lasted ``lead_ms``: the segment ends where the speech did, and those ``lead_ms`` of
+  silence are dropped (``trimmed_ms``) because FreeSWITCH puts its hole there instead;
+  the caller hears the original timing. Speech without such a pause stays in one segment
+  until ``flush()``. Leading silence of an utterance is never trimmed: its hole is there
+  anyway. Latency cost: the first audio of an utterance waits for the first pause of at
+  least ``lead_ms`` (or ``flush()``), plus the 100–128 ms FreeSWITCH takes to start a
+  broadcast, against ~30 ms for the first ``sendmsg`` segment.
 
-Invariant: concatenating the segments, each followed by its ``trimmed_ms`` of silence,
-gives the input followed only by the final padding (less than one ptime).
+Invariant: concatenating the segments, each followed by ``trimmed_ms`` of silence, gives
+the input followed only by the final padding (less than one ptime). Trimmed audio is
+below ``silence_dbfs`` but not necessarily digital zero.
+
+Bounded: audio still buffered beyond ``max_buffer_ms`` (only reachable by broadcast
+speech with no pause, or a flood) is dropped oldest first, whole ptimes, and counted in
+``dropped_ms``; the planner never raises on what a connector sends.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from .errors import LocalUsageError
 
-__all__ = ["Segment", "SegmentPlanner", "POLICIES"]
+__all__ = ["POLICIES", "Policy", "Segment", "SegmentPlanner"]
 
-POLICIES = ("sendmsg", "uuid_broadcast")
+Policy = Literal["sendmsg", "uuid_broadcast"]
+POLICIES: tuple[str, ...] = ("sendmsg", "uuid_broadcast")
+_RATES = (8000, 16000, 24000, 32000, 48000)  # raw files FreeSWITCH plays as .r8 ... .r48
+_WINDOW_MS = 10  # silence is judged per 10 ms window
 
 
 @dataclass(frozen=True, slots=True)
 class Segment:
+    """One file to write and queue. ``pcm`` is whole ptimes at the planner's rate."""
+
     pcm: bytes
     ms: int
-    index: int
+    index: int  # 0, 1, 2, ... over the planner's life
     first: bool  # first segment of an utterance
-    trimmed_ms: int  # silence removed after this segment (uuid_broadcast lead)
+    trimmed_ms: int = 0  # silence dropped after this segment (uuid_broadcast: FreeSWITCH's lead hole)
     padded_ms: float = 0.0  # silence appended to reach a whole ptime (flush only)
 
 
 class SegmentPlanner:
+    """Cuts TTS audio into playback segments under the ``sendmsg`` or ``uuid_broadcast`` policy.
+
+    ``feed()`` returns the segments ready now; ``take_ready()`` tops up a starving sendmsg
+    queue; ``flush()`` ends an utterance (padding to a whole ptime); ``clear()`` is barge-in.
+    """
+
     def __init__(
         self,
         rate: int,
-        policy: str,
+        policy: Policy = "sendmsg",
         *,
         ptime_ms: int = 20,
         first_segment_ms: int = 80,
         segment_ms: int = 400,
-        lead_ms: int = 100,
+        lead_ms: int | None = None,
         low_water_ms: int = 60,
         min_refill_ms: int = 40,
         silence_dbfs: float = -50.0,
@@ -58,41 +83,69 @@ class SegmentPlanner:
     ) -> None:
         if policy not in POLICIES:
             raise LocalUsageError(f"policy must be one of {POLICIES}, got {policy!r}")
-        if rate not in (8000, 16000, 24000, 32000, 48000):
-            raise LocalUsageError(f"unsupported write rate {rate!r}")
-        for name, value in (
-            ("first_segment_ms", first_segment_ms),
-            ("segment_ms", segment_ms),
-            ("lead_ms", lead_ms),
-            ("min_refill_ms", min_refill_ms),
+        if rate not in _RATES or isinstance(rate, bool):
+            raise LocalUsageError(f"rate must be one of {_RATES} (a raw file FreeSWITCH plays), got {rate!r}")
+        if not _is_int(ptime_ms) or ptime_ms <= 0 or ptime_ms % _WINDOW_MS:
+            raise LocalUsageError(f"ptime_ms must be a positive multiple of {_WINDOW_MS}, got {ptime_ms!r}")
+        if lead_ms is None:
+            lead_ms = 5 * ptime_ms  # REF: broadcast reads 5 frames before every file
+        for name, value, least in (
+            ("first_segment_ms", first_segment_ms, 1),
+            ("segment_ms", segment_ms, 1),
+            ("min_refill_ms", min_refill_ms, 0),
+            ("max_buffer_ms", max_buffer_ms, 1),
+            ("low_water_ms", low_water_ms, 0),
         ):
-            if value <= 0 or value % ptime_ms:
-                raise LocalUsageError(f"{name} must be a positive multiple of ptime {ptime_ms} ms, got {value}")
+            if not _is_int(value) or value < least:
+                raise LocalUsageError(f"{name} must be an int >= {least}, got {value!r}")
+        if not _is_int(lead_ms) or lead_ms <= 0 or lead_ms % ptime_ms:
+            raise LocalUsageError(f"lead_ms must be a positive multiple of ptime {ptime_ms} ms, got {lead_ms!r}")
+        # Sizes are rounded up to whole ptimes, so defaults work at a 30 ms ptime too.
+        first_segment_ms = -(-first_segment_ms // ptime_ms) * ptime_ms
+        segment_ms = -(-segment_ms // ptime_ms) * ptime_ms
+        max_buffer_ms = max_buffer_ms // ptime_ms * ptime_ms
+        if max_buffer_ms < max(first_segment_ms, segment_ms):
+            raise LocalUsageError(f"max_buffer_ms {max_buffer_ms} is below a segment ({segment_ms} ms)")
+        if not -120.0 <= silence_dbfs < 0:
+            raise LocalUsageError(f"silence_dbfs must be in [-120, 0), got {silence_dbfs!r}")
         self.rate = rate
         self.policy = policy
         self.ptime_ms = ptime_ms
-        self.frame_bytes = rate * ptime_ms // 1000 * 2
         self.first_segment_ms = first_segment_ms
         self.segment_ms = segment_ms
-        self.lead_frames = lead_ms // ptime_ms
+        self.lead_ms = lead_ms
         self.low_water_ms = low_water_ms
         self.min_refill_ms = min_refill_ms
-        # Mean square of a frame at the threshold level, in int16 units.
-        self._silence_ms = (32768.0 * 10 ** (silence_dbfs / 20)) ** 2
-        self.max_buffer_bytes = max_buffer_ms // ptime_ms * self.frame_bytes
+        self.silence_dbfs = silence_dbfs
+        self.max_buffer_ms = max_buffer_ms
+        self.frame_bytes = 2 * rate * ptime_ms // 1000
+        self._lead_frames = lead_ms // ptime_ms
+        # Mean square of a window at the threshold, in int16 units squared.
+        self._silent_power = (32768.0 * 10 ** (silence_dbfs / 20)) ** 2
         self._buf = bytearray()
-        self._first = True
         self._index = 0
         self.dropped_ms = 0
+        self._new_utterance()
+
+    def _new_utterance(self) -> None:
+        self._first = True
+        self._scan_reset()
+
+    def _scan_reset(self) -> None:
+        # uuid_broadcast pause scan over whole frames of the buffer, kept across feeds.
+        self._scanned = 0  # frames of _buf already classified
+        self._speech = False  # a loud frame since the buffer start
+        self._run = 0  # silent frames just before _scanned
 
     @property
     def buffered_ms(self) -> int:
+        """Audio held (whole ms, rounded down), including a sub-ptime remainder."""
         return len(self._buf) * 1000 // (2 * self.rate)
 
     def _bytes(self, ms: int) -> int:
         return ms // self.ptime_ms * self.frame_bytes
 
-    def _emit(self, nbytes: int, trimmed_frames: int = 0, pad: int = 0) -> Segment:
+    def _emit(self, nbytes: int, *, trimmed_frames: int = 0, pad: int = 0) -> Segment:
         pcm = bytes(self._buf[:nbytes]) + bytes(pad)
         del self._buf[: nbytes + trimmed_frames * self.frame_bytes]
         seg = Segment(
@@ -108,18 +161,22 @@ class SegmentPlanner:
         return seg
 
     def feed(self, pcm: bytes) -> list[Segment]:
+        """Buffer TTS audio (even length) and return the segments that are complete now."""
         if len(pcm) % 2:
-            raise LocalUsageError(f"PCM s16le must have an even length, got {len(pcm)} bytes")
+            raise LocalUsageError(f"PCM s16le must have an even length, got {len(pcm)} bytes (carry the odd byte)")
         self._buf += pcm
-        over = len(self._buf) - self.max_buffer_bytes
-        if over > 0:
-            # Bounded: the oldest whole frames go, counted (the session also caps spool bytes).
-            drop = -(-over // self.frame_bytes) * self.frame_bytes
-            del self._buf[:drop]
-            self.dropped_ms += drop * 1000 // (2 * self.rate)
-        if self.policy == "sendmsg":
-            return self._cut_sendmsg()
-        return self._cut_at_pauses()
+        out = self._cut_sendmsg() if self.policy == "sendmsg" else self._cut_at_pauses()
+        self._bound()
+        return out
+
+    def _bound(self) -> None:
+        over = len(self._buf) - self._bytes(self.max_buffer_ms)
+        if over <= 0:
+            return
+        frames = -(-over // self.frame_bytes)  # whole ptimes, so later cuts stay aligned
+        del self._buf[: frames * self.frame_bytes]
+        self.dropped_ms += frames * self.ptime_ms
+        self._scan_reset()  # the scan restarts on what is left (rare: a pathological stream)
 
     def _cut_sendmsg(self) -> list[Segment]:
         out = []
@@ -129,61 +186,63 @@ class SegmentPlanner:
                 return out
             out.append(self._emit(want))
 
-    def _silent_frames(self) -> np.ndarray:
-        n = len(self._buf) // self.frame_bytes
-        if n == 0:
-            return np.zeros(0, dtype=bool)
-        x = np.frombuffer(self._buf, dtype="<i2", count=n * self.frame_bytes // 2).astype(np.float64)
-        power = np.mean(x.reshape(n, -1) ** 2, axis=1)
-        return power < self._silence_ms
-
     def _cut_at_pauses(self) -> list[Segment]:
         out = []
-        while True:
-            silent = self._silent_frames()
-            cut = _pause_end(silent, self.lead_frames)
-            if cut is None:
-                return out
-            keep = cut - self.lead_frames
-            out.append(self._emit(keep * self.frame_bytes, trimmed_frames=self.lead_frames))
+        fb, lead = self.frame_bytes, self._lead_frames
+        total = len(self._buf) // fb
+        if total <= self._scanned:
+            return out
+        silent = self._silent_frames(self._scanned, total)
+        i = self._scanned
+        for quiet in silent:
+            i += 1
+            if not quiet:
+                self._speech, self._run = True, 0
+                continue
+            self._run += 1
+            if self._speech and self._run == lead:
+                # Cut where the speech ended; the lead's worth of pause is FreeSWITCH's hole.
+                out.append(self._emit((i - lead) * fb, trimmed_frames=lead))
+                i = 0
+                self._speech, self._run = False, 0
+        self._scanned = i
+        return out
+
+    def _silent_frames(self, start: int, stop: int) -> np.ndarray:
+        """Per whole frame in [start, stop): every 10 ms window below the threshold."""
+        fb = self.frame_bytes
+        x = np.frombuffer(self._buf, dtype="<i2", count=(stop - start) * fb // 2, offset=start * fb)
+        windows = x.astype(np.float64).reshape(-1, self.rate * _WINDOW_MS // 1000)
+        quiet = np.mean(windows * windows, axis=1) < self._silent_power
+        return quiet.reshape(stop - start, -1).all(axis=1)
 
     def take_ready(self, queued_ahead_ms: int) -> list[Segment]:
-        """When the queue ahead runs low, hand out the whole ptimes buffered now (sendmsg only)."""
+        """sendmsg: when less than ``low_water_ms`` is queued ahead, hand out the whole ptimes buffered now.
+
+        While something is still queued, only a segment of at least ``min_refill_ms`` is
+        handed out (shorter ones fell behind in REF); an empty queue takes even one ptime.
+        uuid_broadcast never tops up: every extra file costs a 100 ms hole.
+        """
         if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms:
             return []
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
-        if whole == 0:
+        if whole == 0 or (queued_ahead_ms > 0 and whole * 1000 < self.min_refill_ms * 2 * self.rate):
             return []
-        if whole < self._bytes(self.min_refill_ms) and queued_ahead_ms > 0:
-            return []  # something still plays: wait for a segment that cannot fall behind
         return [self._emit(whole)]
 
     def flush(self) -> list[Segment]:
-        """End of an utterance: everything buffered goes out, padded to a whole ptime."""
-        if not self._buf:
-            self._first = True
-            return []
-        pad = (-len(self._buf)) % self.frame_bytes
-        seg = self._emit(len(self._buf), pad=pad)
-        self._first = True
-        return [seg]
+        """End of an utterance (or a mark): everything buffered goes out, padded to a whole ptime."""
+        out = []
+        if self._buf:
+            out.append(self._emit(len(self._buf), pad=(-len(self._buf)) % self.frame_bytes))
+        self._new_utterance()
+        return out
 
     def clear(self) -> None:
         """Barge-in: drop what is buffered; the next segment starts a new utterance."""
         self._buf.clear()
-        self._first = True
+        self._new_utterance()
 
 
-def _pause_end(silent: np.ndarray, lead: int) -> int | None:
-    """End frame of the first silent run of >= lead frames that has speech before and after it."""
-    n = silent.size
-    run_start = None
-    for i in range(n):
-        if silent[i]:
-            if run_start is None:
-                run_start = i
-        else:
-            if run_start is not None and run_start > 0 and i - run_start >= lead:
-                return i
-            run_start = None
-    return None
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -3,19 +3,22 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fork_server.errors import LocalUsageError
-from fork_server.segments import SegmentPlanner
+from fork_server.segments import Segment, SegmentPlanner
 
 RATE = 8000
 FRAME = 320  # 20 ms at 8 kHz
 
 
-def tone(ms, amp=8000):
-    n = RATE * ms // 1000
+def tone(ms, amp=8000, rate=RATE):
+    n = rate * ms // 1000
     return np.rint(np.sin(np.arange(n) * 0.3) * amp).astype("<i2").tobytes()
 
 
-def quiet(ms):
-    return bytes(2 * (RATE * ms // 1000))
+def quiet(ms, rate=RATE, level=0):
+    """Silence; ``level`` > 0 gives low noise (-50 dBFS is an RMS of about 104)."""
+    n = rate * ms // 1000
+    noise = np.random.default_rng(ms).uniform(-level, level, n) if level else np.zeros(n)
+    return np.rint(noise).astype("<i2").tobytes()
 
 
 def replay(segments):
@@ -23,15 +26,39 @@ def replay(segments):
     return b"".join(s.pcm + quiet(s.trimmed_ms) for s in segments)
 
 
+def feed_in(p, audio, chunk):
+    return [s for i in range(0, len(audio), chunk) for s in p.feed(audio[i : i + chunk])]
+
+
+# ------------------------------------------------------------------ sendmsg
+
+
 def test_sendmsg_first_segment_small_then_large():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80, segment_ms=400)
     segs = p.feed(tone(1000))
     assert [s.ms for s in segs] == [80, 400, 400]
-    assert segs[0].first and not segs[1].first
+    assert [s.first for s in segs] == [True, False, False]
+    assert [s.index for s in segs] == [0, 1, 2]
     assert p.buffered_ms == 120
-    rest = p.flush()
-    assert [s.ms for s in rest] == [120]
-    assert p.feed(tone(100))[0].first  # after flush a new utterance starts small again
+    (rest,) = p.flush()
+    assert rest.ms == 120 and rest.padded_ms == 0 and not rest.first
+    (again,) = p.feed(tone(100))
+    assert again.first and again.ms == 80 and again.index == 4  # after flush a new utterance starts small
+
+
+@pytest.mark.parametrize("first_ms", [40, 60, 120])
+def test_first_segment_is_emitted_as_soon_as_it_is_buffered(first_ms):
+    p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=first_ms)
+    segs = feed_in(p, tone(first_ms - 20) + tone(20), 2 * 80)  # 10 ms chunks
+    assert [s.ms for s in segs] == [first_ms]
+
+
+def test_continuous_tts_is_never_padded_in_the_middle():
+    p = SegmentPlanner(RATE, "sendmsg")
+    segs = feed_in(p, tone(1234), 2 * 77)  # chunks that are no whole number of ptimes
+    assert all(s.padded_ms == 0 for s in segs) and p.buffered_ms == 1234 - sum(s.ms for s in segs)
+    (last,) = p.flush()
+    assert last.padded_ms == 6 and last.ms % 20 == 0
 
 
 def test_flush_pads_only_to_a_whole_ptime():
@@ -39,23 +66,32 @@ def test_flush_pads_only_to_a_whole_ptime():
     p.feed(tone(50))
     (seg,) = p.flush()
     assert len(seg.pcm) % FRAME == 0 and seg.ms == 60 and seg.padded_ms == 10
-    assert p.flush() == []
+    assert seg.pcm[-160:] == bytes(160)
+    assert p.flush() == [] and p.buffered_ms == 0
 
 
-def test_take_ready_refills_a_starving_queue_with_whole_ptimes():
+def test_take_ready_tops_up_below_low_water_only():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=120)
     p.feed(tone(70))  # below the first target: nothing yet
     assert p.take_ready(queued_ahead_ms=200) == []
-    (seg,) = p.take_ready(queued_ahead_ms=20)  # below the 60 ms low-water mark; 60 ms >= 40 ms floor
+    assert p.take_ready(queued_ahead_ms=60) == []  # at the low-water mark is enough
+    (seg,) = p.take_ready(queued_ahead_ms=20)  # 60 ms whole ptimes >= 40 ms floor
     assert seg.ms == 60 and seg.first and p.buffered_ms == 10
+    assert p.take_ready(queued_ahead_ms=0) == []  # only a sub-ptime remainder left
 
 
 def test_take_ready_waits_for_40_ms_while_something_plays():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=120)
     p.feed(tone(30))
-    assert p.take_ready(queued_ahead_ms=20) == []
-    (seg,) = p.take_ready(queued_ahead_ms=0)
-    assert seg.ms == 20
+    assert p.take_ready(queued_ahead_ms=20) == []  # a 20 ms top-up could fall behind
+    (seg,) = p.take_ready(queued_ahead_ms=0)  # the queue is dry: waiting only adds a gap
+    assert seg.ms == 20 and p.buffered_ms == 10
+
+
+def test_take_ready_with_custom_low_water():
+    p = SegmentPlanner(RATE, "sendmsg", low_water_ms=100, first_segment_ms=120)
+    p.feed(tone(60))
+    assert [s.ms for s in p.take_ready(queued_ahead_ms=80)] == [60]
 
 
 def test_clear_drops_buffer_and_restarts_utterance():
@@ -63,62 +99,179 @@ def test_clear_drops_buffer_and_restarts_utterance():
     p.feed(tone(500))
     p.clear()
     assert p.buffered_ms == 0 and p.flush() == []
-    assert p.feed(tone(80))[0].first
+    (seg,) = p.feed(tone(80))
+    assert seg.first and seg.ms == 80
 
 
-def test_broadcast_cuts_only_in_pauses_and_trims_the_lead():
+# ------------------------------------------------------------------ uuid_broadcast
+
+
+def test_broadcast_cuts_only_in_pauses_and_trims_exactly_the_lead():
     p = SegmentPlanner(RATE, "uuid_broadcast", lead_ms=100)
     audio = tone(300) + quiet(240) + tone(200) + quiet(60) + tone(100)
     segs = p.feed(audio) + p.flush()
-    assert len(segs) == 2  # the 60 ms pause is shorter than the lead: no cut there
-    assert segs[0].trimmed_ms == 100 and segs[0].ms == 300 + 140
+    assert [(s.ms, s.trimmed_ms, s.first) for s in segs] == [(300, 100, True), (140 + 200 + 60 + 100, 0, False)]
     assert replay(segs) == audio
+
+
+def test_broadcast_emits_a_segment_as_soon_as_the_pause_reaches_the_lead():
+    p = SegmentPlanner(RATE, "uuid_broadcast", lead_ms=100)
+    assert p.feed(tone(300) + quiet(80)) == []
+    (seg,) = feed_in(p, quiet(20), 2 * 40)
+    assert seg.ms == 300 and seg.trimmed_ms == 100
+    assert p.feed(quiet(500)) == []  # more silence: no speech since the cut, no second hole
+    assert p.feed(tone(100)) == []
+    (rest,) = p.flush()
+    assert rest.ms == 600 and rest.trimmed_ms == 0
+
+
+def test_broadcast_never_trims_the_leading_silence_of_an_utterance():
+    p = SegmentPlanner(RATE, "uuid_broadcast")
+    segs = p.feed(quiet(300) + tone(200)) + p.flush()
+    assert [(s.ms, s.trimmed_ms) for s in segs] == [(500, 0)]
+
+
+def test_broadcast_pause_detection_uses_a_threshold_not_digital_zero():
+    p = SegmentPlanner(RATE, "uuid_broadcast", silence_dbfs=-50)
+    hiss = quiet(200, level=100)  # about -55 dBFS RMS: silent
+    (seg,) = p.feed(tone(200) + hiss + tone(100))
+    assert seg.ms == 200 and seg.trimmed_ms == 100
+    loud = SegmentPlanner(RATE, "uuid_broadcast", silence_dbfs=-60)
+    assert loud.feed(tone(200) + hiss + tone(100)) == []  # at -60 dBFS the hiss counts as sound
+
+
+def test_broadcast_judges_silence_per_10_ms_window():
+    # A soft blip filling one 10 ms window (-48 dBFS) makes its 20 ms frame average -51 dBFS:
+    # judged per frame it would vanish; per window it breaks the pause.
+    gap = bytearray(quiet(200))
+    gap[2 * 720 : 2 * 800] = tone(10, amp=184)
+    p = SegmentPlanner(RATE, "uuid_broadcast", lead_ms=100, silence_dbfs=-50)
+    (seg,) = p.feed(tone(200) + bytes(gap) + tone(100))
+    assert seg.ms == 200 + 100 and seg.trimmed_ms == 100  # cut after the blip, not at the speech
 
 
 def test_broadcast_without_pause_waits_for_flush():
     p = SegmentPlanner(RATE, "uuid_broadcast")
-    assert p.feed(tone(2000)) == []
+    assert feed_in(p, tone(2000), 640) == []
     assert p.take_ready(0) == []
-    assert [s.ms for s in p.flush()] == [2000]
+    assert [(s.ms, s.first) for s in p.flush()] == [(2000, True)]
 
 
-@settings(max_examples=80, deadline=None)
+def test_broadcast_clear_forgets_a_pause_in_progress():
+    p = SegmentPlanner(RATE, "uuid_broadcast")
+    p.feed(tone(200) + quiet(80))
+    p.clear()
+    assert p.feed(quiet(40)) == [] and [s.first for s in p.flush()] == [True]
+
+
+@pytest.mark.parametrize("ptime_ms,rate", [(20, 16000), (30, 8000), (10, 24000)])
+def test_other_rates_and_ptimes(ptime_ms, rate):
+    p = SegmentPlanner(rate, "uuid_broadcast", ptime_ms=ptime_ms)  # lead defaults to 5 ptimes
+    audio = tone(300, rate=rate) + quiet(400, rate=rate) + tone(100, rate=rate)
+    segs = p.feed(audio) + p.flush()
+    frame = 2 * rate * ptime_ms // 1000
+    assert all(len(s.pcm) % frame == 0 for s in segs)
+    assert segs[0].trimmed_ms == 5 * ptime_ms
+    assert b"".join(s.pcm + quiet(s.trimmed_ms, rate) for s in segs)[: len(audio)] == audio
+
+
+# ------------------------------------------------------------------ invariants
+
+
+@settings(max_examples=150, deadline=None)
 @given(
     policy=st.sampled_from(["sendmsg", "uuid_broadcast"]),
     parts=st.lists(st.tuples(st.booleans(), st.integers(1, 400)), min_size=1, max_size=12),
     chunk=st.integers(1, 3000),
     refills=st.lists(st.integers(0, 200), max_size=20),
+    first_ms=st.sampled_from([40, 60, 80, 100, 120]),
+    flush_every=st.integers(0, 6),
 )
-def test_segments_rebuild_the_input_exactly(policy, parts, chunk, refills):
+def test_segments_rebuild_the_input_exactly(policy, parts, chunk, refills, first_ms, flush_every):
     audio = b"".join(tone(ms) if loud else quiet(ms) for loud, ms in parts)
-    p = SegmentPlanner(RATE, policy)
-    segs, i, r = [], 0, iter(refills)
-    while i < len(audio):
-        piece = audio[i : i + chunk * 2]
-        i += len(piece)
-        segs += p.feed(piece)
-        segs += p.take_ready(next(r, 500))
+    p = SegmentPlanner(RATE, policy, first_segment_ms=first_ms)
+    segs, expected, fed, r = [], b"", b"", iter(refills)
+    for n, i in enumerate(range(0, len(audio), 2 * chunk), start=1):
+        piece = audio[i : i + 2 * chunk]
+        fed += piece
+        segs += p.feed(piece) + p.take_ready(next(r, 500))
+        if flush_every and n % flush_every == 0:
+            # An utterance ends mid-stream: its audio comes back padded to a whole ptime.
+            segs += p.flush()
+            expected += fed + bytes(-len(fed) % FRAME)
+            fed = b""
     segs += p.flush()
+    expected += fed + bytes(-len(fed) % FRAME)
     for s in segs:
         assert len(s.pcm) % FRAME == 0 and s.ms * RATE // 1000 * 2 == len(s.pcm)
-    heard = replay(segs)
-    assert heard[: len(audio)] == audio
-    assert len(heard) - len(audio) < FRAME and not any(heard[len(audio) :])
+        assert s.trimmed_ms in (0, 100) and (s.trimmed_ms == 0 or policy == "uuid_broadcast")
     assert [s.index for s in segs] == list(range(len(segs)))
+    assert replay(segs) == expected
+    assert p.buffered_ms == 0 and p.dropped_ms == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st.lists(st.tuples(st.booleans(), st.integers(1, 400)), min_size=1, max_size=10),
+    chunks=st.lists(st.integers(1, 2000), min_size=1, max_size=30),
+)
+def test_broadcast_cuts_do_not_depend_on_chunking(parts, chunks):
+    audio = b"".join(tone(ms) if loud else quiet(ms) for loud, ms in parts)
+    one = SegmentPlanner(RATE, "uuid_broadcast")
+    reference = one.feed(audio) + one.flush()
+    p, got, i, k = SegmentPlanner(RATE, "uuid_broadcast"), [], 0, 0
+    while i < len(audio):
+        n = 2 * chunks[k % len(chunks)]
+        got += p.feed(audio[i : i + n])
+        i, k = i + n, k + 1
+    assert got + p.flush() == reference
+    for s in reference[:-1]:
+        assert s.trimmed_ms == 100 and any(s.pcm[-FRAME:])  # every cut: speech, then the trimmed lead
+
+
+def test_sizes_round_up_to_whole_ptimes():
+    p = SegmentPlanner(RATE, "sendmsg", ptime_ms=30, first_segment_ms=80, segment_ms=400)
+    assert (p.first_segment_ms, p.segment_ms, p.lead_ms) == (90, 420, 150)
+    assert [s.ms for s in p.feed(tone(600))] == [90, 420]
+
+
+def test_segment_is_a_frozen_value():
+    seg = Segment(pcm=b"", ms=0, index=0, first=True)
+    with pytest.raises(AttributeError):
+        seg.ms = 20  # type: ignore[misc]
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(LocalUsageError):
-        SegmentPlanner(RATE, "fifo")
-    with pytest.raises(LocalUsageError):
-        SegmentPlanner(RATE, "sendmsg", first_segment_ms=50)
+    for kwargs in (
+        {"policy": "fifo"},
+        {"first_segment_ms": 0},
+        {"segment_ms": 0},
+        {"min_refill_ms": 20.0},
+        {"lead_ms": 90},
+        {"ptime_ms": 25},
+        {"low_water_ms": -1},
+        {"silence_dbfs": 3.0},
+        {"max_buffer_ms": 200},
+    ):
+        with pytest.raises(LocalUsageError):
+            SegmentPlanner(RATE, **{"policy": "sendmsg", **kwargs})
     with pytest.raises(LocalUsageError):
         SegmentPlanner(44100, "sendmsg")
     with pytest.raises(LocalUsageError):
         SegmentPlanner(RATE, "sendmsg").feed(b"\x00")
 
 
-def test_buffer_is_bounded():
+def test_buffer_is_bounded_dropping_the_oldest_and_counting():
     p = SegmentPlanner(RATE, "uuid_broadcast", max_buffer_ms=1000)
-    p.feed(tone(1500))
+    head = tone(500, amp=1000)
+    tail = tone(1000)
+    assert p.feed(head + tail) == []
     assert p.buffered_ms == 1000 and p.dropped_ms == 500
+    (seg,) = p.flush()
+    assert seg.pcm == tail
+
+
+def test_sendmsg_takes_a_big_chunk_without_dropping():
+    p = SegmentPlanner(RATE, "sendmsg", max_buffer_ms=1000)
+    segs = p.feed(tone(30_000))
+    assert p.dropped_ms == 0 and sum(s.ms for s in segs) + p.buffered_ms == 30_000
