@@ -1,0 +1,774 @@
+"""The emulated FreeSWITCH core: channels, the rendered dialplan, API commands, playback, events.
+
+It implements the ``EslCore`` interface of docs/DESIGN.md (``api``, ``sendmsg``,
+``subscribe``) so :mod:`testbed.freeswitch.esl_server` can put the real ESL wire protocol in
+front of it. Facts are from ../shared/reference/freeswitch-observed.md (REF); where REF is
+silent the docstring says "assumption".
+
+One clock drives every channel, frame by frame (ptime), as FreeSWITCH's media loop does:
+each tick a channel reads the caller's frame (fed to its forks) and writes the next frame of
+the playing file into the caller's :class:`~testbed.freeswitch.media.Ear`. So a hole is a
+missing frame on the channel clock, and "within one frame" is countable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import json
+import logging
+import os
+import time
+import uuid as uuidlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import quote
+
+import numpy as np
+
+from .dialplan import Action, Dialplan
+from .expand import expand
+from .fork_args import ForkCommand, parse_fork_command
+from .fork_client import ForkBug
+from .media import Ear, Mouth, SoundFileError, read_sound_file, resample_clip
+from .timings import Timings
+
+__all__ = ["EmulatedSwitch", "Channel", "SwitchCrashed", "EmulatorError"]
+
+log = logging.getLogger("testbed.freeswitch")
+
+Listener = Callable[[Mapping[str, str], "str | None"], None]
+_PLAY_AUDIO_COUNTER = itertools.count(1)  # REF: the <n> of play_audio files is global
+
+
+class EmulatorError(RuntimeError):
+    """The emulated switch met something it cannot do faithfully (fails the test loudly)."""
+
+
+class SwitchCrashed(EmulatorError):
+    """REF: a playAudio without audioContentType segfaults the whole FreeSWITCH process."""
+
+
+@dataclass(slots=True)
+class _Play:
+    path: str
+    kind: str  # sendmsg | broadcast | dialplan
+    event_lock: bool = True
+    not_before_ms: float = 0.0
+    lead_left: int = 0
+    pcm: bytes = b""
+    pos: int = 0
+    started: bool = False  # PLAYBACK_START sent
+    broken: str | None = None  # "all" | "one": uuid_break seen, events go out on the next tick
+    app_uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    done: asyncio.Future[str] | None = None
+
+
+class Channel:
+    """One inbound call leg, parked in the dialplan with a fork attached."""
+
+    def __init__(
+        self,
+        switch: "EmulatedSwitch",
+        destination: str,
+        caller_id_number: str,
+        caller_id_name: str,
+        codec: str,
+        ptime_ms: int,
+        caller_sends_rtp: bool,
+    ) -> None:
+        self.switch = switch
+        self.uuid = str(uuidlib.uuid4())
+        self.rate = 16000 if codec.upper() in ("L16", "G722") else 8000
+        self.ptime_ms = ptime_ms
+        self.frame_bytes = self.rate * ptime_ms // 1000 * 2
+        self.caller_sends_rtp = caller_sends_rtp
+        self.profile = {
+            "Caller-Caller-ID-Number": caller_id_number,
+            "Caller-Caller-ID-Name": caller_id_name,
+            "Caller-Destination-Number": destination,
+            "Caller-Unique-ID": self.uuid,
+            "Caller-Context": "public",
+            "Caller-Network-Addr": "127.0.0.1",
+        }
+        self.vars: dict[str, str] = {
+            "uuid": self.uuid,
+            "call_uuid": self.uuid,
+            "direction": "inbound",
+            "read_codec": codec.upper(),
+            "write_codec": codec.upper(),
+            "read_rate": str(self.rate),
+            "write_rate": str(self.rate),
+            "destination_number": destination,
+            "caller_id_number": caller_id_number,
+            "caller_id_name": caller_id_name,
+        }
+        self.state = "CS_ROUTING"
+        self.answered = False
+        self.parked = False
+        self.mouth = Mouth(self.rate, ptime_ms)
+        self.ear = Ear(self.rate, ptime_ms)
+        self.t0 = switch.now()
+        self.tick = 0  # frames processed on this channel's clock
+        self.queue: deque[_Play] = deque()
+        self.current: _Play | None = None
+        self.nested: list[_Play] = []  # playbacks without event-lock nest (REF)
+        self.bugs: dict[str, ForkBug] = {}
+        self.dtmf_to_caller: list[tuple[str, float]] = []
+        self.temp_files: list[str] = []
+        self.transferred_to: str | None = None
+        self.hangup_cause: str | None = None
+        self.extension: str | None = None
+        self.executed: list[Action] = []
+        self.hungup = asyncio.Event()
+        self.playbacks: list[tuple[str, str, int]] = []  # (path, status, tick it ended on)
+        self._sched_hangup: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ test-side controls
+
+    def say(self, pcm: bytes) -> None:
+        """Queue caller speech (s16le at the channel rate), one ptime per tick from now."""
+        self.mouth.say(pcm)
+
+    def press(self, digit: str, duration_ms: int = 100) -> None:
+        """The caller sends an RFC 2833 digit: a DTMF event (duration in 8 kHz samples, assumption)."""
+        self.switch._emit(
+            "DTMF", self, {"DTMF-Digit": digit, "DTMF-Duration": str(duration_ms * 8), "DTMF-Source": "RTP"}
+        )
+
+    def hangup(self, cause: str = "NORMAL_CLEARING") -> None:
+        self.switch._hangup(self, cause)
+
+    def ms(self) -> float:
+        return (self.switch.now() - self.t0) * 1000
+
+    def var(self, name: str) -> str | None:
+        if name in self.vars:
+            return self.vars[name]
+        return self.profile.get(name)
+
+    @property
+    def alive(self) -> bool:
+        return self.hangup_cause is None
+
+
+class EmulatedSwitch:
+    """An emulated FreeSWITCH with mod_audio_fork, driven by the rendered dialplan."""
+
+    def __init__(
+        self,
+        dialplan_path: str | Path | None = None,
+        *,
+        timings: Timings | None = None,
+        temp_dir: str = "/tmp",
+        globals_: dict[str, str] | None = None,
+    ) -> None:
+        self.dialplan = Dialplan.load(dialplan_path, globals_) if dialplan_path else Dialplan([])
+        self.timings = timings or Timings()
+        self.temp_dir = temp_dir
+        self.core_uuid = str(uuidlib.uuid4())
+        self.channels: dict[str, Channel] = {}
+        self.ended: list[Channel] = []
+        self.listeners: list[Listener] = []
+        self.errors: list[str] = []  # things FreeSWITCH would log at ERR level
+        self.crashed: str | None = None
+        self.api_log: list[tuple[float, str]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def now(self) -> float:
+        return time.monotonic() if self._loop is None else self._loop.time()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._clock = self._loop.create_task(self._run_clock(), name="switch-clock")
+
+    async def close(self) -> None:
+        for ch in list(self.channels.values()):
+            self._hangup(ch, "SYSTEM_SHUTDOWN")
+        await self.settle()
+        if self._clock is not None:
+            self._clock.cancel()
+            await asyncio.gather(self._clock, return_exceptions=True)
+
+    async def settle(self, timeout: float = 3.0) -> None:
+        """Wait for forks and dialplan tasks of ended channels to finish."""
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def check(self) -> None:
+        """Raise if the switch crashed or logged an emulation error (tests call this)."""
+        if self.crashed:
+            raise SwitchCrashed(self.crashed)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener) if listener in self.listeners else None
+
+    # ------------------------------------------------------------ calls
+
+    def place_call(
+        self,
+        destination: str,
+        caller_id_number: str = "+15550001111",
+        caller_id_name: str = "Test Caller",
+        *,
+        codec: str = "PCMU",
+        ptime_ms: int | None = None,
+        caller_sends_rtp: bool = True,
+    ) -> Channel:
+        """An inbound INVITE: route it through the rendered dialplan and run the extension."""
+        self._alive()
+        ch = Channel(
+            self, destination, caller_id_number, caller_id_name, codec,
+            ptime_ms or self.timings.ptime_ms, caller_sends_rtp,
+        )
+        self.channels[ch.uuid] = ch
+        self._emit("CHANNEL_CREATE", ch)
+        routed = self.dialplan.route({"destination_number": destination})
+        if routed is None:
+            self.errors.append(f"no route for {destination}")
+            self._hangup(ch, "NO_ROUTE_DESTINATION")
+            return ch
+        ch.extension, actions = routed
+        self._spawn(self._execute(ch, actions), f"dialplan-{ch.uuid}")
+        return ch
+
+    async def _execute(self, ch: Channel, actions: list[Action]) -> None:
+        ch.state = "CS_EXECUTE"
+        for action in actions:
+            if not ch.alive or self.crashed:
+                return
+            ch.executed.append(action)
+            app, data = action.application, self._expand(ch, action.data)
+            if app == "answer":
+                self._answer(ch)
+            elif app in ("set", "export"):
+                name, _, value = data.partition("=")
+                ch.vars[name] = value
+            elif app == "sched_hangup":
+                self._sched_hangup(ch, data)
+            elif app == "playback":
+                play = _Play(data, "dialplan", not_before_ms=ch.ms() + self.timings.sendmsg_start_ms)
+                play.done = asyncio.get_running_loop().create_future()
+                self._enqueue(ch, play)
+                await play.done
+            elif app == "park":
+                ch.parked = True
+                ch.state = "CS_PARK"
+                return
+            elif app == "hangup":
+                self._hangup(ch, data or "NORMAL_CLEARING")
+                return
+            elif app == "sleep":
+                await asyncio.sleep(int(data or 0) / 1000)
+            else:
+                self.errors.append(f"dialplan application {app!r} is not emulated")
+                raise EmulatorError(f"dialplan application {app!r} is not emulated")
+
+    def _expand(self, ch: Channel, text: str) -> str:
+        return expand(text, ch.var, lambda cmd, args: self.api(cmd, args))
+
+    def _answer(self, ch: Channel) -> None:
+        if not ch.answered:
+            ch.answered = True
+            ch.vars["answer_state"] = "answered"
+            self._emit("CHANNEL_ANSWER", ch)
+
+    def _sched_hangup(self, ch: Channel, data: str) -> None:
+        when, _, cause = data.partition(" ")
+        try:
+            secs = float(when.lstrip("+"))
+        except ValueError:
+            self.errors.append(f"sched_hangup: bad time {when!r}")
+            return
+        assert self._loop is not None
+        ch._sched_hangup = self._loop.call_later(secs, self._hangup, ch, cause or "ALLOTTED_TIMEOUT")
+
+    def _hangup(self, ch: Channel, cause: str) -> None:
+        if not ch.alive:
+            return
+        ch.hangup_cause = cause
+        ch.state = "CS_HANGUP"
+        if ch._sched_hangup is not None:
+            ch._sched_hangup.cancel()
+        # Assumption (REF silent): a playback cut by hangup reports Playback-Status break.
+        if ch.current is not None and ch.current.started:
+            self._finish(ch, ch.current, "break")
+        for play in [*ch.queue, *ch.nested]:
+            if play.done is not None and not play.done.done():
+                play.done.set_result("hangup")
+        ch.queue.clear()
+        ch.nested.clear()
+        ch.current = None
+        for bug in ch.bugs.values():
+            bug.hangup()  # REF: close 1000, empty reason, no final text
+            self._spawn(bug.wait_closed(), f"fork-close-{ch.uuid}")
+        for path in ch.temp_files:  # REF: play_audio files are deleted at hangup
+            _unlink(path)
+        self._emit("CHANNEL_HANGUP", ch, {"Hangup-Cause": cause})
+        self._emit("CHANNEL_HANGUP_COMPLETE", ch, {"Hangup-Cause": cause})
+        self.channels.pop(ch.uuid, None)
+        self.ended.append(ch)
+        ch.hungup.set()
+
+    # ------------------------------------------------------------ EslCore: API
+
+    def api(self, command: str, args: str = "") -> str:
+        self._alive()
+        self.api_log.append((self.now(), f"{command} {args}".strip()))
+        handler = _API.get(command)
+        if handler is None:
+            return f"-ERR {command} Command not found!\n"
+        return handler(self, args)
+
+    def _channel(self, token: str) -> Channel | None:
+        return self.channels.get(token)
+
+    def _api_uuid_audio_fork(self, args: str) -> str:
+        cmd = parse_fork_command(args)
+        if isinstance(cmd, str):
+            return cmd
+        ch = self._channel(cmd.uuid)
+        if ch is None:
+            return "-ERR Operation Failed\n"  # source: session not located
+        if cmd.verb == "start":
+            return self._fork_start(ch, cmd)
+        bug = ch.bugs.get(cmd.bugname)
+        if bug is None:
+            return "-ERR Operation Failed\n"
+        if cmd.verb == "stop":
+            bug.stop(cmd.metadata)
+            if not bug.graceful:
+                del ch.bugs[cmd.bugname]
+                for path in ch.temp_files:  # REF: deleted on stop
+                    _unlink(path)
+                ch.temp_files.clear()
+        elif cmd.verb == "send_text":
+            if cmd.metadata is None:
+                return "-ERR Operation Failed\n"
+            bug.send_text(cmd.metadata)
+        elif cmd.verb == "pause":
+            bug.paused = True
+        elif cmd.verb == "resume":
+            bug.paused = False
+        elif cmd.verb == "graceful-shutdown":
+            bug.graceful_shutdown()
+        return "+OK Success\n"
+
+    def _fork_start(self, ch: Channel, cmd: ForkCommand) -> str:
+        if cmd.bugname in ch.bugs:
+            # REF: the fork stays attached after a server close or connect failure;
+            # the next start fails ("bug audio_fork already attached") until stop is run.
+            self.errors.append(f"{ch.uuid}: bug {cmd.bugname} already attached")
+            return "-ERR Operation Failed\n"
+        if cmd.mix not in ("mono", "mixed", "stereo"):
+            self.errors.append(f"invalid mix type: {cmd.mix}")
+            return "-ERR Operation Failed\n"
+        # REF: an invalid URL or a rate not a multiple of 8000 is only logged; start goes ahead.
+        if not (cmd.url or "").startswith(("ws://", "wss://", "http://", "https://")):
+            self.errors.append(f"invalid websocket uri: {cmd.url}")
+        if not cmd.rate or cmd.rate % 8000:
+            self.errors.append(f"invalid sample rate: {cmd.rate}")
+        if not ch.answered:  # REF: start pre-answers the channel
+            ch.vars["answer_state"] = "early"
+        user = ch.vars.get("MOD_AUDIO_BASIC_AUTH_USERNAME")
+        password = ch.vars.get("MOD_AUDIO_BASIC_AUTH_PASSWORD")
+        url = cmd.url or ""
+        if url.startswith(("http://", "https://")):
+            url = "ws" + url[4:]
+        bug_cmd = ForkCommand(cmd.uuid, cmd.verb, url, cmd.mix, cmd.rate or 8000, cmd.bugname, cmd.metadata)
+        bug = ForkBug(
+            bug_cmd,
+            auth=(user, password) if user and password else None,
+            channels=2 if cmd.mix == "stereo" else 1,
+            fire=lambda name, body: self._emit_custom(ch, name, body),
+            on_text=lambda b, text: self._on_fork_text(ch, b, text),
+            buffer_secs=self.timings.fork_buffer_secs,
+            merge_frames=self.timings.fork_merge_frames,
+        )
+        ch.bugs[cmd.bugname] = bug
+        return "+OK Success\n"
+
+    def _api_uuid_broadcast(self, args: str) -> str:
+        parts = args.split(" ")
+        if len(parts) < 2:
+            return "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
+        ch = self._channel(parts[0])
+        if ch is None:
+            return "-ERR Cannot locate session!\n"
+        idle = ch.current is None and not ch.queue
+        lead = self.timings.lead_frames if ch.caller_sends_rtp else self.timings.lead_frames_no_rtp
+        setup = self.timings.broadcast_setup_ms if idle else 0
+        self._enqueue(ch, _Play(parts[1], "broadcast", not_before_ms=ch.ms() + setup, lead_left=lead))
+        return "+OK Message sent\n"
+
+    def _api_uuid_break(self, args: str) -> str:
+        parts = args.split()
+        ch = self._channel(parts[0]) if parts else None
+        if ch is None:
+            return "-ERR no such channel\n"
+        self._break(ch, all_=len(parts) > 1 and parts[1] == "all")
+        return "+OK\n"
+
+    def _api_uuid_kill(self, args: str) -> str:
+        parts = args.split()
+        ch = self._channel(parts[0]) if parts else None
+        if ch is None:
+            return "-ERR No such channel!\n"
+        self._hangup(ch, parts[1] if len(parts) > 1 else "NORMAL_CLEARING")
+        return "+OK\n"
+
+    def _api_uuid_transfer(self, args: str) -> str:
+        """Assumption (REF silent): the call leaves our extension for ``dest``; the test side
+        sees ``transferred_to`` and the channel stays up (the agent leg is not emulated)."""
+        parts = [p for p in args.split() if not p.startswith("-")]
+        ch = self._channel(parts[0]) if parts else None
+        if ch is None or len(parts) < 2:
+            return "-ERR No such channel!\n"
+        self._break(ch, all_=True)
+        ch.transferred_to = parts[1]
+        ch.parked = False
+        self._emit("CHANNEL_EXECUTE", ch, {"Application": "transfer", "Application-Data": " ".join(parts[1:])})
+        return "+OK\n"
+
+    def _api_uuid_dump(self, args: str) -> str:
+        ch = self._channel(args.split(" ")[0]) if args else None
+        if ch is None:
+            return "-ERR No such channel!\n"
+        headers = self._headers("CHANNEL_DATA", ch)
+        return "".join(f"{k}: {quote(v, safe='')}\n" for k, v in headers.items())
+
+    def _api_uuid_getvar(self, args: str) -> str:
+        parts = args.split()
+        ch = self._channel(parts[0]) if parts else None
+        if ch is None or len(parts) < 2:
+            return "-ERR No such channel!\n"
+        value = ch.var(parts[1])
+        return "_undef_" if value is None else value
+
+    def _api_uuid_setvar(self, args: str) -> str:
+        parts = args.split(" ", 2)
+        ch = self._channel(parts[0]) if parts else None
+        if ch is None or len(parts) < 2:
+            return "-ERR No such channel!\n"
+        ch.vars[parts[1]] = parts[2] if len(parts) > 2 else ""
+        return "+OK\n"
+
+    def _api_uuid_send_dtmf(self, args: str) -> str:
+        parts = args.split()
+        ch = self._channel(parts[0]) if parts else None
+        if ch is None or len(parts) < 2:
+            return "-ERR no such channel\n"
+        for digit in parts[1]:
+            if digit in "0123456789*#ABCDabcd":
+                ch.dtmf_to_caller.append((digit.upper(), self.now()))
+        return "+OK Success\n"
+
+    def _api_uuid_exists(self, args: str) -> str:
+        return "true" if args.strip() in self.channels else "false"
+
+    def _api_status(self, args: str) -> str:
+        return f"UP 0 years, 0 days\n{len(self.channels)} session(s) - emulated\n"
+
+    # ------------------------------------------------------------ EslCore: sendmsg
+
+    def sendmsg(self, uuid: str, headers: Mapping[str, str], body: str | None = None) -> str:
+        self._alive()
+        ch = self._channel(uuid.strip())
+        if ch is None:
+            return f"-ERR invalid session id [{uuid.strip()}]"
+        h = {k.lower(): v for k, v in headers.items()}
+        command = h.get("call-command", "")
+        if command == "hangup":
+            self._hangup(ch, h.get("hangup-cause", "NORMAL_CLEARING"))
+            return "+OK"
+        if command != "execute":
+            return f"-ERR call-command {command!r} not emulated"
+        app = h.get("execute-app-name", "")
+        arg = h.get("execute-app-arg", body or "")
+        if app != "playback":
+            return f"-ERR execute {app!r} not emulated"
+        lock = h.get("event-lock", "").lower() == "true"
+        play = _Play(arg, "sendmsg", event_lock=lock, not_before_ms=ch.ms() + self.timings.sendmsg_start_ms)
+        if not lock and (ch.current is not None or ch.queue or ch.nested):
+            # REF: without event-lock playbacks nest; the last queued plays first. Modelled as
+            # preemption: the new file starts now inside the current one, which resumes after.
+            if ch.current is not None:
+                ch.nested.append(ch.current)
+                ch.current = None
+            play.not_before_ms = 0
+            ch.queue.appendleft(play)
+            return "+OK"
+        self._enqueue(ch, play)
+        return "+OK"
+
+    # ------------------------------------------------------------ playback
+
+    def _enqueue(self, ch: Channel, play: _Play) -> None:
+        if not ch.alive:
+            return
+        ch.queue.append(play)
+
+    def _break(self, ch: Channel, all_: bool) -> None:
+        """REF Barge-in: ``all`` stops the current file and drops the queue within a frame;
+        without it only the current file stops and the next starts about 160 ms later."""
+        if ch.current is not None:
+            ch.current.broken = "all" if all_ else "one"
+        if all_:
+            for play in [*ch.queue, *ch.nested]:
+                # Assumption (REF silent): dropped queued files produce no events.
+                if play.done is not None and not play.done.done():
+                    play.done.set_result("break")
+            ch.queue.clear()
+            ch.nested.clear()
+        elif ch.queue:
+            ch.queue[0].not_before_ms = max(ch.queue[0].not_before_ms, ch.ms() + self.timings.break_next_start_ms)
+
+    def _start_next(self, ch: Channel, at_ms: float) -> None:
+        if ch.current is not None or not ch.queue or ch.queue[0].not_before_ms > at_ms:
+            return
+        play = ch.queue.popleft()
+        ch.current = play
+        self._emit("CHANNEL_EXECUTE", ch, {"Application": "playback", "Application-Data": play.path, "Application-UUID": play.app_uuid})
+        try:
+            play.pcm = read_sound_file(play.path, ch.rate, ch.ptime_ms, self.timings.resample_loss_samples)
+        except SoundFileError as e:
+            # Assumption (REF silent): a missing file gives no PLAYBACK_START/STOP.
+            self.errors.append(str(e))
+            ch.current = None
+            self._emit("CHANNEL_EXECUTE_COMPLETE", ch, {"Application": "playback", "Application-Data": play.path, "Application-Response": "FILE NOT FOUND", "Application-UUID": play.app_uuid})
+            if play.done is not None and not play.done.done():
+                play.done.set_result("error")
+            self._start_next(ch, at_ms)
+
+    def _finish(self, ch: Channel, play: _Play, status: str) -> None:
+        ms = play.pos * 1000 // (ch.rate * 2)
+        ch.vars["playback_ms"] = str(ms)
+        ch.vars["playback_samples"] = str(play.pos // 2)
+        if play.started:
+            self._emit("PLAYBACK_STOP", ch, {"Playback-File-Path": play.path, "Playback-Status": status})
+        ch.playbacks.append((play.path, status, ch.tick))
+        # REF: CHANNEL_EXECUTE_COMPLETE says FILE PLAYED even after a break.
+        self._emit("CHANNEL_EXECUTE_COMPLETE", ch, {"Application": "playback", "Application-Data": play.path, "Application-Response": "FILE PLAYED", "Application-UUID": play.app_uuid})
+        if play.done is not None and not play.done.done():
+            play.done.set_result(status)
+        if ch.current is play:
+            ch.current = None
+            if ch.nested:
+                ch.current = ch.nested.pop()
+
+    def _write_frame(self, ch: Channel, t_ms: float) -> bytes | None:
+        """The frame written to the caller this tick, or None (no RTP: a hole)."""
+        play = ch.current
+        if play is not None and play.broken:
+            kind = play.broken
+            self._finish(ch, play, "break")
+            if kind == "all":
+                ch.current = None
+                ch.nested.clear()
+            play = None
+        if ch.current is None:
+            self._start_next(ch, t_ms)
+        play = ch.current
+        if play is None:
+            return None
+        if play.lead_left > 0:  # uuid_broadcast reads lead frames first: no audio out (REF)
+            play.lead_left -= 1
+            return None
+        if not play.started:
+            play.started = True
+            self._emit("PLAYBACK_START", ch, {"Playback-File-Path": play.path})
+        frame = play.pcm[play.pos : play.pos + ch.frame_bytes]
+        play.pos += ch.frame_bytes
+        ch.ear.add(ch.tick, self.now(), frame, play.path)
+        if play.pos >= len(play.pcm):
+            self._finish(ch, play, "done")
+            # Back to back: the next queued file may start on the very next frame (REF sendmsg).
+        return frame
+
+    # ------------------------------------------------------------ the clock
+
+    async def _run_clock(self) -> None:
+        assert self._loop is not None
+        step = 0.005
+        while True:
+            now = self._loop.time()
+            for ch in list(self.channels.values()):
+                while ch.alive and (ch.tick + 1) * ch.ptime_ms <= (now - ch.t0) * 1000:
+                    ch.tick += 1
+                    try:
+                        self._tick(ch, ch.tick * ch.ptime_ms)
+                    except Exception as e:  # noqa: BLE001 - an emulator bug must not stop the clock silently
+                        self.errors.append(f"tick {ch.uuid}: {e!r}")
+                        log.exception("emulator tick failed")
+            await asyncio.sleep(step)
+
+    def _tick(self, ch: Channel, t_ms: float) -> None:
+        bug_rates = tuple({b.rate for b in ch.bugs.values()})
+        caller = ch.mouth.frame(bug_rates)
+        if caller is None and ch.caller_sends_rtp:
+            caller = {r: bytes(r * ch.ptime_ms // 1000 * 2) for r in (ch.rate, *bug_rates)}
+        written = self._write_frame(ch, t_ms)
+        for bug in list(ch.bugs.values()):
+            mix = bug.cmd.mix
+            if mix == "mono":
+                if caller is not None:
+                    bug.feed(caller[bug.rate])
+            elif written is not None:  # REF: mixed/stereo send nothing while nothing plays
+                out = written if bug.rate == ch.rate else resample_clip(written, ch.rate, bug.rate)
+                mine = caller[bug.rate] if caller is not None else bytes(len(out))
+                a = np.frombuffer(mine, "<i2").astype(np.int32)
+                b = np.frombuffer(out, "<i2").astype(np.int32)[: a.size]
+                if mix == "mixed":
+                    bug.feed(np.clip(a + b, -32768, 32767).astype("<i2").tobytes())
+                else:
+                    bug.feed(np.stack([a, b], axis=1).astype("<i2").tobytes())
+
+    # ------------------------------------------------------------ mod_audio_fork messages
+
+    def _on_fork_text(self, ch: Channel, bug: ForkBug, text: str) -> None:
+        """REF "Messages from the server to FreeSWITCH"."""
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            self.errors.append(f"{ch.uuid}: fork server sent text that is not JSON")
+            return
+        if not isinstance(msg, dict):
+            self.errors.append(f"{ch.uuid}: fork server sent JSON that is not an object")
+            return
+        kind = msg.get("type")
+        data = msg.get("data")
+        if kind is None:
+            self._emit_custom(ch, "json", text)
+        elif kind == "playAudio":
+            self._play_audio(ch, data if isinstance(data, dict) else {})
+        elif kind == "killAudio":
+            self._emit_custom(ch, "kill_audio", None)
+            self._break(ch, all_=False)
+        elif kind in ("transcription", "transfer", "error", "disconnect"):
+            self._emit_custom(ch, kind, json.dumps(data, separators=(",", ":")))
+        else:
+            self.errors.append(f"{ch.uuid}: unknown message type {kind!r} from the fork server")
+
+    def _play_audio(self, ch: Channel, data: dict) -> None:
+        if "audioContentType" not in data:
+            self._crash(f"playAudio without audioContentType on {ch.uuid}: FreeSWITCH segfaults (REF)")
+            return
+        ctype = data.get("audioContentType")
+        rate = data.get("sampleRate")
+        body = {k: v for k, v in data.items() if k != "audioContent"}
+        if ctype == "raw":
+            ext = f".r{rate // 1000}" if rate in (8000, 16000, 24000, 32000, 48000, 64000) else ".r16"
+        elif ctype in ("wav", "wave"):
+            ext = ".wav"
+        else:
+            ext = None
+        if ext is not None:
+            try:
+                audio = base64.b64decode(str(data.get("audioContent", "")), validate=True)
+            except (binascii.Error, ValueError):
+                self.errors.append(f"{ch.uuid}: playAudio with bad base64")
+                return
+            path = os.path.join(self.temp_dir, f"{ch.uuid}_{next(_PLAY_AUDIO_COUNTER)}.tmp{ext}")
+            Path(path).write_bytes(audio)
+            ch.temp_files.append(path)
+            body["file"] = path
+        assert self._loop is not None
+        self._loop.call_later(
+            self.timings.play_audio_event_ms / 1000,
+            lambda: ch.alive and self._emit_custom(ch, "play_audio", json.dumps(body, separators=(",", ":"))),
+        )
+
+    def _crash(self, reason: str) -> None:
+        log.error("EMULATED FREESWITCH CRASHED: %s", reason)
+        self.crashed = reason
+        for ch in list(self.channels.values()):
+            for bug in ch.bugs.values():
+                bug.abort()
+        self.channels.clear()
+        for listener in list(self.listeners):
+            try:
+                listener({"Event-Name": "SHUTDOWN", "X-Emulator-Crash": reason}, None)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _alive(self) -> None:
+        if self.crashed:
+            raise SwitchCrashed(self.crashed)
+
+    # ------------------------------------------------------------ events
+
+    def _headers(self, name: str, ch: Channel, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        h = {
+            "Event-Name": name,
+            "Core-UUID": self.core_uuid,
+            "FreeSWITCH-Hostname": "emulated",
+            "Event-Date-Timestamp": str(int(time.time() * 1_000_000)),
+            "Event-Calling-File": "emulator",
+            "Channel-State": ch.state,
+            "Channel-Name": f"sofia/external/{ch.profile['Caller-Caller-ID-Number']}@127.0.0.1",
+            "Unique-ID": ch.uuid,
+            "Call-Direction": "inbound",
+            "Answer-State": "answered" if ch.answered else "ringing",
+            "Channel-Read-Codec-Name": ch.vars["read_codec"],
+            "Channel-Read-Codec-Rate": str(ch.rate),
+            "Channel-Write-Codec-Name": ch.vars["write_codec"],
+            "Channel-Write-Codec-Rate": str(ch.rate),
+        }
+        h.update(ch.profile)
+        if extra:
+            h.update(extra)
+        for k, v in ch.vars.items():
+            h[f"variable_{k}"] = v
+        return h
+
+    def _emit(self, name: str, ch: Channel, extra: Mapping[str, str] | None = None, body: str | None = None) -> None:
+        headers = self._headers(name, ch, extra)
+        for listener in list(self.listeners):
+            listener(headers, body)
+
+    def _emit_custom(self, ch: Channel, subclass: str, body: str | None) -> None:
+        # Source: responseHandler adds the channel's data (switch_channel_event_set_data).
+        self._emit("CUSTOM", ch, {"Event-Subclass": f"mod_audio_fork::{subclass}"}, body)
+
+    def _spawn(self, coro, name: str) -> None:  # type: ignore[no-untyped-def]
+        assert self._loop is not None
+        task = self._loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.errors.append(f"{task.get_name()}: {task.exception()!r}")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+_API: dict[str, Callable[[EmulatedSwitch, str], str]] = {
+    "uuid_audio_fork": EmulatedSwitch._api_uuid_audio_fork,
+    "uuid_broadcast": EmulatedSwitch._api_uuid_broadcast,
+    "uuid_break": EmulatedSwitch._api_uuid_break,
+    "uuid_kill": EmulatedSwitch._api_uuid_kill,
+    "uuid_transfer": EmulatedSwitch._api_uuid_transfer,
+    "uuid_dump": EmulatedSwitch._api_uuid_dump,
+    "uuid_getvar": EmulatedSwitch._api_uuid_getvar,
+    "uuid_setvar": EmulatedSwitch._api_uuid_setvar,
+    "uuid_send_dtmf": EmulatedSwitch._api_uuid_send_dtmf,
+    "uuid_exists": EmulatedSwitch._api_uuid_exists,
+    "status": EmulatedSwitch._api_status,
+}
