@@ -9,6 +9,8 @@ refusal is reported by FreeSWITCH as ``connect_failed`` "HS: ws upgrade response
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import binascii
 import hmac
@@ -154,5 +156,9 @@ class IntakeServer:
 
     async def close(self) -> None:
         if self.server is not None:
+            # After stop_accepting() a second Server.close() is a no-op in websockets, so the
+            # live connections are closed here one by one (1001: going away).
             self.server.close(close_connections=True)
+            conns = list(self.server.connections)
+            await asyncio.gather(*(c.close(1001, "server shutdown") for c in conns), return_exceptions=True)
             await self.server.wait_closed()
