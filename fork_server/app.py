@@ -31,7 +31,14 @@ __all__ = ["App", "SUBSCRIBED_EVENTS"]
 
 log = logging.getLogger("voicefork")
 
+# mod_event_socket takes every word after CUSTOM as a subclass name, so CUSTOM and its
+# subclasses must come last, or PLAYBACK_START etc. would silently never be delivered.
 SUBSCRIBED_EVENTS = [
+    "PLAYBACK_START",
+    "PLAYBACK_STOP",
+    "CHANNEL_EXECUTE_COMPLETE",
+    "DTMF",
+    "CHANNEL_HANGUP_COMPLETE",
     "CUSTOM",
     "mod_audio_fork::connect",
     "mod_audio_fork::connect_failed",
@@ -39,11 +46,6 @@ SUBSCRIBED_EVENTS = [
     "mod_audio_fork::buffer_overrun",
     "mod_audio_fork::play_audio",
     "mod_audio_fork::kill_audio",
-    "PLAYBACK_START",
-    "PLAYBACK_STOP",
-    "CHANNEL_EXECUTE_COMPLETE",
-    "DTMF",
-    "CHANNEL_HANGUP_COMPLETE",
 ]
 _METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
 
