@@ -56,7 +56,7 @@ class SwitchCrashed(EmulatorError):
 @dataclass(slots=True)
 class _Play:
     path: str
-    kind: str  # sendmsg | broadcast | dialplan
+    kind: str  # sendmsg | broadcast | dialplan | hangup (path holds the cause)
     event_lock: bool = True
     not_before_ms: float = 0.0
     lead_left: int = 0
@@ -180,6 +180,10 @@ class EmulatedSwitch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None) -> None:
+        """(Re)load the rendered dialplan, as ``reloadxml`` would."""
+        self.dialplan = Dialplan.load(path, globals_)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -495,6 +499,10 @@ class EmulatedSwitch:
             return f"-ERR call-command {command!r} not emulated"
         app = h.get("execute-app-name", "")
         arg = h.get("execute-app-arg", body or "")
+        if app == "hangup":
+            # Queued like any execute: with event-lock it runs after the files queued before it.
+            self._enqueue(ch, _Play(arg or "NORMAL_CLEARING", "hangup", not_before_ms=ch.ms()))
+            return "+OK"
         if app != "playback":
             return f"-ERR execute {app!r} not emulated"
         lock = h.get("event-lock", "").lower() == "true"
@@ -537,6 +545,10 @@ class EmulatedSwitch:
         if ch.current is not None or not ch.queue or ch.queue[0].not_before_ms > at_ms:
             return
         play = ch.queue.popleft()
+        if play.kind == "hangup":
+            self._emit("CHANNEL_EXECUTE", ch, {"Application": "hangup", "Application-Data": play.path})
+            self._hangup(ch, play.path)
+            return
         ch.current = play
         self._emit("CHANNEL_EXECUTE", ch, {"Application": "playback", "Application-Data": play.path, "Application-UUID": play.app_uuid})
         try:
@@ -618,6 +630,8 @@ class EmulatedSwitch:
         if caller is None and ch.caller_sends_rtp:
             caller = {r: bytes(r * ch.ptime_ms // 1000 * 2) for r in (ch.rate, *bug_rates)}
         written = self._write_frame(ch, t_ms)
+        if not ch.alive:
+            return
         for bug in list(ch.bugs.values()):
             mix = bug.cmd.mix
             if mix == "mono":
