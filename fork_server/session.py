@@ -362,6 +362,7 @@ class _Item:
     size: int
     started: bool = False
     marks: list[str] = field(default_factory=list)
+    end_pos: int = 0  # TTS stream position (bytes at the write rate) where this item ends
 
 
 _INBAND_FILE = re.compile(r"^[0-9a-fA-F-]{36}_[0-9]{1,12}\.tmp\.(r8|r16|r24|r32|r48|r64|wav)$")
@@ -398,6 +399,11 @@ class CallSession:
         self._queue: deque[_Item] = deque()
         self._awaiting_file: deque[_Item] = deque()  # inband: playAudio sent, event pending
         self._orphan_marks: list[str] = []
+        # Marks sit at a byte position of the TTS stream at the write rate; a segment that
+        # ends at or after it carries it. Nothing is flushed or padded for a mark.
+        self._tts_pos = 0  # bytes fed to the planner (resampled TTS)
+        self._emitted_pos = 0  # bytes handed out as segments (incl. padding)
+        self._pending_marks: list[tuple[int, str]] = []
         self._seq = 0
         self._spool_bytes = 0
         self.tts_bytes = 0
@@ -602,15 +608,24 @@ class CallSession:
             acts = []
         self.tts_bytes += len(ev.pcm)
         pcm = self._down.process(ev.pcm)
+        self._tts_pos += len(pcm)
         acts += self._queue_segments(self._planner.feed(pcm))
         acts += self._refill()
-        acts.append(ArmTimer("tts_idle", self.settings.tts_idle_flush_s))
+        acts.append(ArmTimer("tts_idle", self._idle_flush_s()))
         return acts
+
+    def _idle_flush_s(self) -> float:
+        # uuid_broadcast: a flush mid-word costs a 100 ms hole (REF), so a burst gap of a
+        # loaded connector must not look like the end of speech.
+        if self.settings.playback_command == "uuid_broadcast":
+            return max(self.settings.tts_idle_flush_s, 0.25)
+        return self.settings.tts_idle_flush_s
 
     def _flush_resampler(self) -> list[Any]:
         if self._down is None or self._planner is None:
             return []
         tail = self._down.flush()
+        self._tts_pos += len(tail)
         return self._queue_segments(self._planner.feed(tail)) if tail else []
 
     def _on_audio_format(self, ev: cp.AudioFormat) -> list[Any]:
@@ -632,8 +647,10 @@ class CallSession:
         items = list(self._queue) + list(self._awaiting_file)
         if any(item.path is not None for item in self._queue):
             acts.append(BreakPlayback(self.uuid))
-        marks = list(self._orphan_marks)
+        marks = list(self._orphan_marks) + [name for _, name in self._pending_marks]
         self._orphan_marks.clear()
+        self._pending_marks.clear()
+        self._tts_pos = self._emitted_pos  # the buffered audio is gone
         for item in items:
             marks += item.marks
             if item.local_path:
@@ -651,13 +668,25 @@ class CallSession:
         return acts
 
     def _on_mark(self, ev: cp.MarkRequest) -> list[Any]:
-        acts = self._flush_all()
-        target = self._last_item()
-        if target is None:
-            self.marks_played += 1
-            return acts + [SendToConnector(cp.mark(ev.name, "played"))]
-        target.marks.append(ev.name)
-        return acts
+        # The mark covers everything fed so far. (The FIR's 2.5 ms ring-out is not emitted at a
+        # flush, to keep lengths exact, so the position does not add the filter delay.)
+        pos = self._tts_pos
+        if pos <= self._emitted_pos:
+            target = self._item_covering(pos)
+            if target is None:
+                self.marks_played += 1
+                return [SendToConnector(cp.mark(ev.name, "played"))]
+            target.marks.append(ev.name)
+            return []
+        self._pending_marks.append((pos, ev.name))
+        return self._refill()
+
+    def _item_covering(self, pos: int) -> _Item | None:
+        """The earliest queued item whose audio ends at or after ``pos``."""
+        for item in [*self._queue, *self._awaiting_file]:
+            if item.end_pos >= pos:
+                return item
+        return None
 
     def _last_item(self) -> _Item | None:
         if self._awaiting_file:
@@ -784,7 +813,9 @@ class CallSession:
         # The connector paused: whatever is buffered must not wait for more audio.
         if self._queued_ahead_ms() < 2 * self.settings.ptime_ms:
             return self._flush_all()
-        return self._refill()
+        # Enough is queued to cover the pause for now; look again, or the tail (and any
+        # mark on it) would wait for TTS that may never come.
+        return self._refill() + [ArmTimer("tts_idle", self._idle_flush_s())]
 
     # ---------------------------------------------------------------- playback helpers
 
@@ -802,6 +833,16 @@ class CallSession:
         acts = self._flush_resampler()
         if self._planner is not None:
             acts += self._queue_segments(self._planner.flush())
+        self._tts_pos = self._emitted_pos  # padding counted; nothing buffered now
+        if self._pending_marks:  # all their audio went out just now
+            last = self._last_item()
+            names = [name for _, name in self._pending_marks]
+            self._pending_marks.clear()
+            if last is None:
+                self.marks_played += len(names)
+                acts += [SendToConnector(cp.mark(n, "played")) for n in names]
+            else:
+                last.marks.extend(names)
         return acts
 
     def _queue_segments(self, segments: list[Segment]) -> list[Any]:
@@ -813,18 +854,26 @@ class CallSession:
             if self._spool_bytes + len(seg.pcm) > s.max_spool_bytes:
                 self._count("spool_full")
                 continue
+            self._emitted_pos += len(seg.pcm)
             if s.transport == "inband":
-                item = _Item(path=None, local_path=None, ms=seg.ms, size=0)
+                item = _Item(path=None, local_path=None, ms=seg.ms, size=0, end_pos=self._emitted_pos)
                 self._awaiting_file.append(item)
+                self._attach_marks(item)
                 acts.append(SendToFork(audio_fork.play_audio(seg.pcm, self.write_rate)))
                 continue
             local, remote = s.spool.segment_paths(self.uuid, self._seq, self.write_rate)
             self._seq += 1
             self._spool_bytes += len(seg.pcm)
-            self._queue.append(_Item(path=remote, local_path=local, ms=seg.ms, size=len(seg.pcm)))
+            item = _Item(path=remote, local_path=local, ms=seg.ms, size=len(seg.pcm), end_pos=self._emitted_pos)
+            self._queue.append(item)
+            self._attach_marks(item)
             acts.append(WriteSegment(local, seg.pcm))
             acts.append(PlayFile(self.uuid, remote, s.playback_command))
         return acts
+
+    def _attach_marks(self, item: _Item) -> None:
+        while self._pending_marks and self._pending_marks[0][0] <= item.end_pos:
+            item.marks.append(self._pending_marks.pop(0)[1])
 
 
 _MISSING = object()

@@ -8,6 +8,7 @@ import pytest
 from fork_server import connector_protocol as cp, esl_messages as em
 from fork_server.errors import InvalidTransition
 from fork_server.session import (
+    TimerFired,
     TRANSITIONS,
     BreakPlayback,
     CallerInfoReady,
@@ -109,15 +110,21 @@ def test_tts_is_written_at_the_write_rate_and_queued_with_sendmsg():
 def test_mark_is_played_after_its_audio_and_files_are_deleted():
     s = active()
     acts = s.handle(tts(200)) + s.handle(cp.MarkRequest("m1"))
-    paths = [a.path for a in acts if isinstance(a, PlayFile)]
     assert not any(m["type"] == "mark" for m in sent(acts))
-    for p in paths[:-1]:
-        s.handle(em.PlaybackStarted(U, "support", p))
-        s.handle(em.PlaybackStopped(U, "support", p, "done", 80))
-    s.handle(em.PlaybackStarted(U, "support", paths[-1]))
-    acts = s.handle(em.PlaybackStopped(U, "support", paths[-1], "done", 80))
-    assert {"type": "mark", "name": "m1", "status": "played"} in sent(acts)
-    assert any(isinstance(a, DeleteFile) for a in acts)
+    reports, deleted = [], 0
+    for _ in range(10):  # time passes: queued files play, the idle timer looks again
+        paths = [a.path for a in acts if isinstance(a, PlayFile)]
+        acts = s.handle(TimerFired("tts_idle"))
+        for p in paths:
+            out = s.handle(em.PlaybackStarted(U, "support", p))
+            out += s.handle(em.PlaybackStopped(U, "support", p, "done", 80))
+            reports += [m for m in sent(out) if m["type"] == "mark"]
+            deleted += sum(isinstance(a, DeleteFile) for a in out)
+            acts += out
+        if reports:
+            break
+    assert reports == [{"type": "mark", "name": "m1", "status": "played"}]
+    assert deleted >= 2  # every played file is deleted
 
 
 def test_mark_with_nothing_queued_is_played_at_once():
