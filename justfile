@@ -5,8 +5,12 @@ venv := ".venv"
 py := venv / "bin/python"
 config := "config/voicefork.yaml"
 
-# The main job for now: validate the example config (the emulated-call demo comes with issue 4).
-default: check
+# The main job: one emulated call end to end on the built-in defaults (see README).
+default: demo
+
+# One call through the emulated FreeSWITCH, the fork server and the script connector; writes build/demo/*.wav.
+demo: bootstrap
+    {{py}} -m testbed.demo
 
 # Create .venv with the package, its dev extras and python-ESL (SWIG workaround, see README).
 bootstrap:
@@ -36,9 +40,18 @@ bootstrap:
     fi
     touch "$stamp"
 
-# Validate the config and list its routes (rendering to XML comes with issue 2).
+# Validate the config and render it in memory (every XML file parsed back and checked); writes nothing.
 check config=config: bootstrap
     {{py}} -m fs_dialplan check --config {{config}}
+
+# Render FreeSWITCH's XML (secrets from the environment: VOICEFORK_ESL_PASSWORD, VOICEFORK_FORK_PASSWORD).
+render config=config out="build/fs-conf": bootstrap
+    {{py}} -m fs_dialplan render --config {{config}} --out {{out}}
+
+# Benchmarks that print numbers: the resampler against soxr, and rendering 10,000 routes.
+bench: bootstrap
+    {{py}} -m testbed.bench_resample
+    {{py}} -m testbed.bench_render 10000
 
 # Run the fork server with the example config.
 serve config=config *args: bootstrap

@@ -1,38 +1,70 @@
-"""``python -m fs_dialplan check``: validate a config and print what it routes.
+"""``python -m fs_dialplan check|render``: validate a config; render FreeSWITCH's XML from it.
 
-Rendering (``render``, ``schema``) is issue 2's remaining work and not here yet.
+``check`` validates the config AND renders it in memory (every file parsed back and
+verified) without writing anything. ``render`` writes the tree. Secrets come from the
+environment; ``check`` substitutes placeholders for missing ones, ``render`` refuses.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
-from .errors import ConfigError
+from .errors import ConfigError, RenderError
 from .loader import load_config
+from .render import render, write_tree
 
 __all__ = ["main"]
+
+
+def _placeholder_env(config) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Stand-in secrets so ``check`` can render without them (never written anywhere)."""
+    env = dict(os.environ)
+    names = [config.freeswitch.esl_password_env]
+    if config.fork_server.auth is not None:
+        names.append(config.fork_server.auth.password_env)
+    names += [t.password_env for t in config.trunks if t.password_env]
+    for name in names:
+        env.setdefault(name, "check-placeholder")
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fs_dialplan")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate the config and list its routes")
+    check = sub.add_parser("check", help="validate the config and its rendered XML; write nothing")
     check.add_argument("--config", default="config/voicefork.yaml")
+    rend = sub.add_parser("render", help="write the FreeSWITCH conf tree")
+    rend.add_argument("--config", default="config/voicefork.yaml")
+    rend.add_argument("--out", default="build/fs-conf")
     args = parser.parse_args(argv)
+    t0 = time.perf_counter()
     try:
         config = load_config(args.config)
+        files = render(config, _placeholder_env(config) if args.command == "check" else os.environ)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except RenderError as exc:
+        print(f"{args.config}: cannot render: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"{args.config}: {exc.strerror}", file=sys.stderr)
         return 1
     for warning in config.warnings:
-        print(warning, file=sys.stderr)
+        print(f"warning: {warning}", file=sys.stderr)
     for r in config.routes:
         match = r.number or f"/{r.pattern}/"
         print(f"{args.config}:{r.line}: route {r.name}: {match} -> connector {r.connector} "
               f"({r.rate // 1000}k, {r.language}, fallback {r.fallback.action}) at {config.fork_server.fork_url(r.name)}")
-    print(f"{args.config}: OK, {len(config.routes)} routes, {len(config.connectors)} connectors")
+    ms = (time.perf_counter() - t0) * 1000
+    if args.command == "render":
+        for path in write_tree(files, args.out):
+            print(f"wrote {path}")
+        print(f"{args.config}: rendered {len(files)} files for {len(config.routes)} routes into {args.out} in {ms:.0f} ms")
+    else:
+        print(f"{args.config}: OK, {len(config.routes)} routes, {len(config.connectors)} connectors; "
+              f"{len(files)} files render and verify ({ms:.0f} ms)")
     return 0
