@@ -813,9 +813,10 @@ class CallSession:
         # The connector paused: whatever is buffered must not wait for more audio.
         if self._queued_ahead_ms() < 2 * self.settings.ptime_ms:
             return self._flush_all()
-        # Enough is queued to cover the pause for now; look again, or the tail (and any
-        # mark on it) would wait for TTS that may never come.
-        return self._refill() + [ArmTimer("tts_idle", self._idle_flush_s())]
+        # Enough is queued to cover the pause for now; look again soon (10 ms, half a ptime),
+        # or the tail (and any mark on it) would wait for TTS that may never come, and a
+        # longer look could let the queue run dry first.
+        return self._refill() + [ArmTimer("tts_idle", 0.01)]
 
     # ---------------------------------------------------------------- playback helpers
 
