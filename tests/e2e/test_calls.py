@@ -29,6 +29,15 @@ async def until(pred, timeout=10.0, what="condition"):
         await asyncio.sleep(0.01)
 
 
+async def cleaned_up(stack, timeout=10.0):
+    """The fork server has no live call and the spool is empty (wherever the server runs)."""
+    end = time.monotonic() + timeout
+    while await stack.live_calls() or stack.spool_files():
+        if time.monotonic() > end:
+            raise AssertionError(f"not cleaned up: calls {await stack.live_calls()}, spool {stack.spool_files()}")
+        await asyncio.sleep(0.02)
+
+
 def snr_db(ref, got):
     ref, got = ref.astype(np.float64), got.astype(np.float64)
     err = np.sum((ref - got) ** 2)
@@ -204,7 +213,7 @@ async def test_bot_hangs_up_after_its_answer_has_played(stack):
     assert ch.ear.gaps() == [] and len(ch.ear.frames) * 20 >= 4000
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "connector_hangup"
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 @pytest.mark.parametrize("stack", [bot_stack(transfer_to="1000", mark_every_ms=0, send_dtmf="42")], indirect=True)
@@ -217,7 +226,7 @@ async def test_transfer_and_dtmf_to_the_caller(stack):
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "transfer"
     ch.hangup()
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 @pytest.mark.parametrize("stack", [bot_stack(mark_every_ms=0)], indirect=True)
@@ -231,7 +240,7 @@ async def test_caller_dtmf_and_hangup_reach_the_connector(stack):
     ch.hangup()
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "hangup" and record.close_code == 1000
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 # ------------------------------------------------------------------ fallback
@@ -245,31 +254,41 @@ async def test_unreachable_connector_runs_the_route_fallback(stack):
     await asyncio.wait_for(a.hungup.wait(), 5)
     await until(lambda: b.transferred_to == "1000", timeout=5, what="sales fallback transfer")
     b.hangup()
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 # ------------------------------------------------------------------ load
 
 
-@pytest.mark.parametrize("stack", [bot_stack(mark_every_ms=500, hangup_after_playback=True, speed=4.0)], indirect=True)
+@pytest.mark.parametrize(
+    "stack",
+    [
+        # As deployed: the fork server in its own process, so the figure is the fork server's.
+        dict(bot_stack(mark_every_ms=500, hangup_after_playback=True, speed=4.0), fork_server="process"),
+        # In this process too, where its asyncio tasks can be counted.
+        bot_stack(mark_every_ms=500, hangup_after_playback=True, speed=4.0),
+    ],
+    ids=["process", "inprocess"],
+    indirect=True,
+)
 async def test_fifty_concurrent_mixed_calls_complete_and_leave_nothing(stack):
     await asyncio.sleep(0.2)
-    fds0, tasks0 = open_fds(), len(asyncio.all_tasks())
+    pid = stack.fork_pid
+    fds0, tasks0 = open_fds(pid), len(asyncio.all_tasks())
     calls = [stack.switch.place_call(SUPPORT if i % 2 else SALES) for i in range(50)]
     await asyncio.wait_for(asyncio.gather(*(c.hungup.wait() for c in calls)), 60)
-    # 50 calls start in the same instant, and the emulator, the connector and the fork server
-    # share this one event loop: a refill can come one frame late at the start. Count it.
-    # Known defect (issue 5): ESL commands go through one python-ESL connection, so 50 calls
-    # starting at once queue their playback commands behind each other and the first refill
-    # of each call comes late. The figure is printed, not asserted, until that is fixed.
+    # Missing frames under load are a timing figure (2 shared cores), printed, not asserted;
+    # `just bench` measures them at scale. In one process the emulator, the connector and the
+    # fork server also share one event loop and one GIL, which is most of that figure.
     holes = sum(n for c in calls for _, n in c.ear.gaps())
-    print(f"50 calls: {holes} missing frames in {sum(len(c.ear.frames) for c in calls)} heard")
+    print(f"50 calls, fork server {stack.fork_server}: {holes} missing frames in {sum(len(c.ear.frames) for c in calls)} heard")
     for c in calls:
         assert len(c.ear.frames) * 20 >= 4000
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
     await stack.switch.settle()
     await asyncio.sleep(0.5)
-    assert len(asyncio.all_tasks()) <= tasks0 + 2
-    assert open_fds() <= fds0 + 2
+    if stack.app is not None:
+        assert len(asyncio.all_tasks()) <= tasks0 + 2
+    assert open_fds(pid) <= fds0 + 2
     closed = [r for r in stack.connector.connections if r.closed]
     assert len(closed) == 50 and all(r.stop_reason == "connector_hangup" for r in closed)
