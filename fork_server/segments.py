@@ -224,17 +224,20 @@ class SegmentPlanner:
         quiet = np.mean(windows * windows, axis=1) < self._silent_power
         return quiet.reshape(stop - start, -1).all(axis=1)
 
-    def take_ready(self, queued_ahead_ms: int) -> list[Segment]:
+    def take_ready(self, queued_ahead_ms: int, playing: bool = False) -> list[Segment]:
         """sendmsg: when less than ``low_water_ms`` is queued ahead, hand out the whole ptimes buffered now.
 
-        While something is still queued, only a segment of at least ``min_refill_ms`` is
-        handed out (shorter ones fell behind in REF); an empty queue takes even one ptime.
+        While something is still queued or playing (``playing``: a file has started and not
+        stopped), only a segment of at least ``min_refill_ms`` is handed out: shorter ones fell
+        behind in REF, and on a real 1.10.12 a 20 ms top-up sent on PLAYBACK_START left a
+        one-frame hole after it. A channel with nothing playing takes even one ptime.
         uuid_broadcast never tops up: every extra file costs a 100 ms hole.
         """
         if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms:
             return []
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
-        if whole == 0 or (queued_ahead_ms > 0 and whole * 1000 < self.min_refill_ms * 2 * self.rate):
+        busy = queued_ahead_ms > 0 or playing
+        if whole == 0 or (busy and whole * 1000 < self.min_refill_ms * 2 * self.rate):
             return []
         return [self._emit(whole)]
 

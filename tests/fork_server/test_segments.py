@@ -94,7 +94,8 @@ def test_take_ready_waits_for_40_ms_while_something_plays():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=120)
     p.feed(tone(30))
     assert p.take_ready(queued_ahead_ms=20) == []  # a 20 ms top-up could fall behind
-    (seg,) = p.take_ready(queued_ahead_ms=0)  # the queue is dry: waiting only adds a gap
+    assert p.take_ready(queued_ahead_ms=0, playing=True) == []  # the last file still plays: same
+    (seg,) = p.take_ready(queued_ahead_ms=0)  # the channel is idle: waiting only adds a gap
     assert seg.ms == 20 and p.buffered_ms == 10
 
 
