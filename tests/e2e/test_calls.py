@@ -15,7 +15,8 @@ import soxr
 
 pytest.importorskip("ESL")
 
-from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav, read_wav, write_wav  # noqa: E402
+from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav, sentences_with_pauses  # noqa: E402
+from testbed.audio_compare import best_aligned_snr, lag_of  # noqa: E402
 from testbed.stack import Stack, open_fds  # noqa: E402
 
 SUPPORT, SALES = "+15551234567", "+15557654321"  # 16k and 8k routes in config/voicefork.yaml
@@ -36,55 +37,6 @@ async def cleaned_up(stack, timeout=10.0):
         if time.monotonic() > end:
             raise AssertionError(f"not cleaned up: calls {await stack.live_calls()}, spool {stack.spool_files()}")
         await asyncio.sleep(0.02)
-
-
-def snr_db(ref, got):
-    ref, got = ref.astype(np.float64), got.astype(np.float64)
-    err = np.sum((ref - got) ** 2)
-    return 10 * np.log10(np.sum(ref**2) / max(err, 1e-9))
-
-
-def band_snr(ref, got, rate, hi=3400.0, block=1024):
-    """SNR counting only the telephone band (≤ 3.4 kHz), from Hann-windowed blocks: the
-    resamplers differ above it by design, and a Hann window keeps that out of the band."""
-    win = np.hanning(block)
-    keep = np.fft.rfftfreq(block, 1 / rate) <= hi
-    sig = err = 0.0
-    for i in range(0, min(len(ref), len(got)) - block, block // 2):
-        a = np.fft.rfft(ref[i : i + block] * win)[keep]
-        b = np.fft.rfft(got[i : i + block] * win)[keep]
-        sig += np.sum(np.abs(a) ** 2)
-        err += np.sum(np.abs(a - b) ** 2)
-    return 10 * np.log10(sig / max(err, 1e-9))
-
-
-def shifted(x, samples):
-    """``x`` delayed by a fractional number of samples (band-limited, via the FFT)."""
-    n = len(x)
-    spec = np.fft.rfft(x, 2 * n)
-    spec *= np.exp(-2j * np.pi * np.fft.rfftfreq(2 * n) * samples)
-    return np.fft.irfft(spec, 2 * n)[:n]
-
-
-def best_aligned_snr(ref, got, in_band=False, rate=16000):
-    """SNR of ``got`` against ``ref`` at the best alignment, to 1/20 sample (resamplers delay by
-    fractions of a sample). The coarse lag comes from an FFT cross-correlation."""
-    ref = np.asarray(ref, np.float64)
-    got = np.asarray(got, np.float64)
-    n = 1 << int(np.ceil(np.log2(len(ref) + len(got))))
-    xc = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(ref, n)), n)
-    lag = int(np.argmax(xc[: len(got)]))
-    m = min(len(ref), len(got) - lag) - 8
-    seg = got[lag : lag + m]
-    b = seg[16:-16]
-
-    def score(frac):
-        a = shifted(ref[:m], frac)[16:-16]  # the FFT shift wraps at the ends
-        return band_snr(a, b, rate) if in_band else snr_db(a, b)
-
-    best = max(np.arange(-1.0, 1.0001, 0.05), key=score)
-    fine = max(np.arange(best - 0.05, best + 0.0501, 0.002), key=score)
-    return score(fine)
 
 
 @pytest.fixture
@@ -158,49 +110,6 @@ async def test_sendmsg_caller_hears_all_tts_in_order_with_no_gap(stack):
     first_sent = record.sent_of("audio")[0].t if record.sent_of("audio") else record.sent[0].t
     latency = ch.ear.frames[0].time - first_sent
     print(f"sendmsg: first TTS byte sent → first audio heard: {1000 * latency:.0f} ms")
-
-
-def sentences_with_pauses(path, pause_ms=300, rate=24000):
-    """The bot's answer with its two sentence breaks opened to ``pause_ms`` of silence, as
-    sentence-by-sentence TTS sends it (espeak's own breaks at 260 wpm are ~60 ms). Returns
-    the WAV path and the pieces' start offsets in the result, in samples at ``rate``."""
-    pcm, file_rate = read_wav(BOT_ANSWER)
-    assert file_rate == rate
-    x = np.frombuffer(pcm, "<i2")
-    w = x[: len(x) // 240 * 240].reshape(-1, 240).astype(np.float64)  # 10 ms windows
-    quiet = 10 * np.log10(np.mean(w * w, axis=1) / 32768**2 + 1e-12) < -50
-    runs, i = [], 0  # (start window, length) of quiet runs inside the speech
-    while i < len(quiet):
-        j = i
-        while j < len(quiet) and quiet[j]:
-            j += 1
-        if j > i and i > 0 and j < len(quiet):
-            runs.append((i, j - i))
-        i = j + 1
-    cuts = sorted(sorted(runs, key=lambda r: -r[1])[:2])
-    pieces, starts, prev = [], [], 0
-    for start, length in cuts:
-        mid = (start + length // 2) * 240
-        pieces.append(x[prev:mid])
-        pieces.append(np.zeros(rate * pause_ms // 1000, "<i2"))
-        prev = mid
-    pieces.append(x[prev:])
-    out = np.concatenate(pieces)
-    pos = 0
-    for piece in pieces:
-        if piece.any():
-            starts.append(pos)
-        pos += len(piece)
-    write_wav(path, out.tobytes(), rate)
-    return path, starts
-
-
-def lag_of(ref, heard, expect, search=1600):
-    """Where ``ref`` sits in ``heard`` (samples), searched ±``search`` around ``expect``."""
-    lo = max(0, expect - search)
-    seg = heard[lo : lo + len(ref) + 2 * search]
-    xc = np.correlate(seg, ref, mode="valid")
-    return lo + int(np.argmax(xc))
 
 
 async def test_broadcast_keeps_the_tts_timing_within_a_frame(tmp_path):
