@@ -163,9 +163,9 @@ def _bool(ctx: _Ctx, node: yaml.Node, path: str) -> bool | None:
     value = _scalar(ctx, node, path, "true or false")
     if value is None:
         return None
-    if value.lower() in ("true", "yes", "on"):
+    if value.lower() in spec.TRUE_WORDS:
         return True
-    if value.lower() in ("false", "no", "off"):
+    if value.lower() in spec.FALSE_WORDS:
         return False
     ctx.error(node, path, f'expected true or false, got "{value}"')
     return None
@@ -417,7 +417,7 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
         out["language"] = _key_str(ctx, f["language"], f"{path}.language", R["language"])
     if "greeting" in f:
         g = f["greeting"]
-        none = isinstance(g, yaml.ScalarNode) and (g.value in ("none", "null", "") or g.tag == "tag:yaml.org,2002:null")
+        none = isinstance(g, yaml.ScalarNode) and (g.value in R["greeting"].none_words or g.tag == "tag:yaml.org,2002:null")
         out["greeting"] = None if none else _key_str(ctx, g, f"{path}.greeting", R["greeting"])
     if "max_duration" in f:
         d = _key_seconds(ctx, f["max_duration"], f"{path}.max_duration", R["max_duration"])

@@ -56,6 +56,8 @@ class Key:
     items: "Key | None" = None  # kind=list: each item; kind=names: each value of a named map
     min_items: int = 0
     literal: str | None = None  # a scalar accepted in place of the mapping (auth: none)
+    none_words: tuple[str, ...] = ()  # scalars that mean "not set" (greeting: none)
+    json_types: tuple[str, ...] = ("string",)  # what a YAML editor may see for a str key
 
 
 def _section(**keys: Key) -> Mapping[str, Key]:
@@ -106,10 +108,12 @@ FALLBACK = _section(
                expected="hangup, play or transfer"),
     file=Key("File to play (action: play).", pattern=ABS_FILE, expected="an absolute file path without spaces"),
     target=Key("Extension or sip: URI to transfer to (action: transfer).", pattern=TARGET,
-               expected="an extension or a sip: URI"),
+               expected="an extension or a sip: URI", json_types=("string", "integer")),
 )
 
 RATES = {"8k": 8000, "8000": 8000, "16k": 16000, "16000": 16000}
+TRUE_WORDS = ("true", "yes", "on")  # the loader compares lower-cased
+FALSE_WORDS = ("false", "no", "off")
 
 ROUTE_DEFAULTS = _section(
     connector=Key("Name of a connector under `connectors`."),
@@ -117,7 +121,7 @@ ROUTE_DEFAULTS = _section(
     language=Key("BCP-47 language tag passed to the connector.", pattern=LANG,
                  expected="a BCP-47 language tag like en-US"),
     greeting=Key("none, or a file FreeSWITCH plays while the connector connects.", pattern=ABS_FILE,
-                 expected="none or an absolute file path without spaces"),
+                 expected="none or an absolute file path without spaces", none_words=("none", "null", "")),
     max_duration=Key("Hang up after this long (sched_hangup).", "seconds", lo=1, hi=86400),
     fallback=Key("What happens when the connector is unreachable.", "map", keys=FALLBACK),
     recording=Key("Record the call.", "bool"),
