@@ -41,7 +41,7 @@ E164 = re.compile(spec.E164)
 ROUTE_NAME = re.compile(spec.NAME)
 ENV_NAME = re.compile(spec.ENV_NAME)
 LANG = re.compile(spec.LANG)
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_UNSAFE = re.compile(spec.UNSAFE_CHARS + r"|[\ud800-\udfff]")
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)?")
 _CAPTURE_REF = re.compile(r"\$[0-9]")  # FreeSWITCH replaces $1.. in action data with regex captures
 
@@ -302,9 +302,11 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         for i, node in enumerate(routes_node.value):
             path = f"routes[{i}]"
             fields = _route_fields(ctx, node, path, connectors, is_route=True)
-            merged = {**defaults, **{k: v for k, v in fields.items() if v is not None or k == "connector"}}
+            # A route's own value wins, also an explicit "greeting: none" over a default greeting.
+            # (An invalid value is None here too, but then the config fails anyway.)
+            merged = {**defaults, **fields}
             name = merged.get("name")
-            if name in names:
+            if name is not None and name in names:  # an invalid name is reported already
                 ctx.error(node, f"{path}.name", f'duplicate route name "{name}"')
             names.add(name)
             number = merged.get("number")

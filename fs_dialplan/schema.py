@@ -18,7 +18,7 @@ from . import spec
 
 __all__ = ["build_schema", "schema_text"]
 
-_UNSAFE = r"\$\{|[\u0000-\u001f\u007f\u2028\u2029]"  # the loader's "${ or control characters"
+_UNSAFE = r"\$\{|" + spec.UNSAFE_CHARS  # the loader's "${ or control characters"
 _SAFE_REF = {"$ref": "#/definitions/safe_string"}
 
 

@@ -32,6 +32,10 @@ HOST = rf"^({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])$"
 HOST_PORT = rf"^({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?$"
 CIDR = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"  # shape only; the loader checks it with ipaddress
 
+# Never in a config string: C0 and C1 controls and DEL, line/paragraph separators, and U+FFFE/U+FFFF
+# (not XML 1.0 characters). The loader also refuses lone surrogates (not encodable).
+UNSAFE_CHARS = r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]"
+
 ENV_EXPECT = "an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself)"
 
 

@@ -216,3 +216,11 @@ def test_libyaml_and_pure_python_loaders_give_the_same_config():
         loader._YAML_LOADER = saved
     assert fast == slow
     assert broken == errors(TRUNK.replace("54.172.60.0/30,", "54.172.60.1/30,"))
+
+
+def test_a_route_can_override_a_default_greeting_with_none():
+    text = BASE.replace("routes:\n", "defaults:\n  greeting: /tmp/hello.wav\nroutes:\n") + (
+        '  - {name: quiet, number: "+15557654321", connector: bot, greeting: none}\n')
+    text = text.replace("playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n", "") + "playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n"
+    support, quiet = parse_config(text, "cfg.yaml").routes
+    assert support.greeting == "/tmp/hello.wav" and quiet.greeting is None
