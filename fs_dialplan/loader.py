@@ -231,8 +231,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         esl_password_env=(_key_str(ctx, pw_node, "freeswitch.esl_password_env", F["esl_password_env"]) if pw_node else None) or "",
         esl_host=_opt(fs, "esl_host", lambda n: _str(ctx, n, "freeswitch.esl_host"), "127.0.0.1"),
         esl_port=_opt(fs, "esl_port", lambda n: _key_int(ctx, n, "freeswitch.esl_port", F["esl_port"]), 8021),
-        esl_listen_ip=_opt(fs, "esl_listen_ip", lambda n: _str(ctx, n, "freeswitch.esl_listen_ip"), "127.0.0.1"),
-        esl_acl=_opt(fs, "esl_acl", lambda n: _str(ctx, n, "freeswitch.esl_acl"), "loopback.auto"),
+        esl_listen_ip=_opt(fs, "esl_listen_ip", lambda n: _ip(ctx, n, "freeswitch.esl_listen_ip", F["esl_listen_ip"]), "127.0.0.1"),
+        esl_acl=_opt(fs, "esl_acl", lambda n: _key_str(ctx, n, "freeswitch.esl_acl", F["esl_acl"]), "loopback.auto"),
         temp_dir=_opt(fs, "temp_dir", lambda n: _str(ctx, n, "freeswitch.temp_dir"), "/tmp"),
     )
 
@@ -457,6 +457,18 @@ def _host_port(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | No
         host, _, port = value.partition(":")
     if port and not 1 <= int(port) <= 65535:
         ctx.error(node, path, f'expected a port 1..65535, got "{value}"')
+        return None
+    return value
+
+
+def _ip(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | None:
+    value = _key_str(ctx, node, path, key)
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        ctx.error(node, path, f'expected {key.expected}, got "{value}"')
         return None
     return value
 

@@ -73,8 +73,10 @@ FREESWITCH = _section(
     esl_port=Key("Event Socket port.", "int", lo=1, hi=65535),
     esl_password_env=Key("NAME of the env var holding the ESL password (no literal, no default).", required=True,
                          pattern=ENV_NAME, expected=ENV_EXPECT),
-    esl_listen_ip=Key("The address the rendered event_socket.conf.xml binds to (loopback by default)."),
-    esl_acl=Key("apply-inbound-acl of the Event Socket."),
+    esl_listen_ip=Key("The address the rendered event_socket.conf.xml binds to (loopback by default).",
+                      pattern=r"^[0-9A-Fa-f:.]+$", expected="an IP address like 127.0.0.1"),
+    esl_acl=Key("apply-inbound-acl of the Event Socket (an ACL list name; empty: none).", pattern=r"^[A-Za-z0-9_.-]*$",
+                expected="an ACL list name like loopback.auto"),
     temp_dir=Key("FreeSWITCH's temp dir (in-band playAudio files land here)."),
 )
 

@@ -224,3 +224,15 @@ def test_a_route_can_override_a_default_greeting_with_none():
     text = text.replace("playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n", "") + "playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n"
     support, quiet = parse_config(text, "cfg.yaml").routes
     assert support.greeting == "/tmp/hello.wav" and quiet.greeting is None
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("  esl_listen_ip: 0.0.0.0 1", 'cfg.yaml:3: freeswitch.esl_listen_ip: expected an IP address like 127.0.0.1, got "0.0.0.0 1"'),
+        ("  esl_listen_ip: 1.2.3", 'cfg.yaml:3: freeswitch.esl_listen_ip: expected an IP address like 127.0.0.1, got "1.2.3"'),
+        ("  esl_acl: lan acl", 'cfg.yaml:3: freeswitch.esl_acl: expected an ACL list name like loopback.auto, got "lan acl"'),
+    ],
+)
+def test_event_socket_values_that_land_in_the_xml_are_checked_where_they_are_written(line, expected):
+    assert errors(BASE.replace("  esl_password_env: ESL_PW\n", f"  esl_password_env: ESL_PW\n{line}\n")) == [expected]
