@@ -76,9 +76,7 @@ def _object(keys: Mapping[str, spec.Key]) -> dict[str, Any]:
     required = [name for name, k in keys.items() if k.required]
     if required:
         s["required"] = required
-    rules = _RULES.get(id(keys))
-    if rules:
-        s.update(rules)
+    s.update(_rules(keys))
     return s
 
 
@@ -86,15 +84,16 @@ def _when(key: str, values: list[Any], then: list[str]) -> dict[str, Any]:
     return {"if": {"properties": {key: {"enum": values}}, "required": [key]}, "then": {"required": then}}
 
 
-# Cross-field rules, as the loader states them (fs_dialplan/loader.py).
-_RULES: dict[int, dict[str, Any]] = {
-    id(spec.ROUTE): {"oneOf": [{"required": ["number"]}, {"required": ["pattern"]}]},
-    id(spec.FALLBACK): {"allOf": [_when("action", ["play"], ["file"]), _when("action", ["transfer"], ["target"])]},
-    id(spec.TRUNK): {
-        "dependencies": {"username": ["password_env"], "password_env": ["username"]},
-        "allOf": [_when("register", [True, *spec.TRUE_WORDS], ["username", "password_env"])],
-    },
-}
+def _rules(keys: Mapping[str, spec.Key]) -> dict[str, Any]:
+    """Cross-field rules of a section, as the loader states them (fs_dialplan/loader.py)."""
+    if keys is spec.ROUTE:
+        return {"oneOf": [{"required": ["number"]}, {"required": ["pattern"]}]}
+    if keys is spec.FALLBACK:
+        return {"allOf": [_when("action", ["play"], ["file"]), _when("action", ["transfer"], ["target"])]}
+    if keys is spec.TRUNK:
+        return {"dependencies": {"username": ["password_env"], "password_env": ["username"]},
+                "allOf": [_when("register", [True, *spec.TRUE_WORDS], ["username", "password_env"])]}
+    return {}
 
 
 def build_schema() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = ["Key", "SECTIONS", "TOP", "FREESWITCH", "AUTH", "FORK_SERVER", "CONNECTOR", "FALLBACK",
+__all__ = ["Key", "TOP", "FREESWITCH", "AUTH", "FORK_SERVER", "CONNECTOR", "FALLBACK",
            "ROUTE_DEFAULTS", "ROUTE", "TRUNK", "PLAYBACK", "enum_pattern"]
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
@@ -89,7 +89,7 @@ AUTH = _section(
 
 FORK_SERVER = _section(
     public_url=Key("ws(s)://host:port at which FreeSWITCH reaches the fork server (no path).", required=True,
-                   pattern=r"^wss?://[^\s'\"\\/]+/?$", expected="a ws:// or wss:// URL"),
+                   pattern=r"^wss?://[^\s'\"\\/?#$]+/?$", expected="a ws:// or wss:// URL"),
     listen_host=Key("Address the fork server listens on."),
     listen_port=Key("Port the fork server listens on.", "int", lo=0, hi=65535),
     auth=Key("Basic auth on the media socket; `none` disables it.", "map", required=True, keys=AUTH, literal="none"),
@@ -190,8 +190,3 @@ TOP = _section(
     trunks=Key("SIP trunks: gateways and the signalling ACL.", "list", items=Key("A trunk.", "map", keys=TRUNK)),
     playback=Key("Where TTS segments are written and how they are played.", "map", required=True, keys=PLAYBACK),
 )
-
-SECTIONS = MappingProxyType({
-    "": TOP, "freeswitch": FREESWITCH, "fork_server": FORK_SERVER, "fork_server.auth": AUTH, "connectors.*": CONNECTOR,
-    "fallback": FALLBACK, "defaults": ROUTE_DEFAULTS, "routes[]": ROUTE, "trunks[]": TRUNK, "playback": PLAYBACK,
-})
