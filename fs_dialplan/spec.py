@@ -88,6 +88,7 @@ AUTH = _section(
 )
 
 FORK_SERVER = _section(
+    # URL patterns are for the schema; the loader parses URLs (urlsplit) with the same rules.
     public_url=Key("ws(s)://host:port at which FreeSWITCH reaches the fork server (no path).", required=True,
                    pattern=r"^wss?://[^\s'\"\\/?#$]+/?$", expected="a ws:// or wss:// URL"),
     listen_host=Key("Address the fork server listens on."),
