@@ -25,7 +25,14 @@ USERNAME = r"^[A-Za-z0-9_.-]{1,64}$"
 SIP_USER = r"^[A-Za-z0-9_.+-]{1,64}$"
 ABS_PATH = r"^/[A-Za-z0-9_./-]*$"
 ABS_FILE = r"^/[A-Za-z0-9_./-]+$"
-TARGET = r"^([0-9A-Za-z*#+_.-]{1,64}|sips?:[^\s'\"\\]{1,250})$"
+# A transfer target: a dialplan extension, or a SIP URI the fork server bridges to inline
+# (uuid_transfer <uuid> bridge:sofia/external/<uri> inline). An inline dialplan splits on
+# commas into applications, so the URI is kept to user@host[:port][;transport=...]: no comma,
+# quote, space, brace, pipe or "$" can reach it. One definition, used by the loader, the
+# connector protocol and the ESL command builder.
+EXTENSION_TARGET = r"[0-9A-Za-z*#+_.-]{1,64}"
+SIP_TARGET = r"[sS][iI][pP][sS]?:[A-Za-z0-9_.+%*~!-]{1,64}@[A-Za-z0-9.-]{1,190}(:[0-9]{1,5})?(;transport=(udp|tcp|tls))?"
+TARGET = rf"^({EXTENSION_TARGET}|{SIP_TARGET})$"
 DURATION = r"^[0-9]+(\.[0-9]+)?\s*(ms|s|m)?$"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOST = rf"^({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])$"
