@@ -12,7 +12,6 @@ import os
 import signal
 from typing import Any, Callable, Mapping
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from fs_dialplan.model import Config, Route
@@ -22,7 +21,7 @@ from .audio_fork import ForkIntake, ForkMetadata
 from .call import Call, CallLogger, ConnectorTarget
 from .errors import EslError, ForkProtocolError, LocalUsageError
 from .esl_client import EslClient
-from .intake import BasicCredentials, IntakeServer
+from .intake import BasicCredentials, ForkConnection, IntakeServer
 from .metrics import CONTENT_TYPE, Metrics
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
@@ -194,7 +193,7 @@ class App:
             switch_temp_dir=self.config.freeswitch.temp_dir,
         )
 
-    async def _on_call(self, ws: ServerConnection, route_name: str) -> None:
+    async def _on_call(self, ws: ForkConnection, route_name: str) -> None:
         route = self.config.route(route_name)
         intake = ForkIntake(expected_route=route.name, max_metadata_bytes=self.config.fork_server.max_metadata_bytes)
         peer = ws.remote_address

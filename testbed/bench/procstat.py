@@ -16,6 +16,12 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
+def _task_fields(pid: int, tid: str) -> list[str]:
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        text = f.read()
+    return text[text.rindex(")") + 2 :].split()
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -85,6 +91,25 @@ class ProcTree:
             except OSError:
                 continue
         return total
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds per thread, keyed ``<pid>/<tid>:<comm>`` (``main`` for each process's first thread)."""
+        out: dict[str, float] = {}
+        for p in self.pids():
+            try:
+                tids = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    with open(f"/proc/{p}/task/{tid}/comm") as f:
+                        comm = f.read().strip()
+                    fields = _task_fields(p, tid)
+                except OSError:
+                    continue
+                name = "main" if tid == str(p) else comm
+                out[f"{p}/{tid}:{name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return out
 
     def threads(self) -> int:
         n = 0
