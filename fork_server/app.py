@@ -109,6 +109,9 @@ class App:
         )
         self.port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # With worker processes (cli --workers) every worker sees every ESL event: only one
+        # runs the fallback of a fork that never reached any of them (connect_failed).
+        self.orphan_events = True
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -241,10 +244,18 @@ class App:
             self.metrics.esl_reconnects.inc()
             self.log.warning("ESL link down; reconnecting")
 
+    def wants_event(self, event: Any) -> bool:
+        """Would ``_on_esl_event`` act on it? (Read from the ESL event thread: dict lookups only.)"""
+        if event.uuid in self.calls:
+            return True
+        return self.orphan_events and isinstance(event, em.ForkEvent) and event.name == "connect_failed"
+
     def _on_esl_event(self, event: Any) -> None:
         call = self.calls.get(event.uuid)
         if call is not None:
             call.post(event)
+            return
+        if not self.orphan_events:
             return
         if isinstance(event, em.ForkEvent) and event.name == "connect_failed" and event.route:
             try:

@@ -148,18 +148,22 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            m = pattern.search(self.log_path.read_bytes())
-            if m:
+            text = self.log_path.read_bytes()
+            m = pattern.search(text)
+            workers = self.opts.workers if self.kind == "voicefork" else 1
+            if m and text.count(b"listening on") >= workers:
                 self.port = int(m.group(1))
                 break
             await asyncio.sleep(0.05)
         else:
             raise RuntimeError(f"{self.kind} did not start: {self.log_path.read_text()[-2000:]}")
         if self.kind == "voicefork":
-            while time.monotonic() < deadline:  # /healthz is ok once ESL is up
-                if await asyncio.to_thread(self._http, "/healthz") == "ok\n":
+            ok = 0
+            while time.monotonic() < deadline:  # /healthz is ok once ESL is up (ask every worker)
+                ok = ok + 1 if await asyncio.to_thread(self._http, "/healthz") == "ok\n" else 0
+                if ok >= 3 * self.opts.workers:
                     return
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
             raise RuntimeError("the fork server never reported ESL up")
 
     def _http(self, path: str) -> str | None:
