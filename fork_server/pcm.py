@@ -348,6 +348,8 @@ class Framer:
 
     def push(self, data: bytes) -> list[bytes]:
         buf, n = self._buf, self.frame_bytes
+        if not buf and len(data) == n and type(data) is bytes:
+            return [data]  # the common caller frame: whole, nothing carried, no copy
         over = len(buf) + len(data) - self.max_bytes
         if over > 0:
             drop = -(-over // n) * n  # whole frames, oldest first

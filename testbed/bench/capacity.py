@@ -223,7 +223,8 @@ async def _point(kind: str, n: int, opts: argparse.Namespace, work: Path) -> dic
         if opts.py_spy and kind == "voicefork":
             spy = subprocess.Popen(
                 [_py_spy(), "record", "-p", str(server.proc.pid), "-d", str(int(opts.window)), "-r", "200",  # type: ignore[union-attr]
-                 "-f", "raw", "-o", str(work / f"py-spy-{n}.txt"), "--subprocesses", "--nonblocking"],
+                 "-f", "raw", "-o", str(work / f"py-spy-{n}.txt"), "--subprocesses", "--nonblocking",
+                 *(["--gil"] if opts.py_spy_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         la0 = loadavg()
@@ -430,6 +431,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--first-tts-within", type=float, default=None,
                    help="each call's first utterance starts within this many s (default: the 5 s period)")
     p.add_argument("--py-spy", action="store_true", help="record a py-spy profile of the fork server in each window")
+    p.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only samples that hold the GIL")
     p.add_argument("--log-level", default="INFO", help="fork server log level")
     p.add_argument("--keep-logs", action="store_true", help="copy the servers' logs to --out")
     p.add_argument("--out", default=str(ROOT / "build" / "bench"))
