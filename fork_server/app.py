@@ -35,7 +35,8 @@ log = logging.getLogger("voicefork")
 SUBSCRIBED_EVENTS = [
     "PLAYBACK_START",
     "PLAYBACK_STOP",
-    "CHANNEL_EXECUTE_COMPLETE",
+    # Not CHANNEL_EXECUTE_COMPLETE: the session ignores it (REF: it says FILE PLAYED even after a
+    # break), and it was a third of all events per segment (issue 5: ~60 us each in python-ESL).
     "DTMF",
     "CHANNEL_HANGUP_COMPLETE",
     "CUSTOM",
