@@ -90,6 +90,7 @@ class ForkConnection(WsConnection):
         self.route: str | None = None
         self._open_timer: asyncio.TimerHandle | None = None
         self.handler: asyncio.Task[None] | None = None
+        self._answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -101,9 +102,9 @@ class ForkConnection(WsConnection):
             self.abort()
 
     def _handshake_event(self, event: Any) -> None:
-        if not isinstance(event, Request) or self.request is not None:
+        if not isinstance(event, Request) or self._answered:
             return
-        self.request = event
+        self._answered = True
         try:
             response = self.server._process_request(self, event)
         except Exception:  # noqa: BLE001 - as websockets: an ops endpoint bug is a 500, not a dead server
@@ -112,7 +113,7 @@ class ForkConnection(WsConnection):
         if response is None:
             response = self.protocol.accept(event)  # type: ignore[attr-defined]
         response.headers["Server"] = "voicefork"
-        self.response = response
+        # Request and Response are not kept on the connection: ~5 KB a call for nothing.
         self.protocol.send_response(response)  # type: ignore[attr-defined]
         self._send_data()
         if response.status_code == 101 and self.open:
