@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -83,6 +84,10 @@ def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | N
         app.intake.reuse_port = True
         app.orphan_events = worker == 0  # one worker runs the fallback of a fork that reached none
         app.esl.event_filter = app.wants_event
+    # Everything alive now (modules, the config, the app: ~36 000 objects) lives as long as the
+    # process: moved out of the collector's generations, a full collection no longer walks it
+    # (issue 5: full collections stalled the event loop for 40 ms at 300 calls).
+    gc.freeze()
     try:
         runner(app.serve_forever())
     except KeyboardInterrupt:
