@@ -201,7 +201,7 @@ class Server:
 
 
 async def _point(kind: str, n: int, opts: argparse.Namespace, work: Path) -> dict[str, Any]:
-    gen = ld.LoadGen(esl_password=ESL_PASSWORD, first_tts_within_s=opts.first_tts_within)
+    gen = ld.LoadGen(esl_password=ESL_PASSWORD, first_tts_within_s=opts.first_tts_within, tts=_profile(opts))
     await gen.start()
     server = Server(kind, gen, work, opts)
     me = ProcTree(os.getpid(), children=False)  # the load side alone, not the server it spawned
@@ -311,6 +311,10 @@ async def _point(kind: str, n: int, opts: argparse.Namespace, work: Path) -> dic
     return row
 
 
+def _profile(opts: argparse.Namespace) -> ld.TtsProfile:
+    return ld.TtsProfile(speech_s=0.0, bargein_every=0) if opts.silent_bot else ld.TtsProfile()
+
+
 def _fmt(v: Any, width: int, prec: int = 1) -> str:
     if v is None:
         return f"{'-':>{width}}"
@@ -369,13 +373,16 @@ async def run_async(opts: argparse.Namespace) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(),
         "options": {k: v for k, v in vars(opts).items()},
-        "profile": {"tts_duty": ld.TtsProfile().duty, **ld.TtsProfile().__dict__},
+        "profile": {"tts_duty": _profile(opts).duty, **_profile(opts).__dict__},
         "rows": [],
         "ratios": [],
     }
-    print(f"capacity bench: loop={opts.loop} workers={opts.workers} window={opts.window:g}s spool={opts.work_dir}; bot speaks "
-          f"{ld.TtsProfile().duty:.0%} of the time (2 s TTS every 5 s, every 4th cut by a barge-in after 1 s); "
-          f"loadavg {loadavg()}", flush=True)
+    p = _profile(opts)
+    talk = (f"bot speaks {p.duty:.0%} of the time ({p.speech_s:g} s TTS every {p.period_s:g} s in {p.chunk_ms} ms chunks "
+            f"every {p.chunk_every_ms} ms, every {p.bargein_every}th utterance cut by a barge-in after {p.bargein_after_s:g} s)"
+            if p.speech_s else "silent bot (caller audio only)")
+    print(f"capacity bench: loop={opts.loop} workers={opts.workers} window={opts.window:g}s spool={opts.work_dir}; "
+          f"{talk}; loadavg {loadavg()}", flush=True)
     print(HEADER, flush=True)
     # The spool (TTS segment files) on tmpfs, as the README recommends: on this box's disk a
     # segment write costs ~1 ms against 16 us on tmpfs, and it runs on the event loop.
@@ -428,6 +435,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default=None, help="event loop of every process (default uvloop if installed)")
     p.add_argument("--workers", type=int, default=1, help="fork server worker processes (SO_REUSEPORT)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare websockets relay")
+    p.add_argument("--silent-bot", action="store_true", help="no TTS, marks or barge-ins: the caller path alone")
     p.add_argument("--first-tts-within", type=float, default=None,
                    help="each call's first utterance starts within this many s (default: the 5 s period)")
     p.add_argument("--py-spy", action="store_true", help="record a py-spy profile of the fork server in each window")
