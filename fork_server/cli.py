@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop if it is installed")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes sharing the listen port (SO_REUSEPORT); default 1")
+    parser.add_argument("--esl", choices=("python-esl", "asyncio"), default="python-esl",
+                        help="ESL client: python-ESL on two threads (default) or fork_server.esl_async on the event loop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
 
@@ -55,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runner = _runner(args.uvloop)
     port = config.fork_server.listen_port if args.port is None else args.port
+    esl = args.esl
     if args.workers == 1:
-        return _serve(config, port, runner, worker=None)
-    return _supervise(config, port, runner, args.workers)
+        return _serve(config, port, runner, worker=None, esl=esl)
+    return _supervise(config, port, runner, args.workers, esl)
 
 
 def _runner(want_uvloop: bool) -> Callable[[Any], Any]:
@@ -71,12 +74,17 @@ def _runner(want_uvloop: bool) -> Callable[[Any], Any]:
     return asyncio.run
 
 
-def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | None) -> int:
+def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | None, esl: str = "python-esl") -> int:
     from .app import App
     from .errors import LocalUsageError
 
+    extra: dict[str, Any] = {}
+    if esl == "asyncio":
+        from .esl_async import AsyncEslClient
+
+        extra["esl_factory"] = AsyncEslClient
     try:
-        app = App(config, listen_port=port)
+        app = App(config, listen_port=port, **extra)
     except LocalUsageError as exc:
         print(f"voicefork-server: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +103,7 @@ def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | N
     return 0
 
 
-def _supervise(config: Any, port: int, runner: Callable[[Any], Any], n: int) -> int:
+def _supervise(config: Any, port: int, runner: Callable[[Any], Any], n: int, esl: str) -> int:
     log = logging.getLogger("voicefork.workers")
     host = config.fork_server.listen_host
     # Port 0: pick one now and hold it (bound with SO_REUSEPORT, never listening, so it
@@ -118,7 +126,7 @@ def _supervise(config: Any, port: int, runner: Callable[[Any], Any], n: int) -> 
                 h.setFormatter(logging.Formatter(_LOG_FORMAT.replace("%(name)s", f"w{index} %(name)s")))
             code = 1
             try:
-                code = _serve(config, port, runner, worker=index)
+                code = _serve(config, port, runner, worker=index, esl=esl)
             finally:
                 logging.shutdown()
                 os._exit(code)

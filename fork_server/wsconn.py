@@ -482,7 +482,7 @@ async def connect(
     ping_timeout: float | None = 20.0,
     close_timeout: float = 2.0,
     max_size: int | None = 1 << 20,
-    max_queue: int = 64,
+    max_queue: int = 16,  # websockets' default: reading pauses above 16 messages
     user_agent_header: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> WsConnection:

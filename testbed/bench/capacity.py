@@ -136,6 +136,8 @@ class Server:
         argv = [sys.executable, "-m", "fork_server", "--config", str(cfg), "--port", "0", "--log-level", self.opts.log_level, *loop]
         if self.opts.workers > 1:
             argv += ["--workers", str(self.opts.workers)]
+        if self.opts.esl != "python-esl":
+            argv += ["--esl", self.opts.esl]
         return argv, env
 
     async def start(self) -> None:
@@ -381,7 +383,7 @@ async def run_async(opts: argparse.Namespace) -> dict[str, Any]:
     talk = (f"bot speaks {p.duty:.0%} of the time ({p.speech_s:g} s TTS every {p.period_s:g} s in {p.chunk_ms} ms chunks "
             f"every {p.chunk_every_ms} ms, every {p.bargein_every}th utterance cut by a barge-in after {p.bargein_after_s:g} s)"
             if p.speech_s else "silent bot (caller audio only)")
-    print(f"capacity bench: loop={opts.loop} workers={opts.workers} window={opts.window:g}s spool={opts.work_dir}; "
+    print(f"capacity bench: loop={opts.loop} workers={opts.workers} esl={opts.esl} window={opts.window:g}s spool={opts.work_dir}; "
           f"{talk}; loadavg {loadavg()}", flush=True)
     print(HEADER, flush=True)
     # The spool (TTS segment files) on tmpfs, as the README recommends: on this box's disk a
@@ -434,6 +436,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=200.0, help="new calls per second")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default=None, help="event loop of every process (default uvloop if installed)")
     p.add_argument("--workers", type=int, default=1, help="fork server worker processes (SO_REUSEPORT)")
+    p.add_argument("--esl", choices=("python-esl", "asyncio"), default="python-esl", help="the fork server's ESL client")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare websockets relay")
     p.add_argument("--silent-bot", action="store_true", help="no TTS, marks or barge-ins: the caller path alone")
     p.add_argument("--first-tts-within", type=float, default=None,
