@@ -49,11 +49,13 @@ render config=config out="build/fs-conf": bootstrap
     {{py}} -m fs_dialplan render --config {{config}} --out {{out}}
 
 # Benchmarks that print numbers (no pass/fail): the resampler against soxr, rendering 10,000 routes, and
-# capacity: N calls through the fork server against a bare websockets relay (`just bench --quick` for CI;
-# other args go to `python -m testbed.bench.capacity`, e.g. `just bench --calls 100,500 --workers 2`).
+# the caller-audio hot path in one process, and capacity: N calls through the fork server against a bare
+# websockets relay (`just bench --quick` for CI; other args go to `python -m testbed.bench.capacity`,
+# e.g. `just bench --calls 100,500 --workers 2 --esl asyncio`).
 bench *args: bootstrap
     {{py}} -m testbed.bench_resample {{ if args =~ '--quick' { "2" } else { "" } }}
     {{py}} -m testbed.bench_render 10000
+    {{py}} -m testbed.bench.hotpath
     {{py}} -m testbed.bench.capacity {{args}}
 
 # Run the fork server with the example config.
