@@ -12,11 +12,11 @@ import logging
 from collections import deque
 from typing import Any, Callable, Mapping
 
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from . import connector_protocol as cp
 from .errors import ConnectorProtocolError
+from .wsconn import WsConnection as ClientConnection, connect  # lean websockets client (issue 5)
 
 __all__ = ["ConnectorLink"]
 
@@ -64,14 +64,12 @@ class ConnectorLink:
                 connect(
                     self.url,
                     additional_headers=self._headers,
-                    subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                    compression=None,
+                    subprotocols=[SUBPROTOCOL],  # no compression, no proxy
                     open_timeout=self._connect_timeout,
                     ping_interval=self._ping,
                     ping_timeout=2 * self._ping,
                     close_timeout=2,
                     max_size=_MAX_MESSAGE,
-                    proxy=None,
                     user_agent_header="voicefork",
                 ),
                 self._connect_timeout,
@@ -96,6 +94,10 @@ class ConnectorLink:
 
     def send_audio(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
         out = self._out
+        ws = self._ws
+        # Hot path (issue 5): nothing queued ahead and the socket takes it: write now, no task switch.
+        if not out and ws is not None and not self._closing and ws.writable and ws.send_many_now(frames):
+            return
         for frame in frames:
             out.append(frame)
         self._audio_in_queue += len(frames)
