@@ -61,6 +61,7 @@ class Stack:
         workdir: str | Path | None = None,
         connector_url_override: str | None = None,
         logger: logging.Logger | None = None,
+        esl_up_at_start: bool = True,
     ) -> None:
         self.base = config if isinstance(config, Config) else load_config(str(config))
         self.connector_mode = connector_mode
@@ -70,6 +71,7 @@ class Stack:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.workdir = Path(workdir) if workdir else None
         self.connector_url_override = connector_url_override
+        self.esl_up_at_start = esl_up_at_start  # False: the switch's Event Socket refuses connections at start
         self.logger = logger or logging.getLogger("voicefork")
         self.env = stack_env(self.base)
         self.rendered: dict[str, str] = {}
@@ -95,6 +97,8 @@ class Stack:
         await self.switch.start()
         self.esl = EslServer(self.switch, self.env[self.base.freeswitch.esl_password_env])
         await self.esl.start()
+        if not self.esl_up_at_start:
+            await self.esl.stop_listening()
         self.connector = ConnectorServer(self.connector_mode, **self.connector_options)
         await self.connector.start()
 
@@ -105,7 +109,7 @@ class Stack:
         self.rendered = render(self.config, self.env)
         write_tree(self.rendered, self.conf_dir)
         self.switch.load_dialplan(self.conf_dir / "dialplan" / "public")
-        if not await self.app.esl.wait_up(5.0):
+        if self.esl_up_at_start and not await self.app.esl.wait_up(5.0):
             raise RuntimeError("the fork server did not get its ESL link to the emulated switch")
 
     def _wire(self, base: Config, fork_port: int) -> Config:

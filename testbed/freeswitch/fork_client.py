@@ -92,6 +92,7 @@ class ForkBug:
         self.bytes_sent = 0
         self.frames_dropped = 0
         self.close_code: int | None = None
+        self._stalled_until = 0.0
         self._done = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fork-{cmd.uuid}")
 
@@ -132,6 +133,11 @@ class ForkBug:
     def graceful_shutdown(self) -> None:
         self.graceful = True
         self._queue_control(b"")
+
+    def stall(self, seconds: float) -> None:
+        """Chaos tests: the service thread sends nothing for ``seconds`` (the fork server or
+        the network is not keeping up), so the buffer fills and ``buffer_overrun`` fires (REF)."""
+        self._stalled_until = asyncio.get_running_loop().time() + seconds
 
     def hangup(self) -> None:
         """The channel hung up: close 1000, empty reason, no final text (REF)."""
@@ -207,9 +213,12 @@ class ForkBug:
 
     async def _send_loop(self) -> None:
         assert self.ws is not None
+        loop = asyncio.get_running_loop()
         while not self.closed_by_server:
             await self._wake.wait()
             self._wake.clear()
+            if (wait := self._stalled_until - loop.time()) > 0:
+                await asyncio.sleep(wait)
             audio: list[bytes] = []
             while self._pending:
                 item = self._pending.popleft()
