@@ -240,10 +240,15 @@ class Call:
 
     async def _connect_task(self, resumed: bool) -> None:
         c = self.connector
+        timeout = c.connect_timeout_s
+        if not resumed:
+            # The caller's wait: counted from the call's start, caller lookup included, so the
+            # fallback runs within connect_timeout of the fork opening (issue 6).
+            timeout = max(0.05, timeout - (time.monotonic() - self.started))
         link = ConnectorLink(
             c.url,
             headers=c.headers,
-            connect_timeout_s=c.connect_timeout_s,
+            connect_timeout_s=timeout,
             ping_interval_s=c.ping_interval_s,
             max_queued_frames=c.max_queued_frames,
             on_event=self.post,
