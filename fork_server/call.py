@@ -54,6 +54,9 @@ from .session import (
 __all__ = ["Call", "ConnectorTarget", "CallLogger"]
 
 _EVENT_QUEUE_MAX = 4096  # events per call waiting for the session; far above any real burst
+# A mid-call reconnect happens while the caller may hear nothing: all attempts together get this
+# long from the drop, so the route fallback starts inside the 2 s silence bar (issue 6).
+_RECONNECT_BUDGET_S = 1.5
 
 
 class CallLogger(logging.LoggerAdapter):
@@ -107,6 +110,7 @@ class Call:
         self._done = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._made_dirs: set[str] = set()
+        self._connector_lost_at: float | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -240,11 +244,15 @@ class Call:
 
     async def _connect_task(self, resumed: bool) -> None:
         c = self.connector
-        timeout = c.connect_timeout_s
-        if not resumed:
-            # The caller's wait: counted from the call's start, caller lookup included, so the
-            # fallback runs within connect_timeout of the fork opening (issue 6).
-            timeout = max(0.05, timeout - (time.monotonic() - self.started))
+        # The caller's wait is counted from the call's start (caller lookup included) or from
+        # the drop, so the fallback runs within connect_timeout of the fork opening, and
+        # within the reconnect budget of a mid-call drop (issue 6).
+        if resumed:
+            lost = self._connector_lost_at if self._connector_lost_at is not None else time.monotonic()
+            timeout = min(c.connect_timeout_s, _RECONNECT_BUDGET_S - (time.monotonic() - lost))
+        else:
+            timeout = c.connect_timeout_s - (time.monotonic() - self.started)
+        timeout = max(0.05, timeout)
         link = ConnectorLink(
             c.url,
             headers=c.headers,
@@ -252,7 +260,7 @@ class Call:
             ping_interval_s=c.ping_interval_s,
             max_queued_frames=c.max_queued_frames,
             on_event=self.post,
-            on_lost=lambda code, reason: self.post(ConnectorClosed(code, reason)),
+            on_lost=self._on_connector_lost,
             log=self.log,
         )
         t0 = time.monotonic()
@@ -263,8 +271,14 @@ class Call:
             self.post(ConnectorFailed(str(exc)))
             return
         self._link = link
+        self._connector_lost_at = None
         self.log.info("> connector %s up in %.1f ms%s", c.url, (time.monotonic() - t0) * 1000, " (resumed)" if resumed else "")
         self.post(ConnectorUp())
+
+    def _on_connector_lost(self, code: int | None, reason: str) -> None:
+        if self._connector_lost_at is None:
+            self._connector_lost_at = time.monotonic()
+        self.post(ConnectorClosed(code, reason))
 
     async def _send_text(self, action: SendToConnector) -> None:
         if self._link is not None:

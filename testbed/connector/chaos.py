@@ -6,7 +6,7 @@ no options behaves exactly like ``script``:
 * ``drop_after_ms`` — this long after ``start`` the connection goes: ``drop_how`` ``abort``
   (TCP reset, no close frame: a crashed process), ``close`` (close 1011) or ``hang`` (it stops
   reading and sending but keeps the socket: only the fork server's pings can tell). Only the
-  first ``drop_legs`` connections of a call drop; a resumed leg (``"resumed": true``) is
+  first ``drop_legs`` connections of a call drop (a ``hang`` ends after ``hang_ms``); a resumed leg (``"resumed": true``) is
   counted as a leg. ``refuse_resumed`` closes a resumed leg (1011) as soon as its ``start``
   arrives, so the reconnect fails and the route fallback must run.
 * ``stall_after_ms`` / ``stall_ms`` — a slow reader: it stops reading for ``stall_ms``.
@@ -63,6 +63,7 @@ class ChaosOptions(ScriptOptions):
     drop_after_ms: int = 0
     drop_how: str = "abort"  # abort | close | hang
     drop_legs: int = 1
+    hang_ms: int = 8000
     refuse_resumed: bool = False
     stall_after_ms: int = 0
     stall_ms: int = 0
@@ -127,7 +128,12 @@ class ChaosBehaviour(ScriptBehaviour):
     async def on_event(self, event: p.ForkEvent) -> None:
         opts = self.chaos
         if self.hung:
-            await self.raw_io.ws.wait_closed()  # reads nothing more until the fork server gives up
+            # Reads nothing more. Its own socket is paused, so it would never see the fork
+            # server's reset either: after hang_ms it gives up too (testbed cleanup).
+            try:
+                await asyncio.wait_for(self.raw_io.ws.wait_closed(), opts.hang_ms / 1000)
+            except TimeoutError:
+                self.raw_io.ws.transport.abort()
             return
         if isinstance(event, p.Start):
             self.leg = self._shared.legs.get(event.uuid, 0) + 1
