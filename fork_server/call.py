@@ -111,6 +111,7 @@ class Call:
         self._tg: asyncio.TaskGroup | None = None
         self._made_dirs: set[str] = set()
         self._connector_lost_at: float | None = None
+        self._link_dropped = 0  # caller frames a slow connector's link dropped
 
     # ------------------------------------------------------------------ public
 
@@ -262,6 +263,7 @@ class Call:
             on_event=self.post,
             on_lost=self._on_connector_lost,
             log=self.log,
+            on_dropped=self._on_frames_dropped,
         )
         t0 = time.monotonic()
         try:
@@ -274,6 +276,10 @@ class Call:
         self._connector_lost_at = None
         self.log.info("> connector %s up in %.1f ms%s", c.url, (time.monotonic() - t0) * 1000, " (resumed)" if resumed else "")
         self.post(ConnectorUp())
+
+    def _on_frames_dropped(self, n: int) -> None:
+        self._link_dropped += n
+        self.metrics.frames_dropped.inc(n)  # live, not at the end of the call (issue 6)
 
     def _on_connector_lost(self, code: int | None, reason: str) -> None:
         if self._connector_lost_at is None:
@@ -292,7 +298,6 @@ class Call:
     async def _close_connector(self, action: CloseConnector) -> None:
         link, self._link = self._link, None
         if link is not None:
-            self.metrics.frames_dropped.inc(link.dropped_frames)
             self._tg.create_task(link.close())  # type: ignore[union-attr]
 
     async def _write_segment(self, action: WriteSegment) -> None:
@@ -361,9 +366,10 @@ class Call:
             s.barge_ins,
             s.marks_played,
             s.marks_cleared,
-            s.dropped_frames,
+            s.dropped_frames + self._link_dropped,
             dict(s.errors) or "{}",
         )
+        self.metrics.frames_dropped.inc(s.dropped_frames)  # pre-start overflow; the links' drops are counted live
         self.metrics.calls.labels(s.outcome).inc()
         self.metrics.tts_bytes.inc(s.tts_bytes)
         for kind, n in s.errors.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,12 @@ __all__ = ["ConnectorLink"]
 SUBPROTOCOL = cp.SUBPROTOCOL
 _MAX_TEXT_QUEUE = 256  # control messages are few; a peer that never reads them is dead
 _MAX_MESSAGE = cp.MAX_BINARY_BYTES + 16
+# Below the bounded queue, keep the socket's own buffers small: the kernel autotunes a send
+# buffer to MiBs (~2 min of caller audio), so a connector reading slower than real time would
+# fall minutes behind before the queue ever dropped anything. Linux doubles SO_SNDBUF: 8 KiB,
+# 0.25 s of caller audio (still 80 KB/s at 100 ms RTT, 2.5x what a call sends).
+_SNDBUF = 4 * 1024
+_WRITE_LIMIT = 4 * 1024  # websockets' own buffer above the socket's
 
 
 class ConnectorLink:
@@ -39,6 +46,7 @@ class ConnectorLink:
         on_event: Callable[[Any], None],
         on_lost: Callable[[int | None, str], None],
         log: logging.LoggerAdapter,
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.url = url
         self._headers = dict(headers)
@@ -46,6 +54,7 @@ class ConnectorLink:
         self._ping = ping_interval_s
         self._on_event = on_event
         self._on_lost = on_lost
+        self._on_dropped = on_dropped
         self._log = log
         self._ws: ClientConnection | None = None
         self._parser = cp.ConnectorParser()
@@ -71,6 +80,7 @@ class ConnectorLink:
                     ping_timeout=2 * self._ping,
                     close_timeout=2,
                     max_size=_MAX_MESSAGE,
+                    write_limit=_WRITE_LIMIT,
                     proxy=None,
                     user_agent_header="voicefork",
                 ),
@@ -80,12 +90,23 @@ class ConnectorLink:
             raise
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
             raise ConnectorProtocolError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
+        sock = self._ws.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+            except OSError as exc:  # not fatal: only the latency bound after a stall is lost
+                self._log.warning("> connector socket: cannot set SO_SNDBUF: %s", exc)
         self._parser = cp.ConnectorParser()
         self._closing = False
         self._tasks = [
             asyncio.create_task(self._reader(), name="connector-reader"),
             asyncio.create_task(self._writer(), name="connector-writer"),
         ]
+
+    @property
+    def queued_frames(self) -> int:
+        """Caller audio frames waiting to be written (at most ``max_queued_frames``)."""
+        return self._audio_in_queue
 
     def send_text(self, text: str) -> None:
         if len(self._out) - self._audio_in_queue >= _MAX_TEXT_QUEUE:
@@ -105,6 +126,11 @@ class ConnectorLink:
         self._wake.set()
 
     def _drop_oldest_audio(self, n: int) -> None:
+        if not self.dropped_frames:
+            self._log.warning("> connector is not reading: dropping the oldest caller audio (%d frames queued)",
+                              self._audio_in_queue)
+        if self._on_dropped is not None:
+            self._on_dropped(n)
         kept: deque[bytes | str] = deque()
         out = self._out
         while out and n:

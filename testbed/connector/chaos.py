@@ -9,8 +9,10 @@ no options behaves exactly like ``script``:
   first ``drop_legs`` connections of a call drop (a ``hang`` ends after ``hang_ms``); a resumed leg (``"resumed": true``) is
   counted as a leg. ``refuse_resumed`` closes a resumed leg (1011) as soon as its ``start``
   arrives, so the reconnect fails and the route fallback must run.
-* ``stall_after_ms`` / ``stall_ms`` — a slow reader: it stops reading for ``stall_ms``.
-  With the server's ``rcvbuf`` small, the fork server's writes back up within a few KB.
+* ``stall_after_ms`` / ``stall_ms`` / ``read_speed`` — a slow reader: from ``stall_after_ms``
+  after ``start``, for ``stall_ms``, it reads caller audio at ``read_speed`` times real time
+  (0: not at all). With the server's ``rcvbuf`` small, the fork server's writes back up within
+  a few KB.
 * ``garbage`` — junk sent right after ``start``, each ``garbage_repeat`` times, before the
   script speaks; kinds in :data:`GARBAGE`. ``oversize`` and ``bad_utf8`` break the WebSocket
   itself (the fork server must close that connection, and may reconnect).
@@ -67,6 +69,7 @@ class ChaosOptions(ScriptOptions):
     refuse_resumed: bool = False
     stall_after_ms: int = 0
     stall_ms: int = 0
+    read_speed: float = 0.0
     garbage: tuple[str, ...] = ()
     garbage_repeat: int = 1
     odd_chunks: bool = False
@@ -80,7 +83,8 @@ class ChaosOptions(ScriptOptions):
         unknown = sorted(set(self.garbage) - GARBAGE.keys())
         if unknown:
             raise ValueError(f"unknown garbage kinds {unknown}; known: {sorted(GARBAGE)}")
-        if min(self.drop_after_ms, self.drop_legs, self.stall_after_ms, self.stall_ms, self.garbage_repeat) < 0:
+        if min(self.drop_after_ms, self.drop_legs, self.stall_after_ms, self.stall_ms, self.garbage_repeat,
+               self.read_speed) < 0:
             raise ValueError("chaos counts and times must be >= 0")
         if not 2 <= self.flood_frame_bytes <= 1 << 20 or self.flood_frame_bytes % 2:
             raise ValueError("flood_frame_bytes must be even, 2..1 MiB")
@@ -120,6 +124,7 @@ class ChaosBehaviour(ScriptBehaviour):
         self.leg = 0
         self.hung = False
         self._stall_at: float | None = None
+        self._stall_until = 0.0
 
     @classmethod
     def prepare(cls, options: ModeOptions) -> _Shared:
@@ -152,9 +157,16 @@ class ChaosBehaviour(ScriptBehaviour):
                     if not await self.raw_io.send_raw(frame, text=text):
                         return
         elif isinstance(event, p.CallerAudio) and self._stall_at is not None and time.monotonic() >= self._stall_at:
-            self._stall_at = None
-            self.raw_io.log.info("chaos: not reading for %d ms", opts.stall_ms)
-            await asyncio.sleep(opts.stall_ms / 1000)
+            now = time.monotonic()
+            if not self._stall_until:
+                self._stall_until = now + opts.stall_ms / 1000
+                self.raw_io.log.info("chaos: reading at %.2fx for %d ms", opts.read_speed, opts.stall_ms)
+            if now >= self._stall_until:
+                self._stall_at = None
+            elif opts.read_speed <= 0:
+                await asyncio.sleep(self._stall_until - now)
+            else:
+                await asyncio.sleep(min(0.02 / opts.read_speed, self._stall_until - now))
         await super().on_event(event)
 
     async def _drop(self) -> None:

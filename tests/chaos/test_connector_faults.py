@@ -189,3 +189,67 @@ def _hangup_time(s, ch):
 
 def _transfer_time(s, ch):
     return next(t for t, line in s.switch.api_log if line.startswith("uuid_transfer") and ch.uuid in line)
+
+
+# ------------------------------------------------------------------ connector slow to read
+
+
+def _numbered_speech(seconds, rate=16000):
+    """Caller audio whose 20 ms frame i holds the sample value i+1, so the connector can tell
+    which moment of the call each frame it gets comes from (L16 at 16 kHz: nothing resamples it)."""
+    n = seconds * 50
+    return np.repeat(np.arange(1, n + 1, dtype="<i2"), rate // 50).tobytes()
+
+
+async def test_slow_connector_stays_within_the_send_queue_and_memory_stays_bounded():
+    # For 10 s the connector reads caller audio at half real time (4 KB receive buffer).
+    # The fork server's per-call send queue is bounded (send_queue 2 s = 100 frames) and the
+    # socket's kernel buffer is kept small, so the OLDEST caller audio is dropped and counted
+    # and what the connector gets stays at most send_queue (+ 1 s of socket buffers) behind
+    # the caller, instead of falling further behind every second. The fork keeps being read
+    # (no buffer_overrun on the switch) and the call goes on. Every frame the switch sent is
+    # either received by the connector or counted as dropped.
+    n = 3
+    opts = bot(speak_after_first_utterance=True, stall_after_ms=300, stall_ms=10000, read_speed=0.5, rcvbuf=4096)
+    async with stack(options=opts) as s:
+        loop = asyncio.get_running_loop()
+        chans = [s.switch.place_call(SUPPORT, codec="L16") for i in range(n)]
+        await until(lambda: len(s.app.calls) == n and all(c._link for c in s.app.calls.values()), 5, "links")
+        said_at = loop.time()
+        for ch in chans:
+            ch.say(_numbered_speech(14))
+        peak = 0
+        end = loop.time() + 10.5
+        while loop.time() < end:
+            peak = max([peak] + [c._link.queued_frames for c in s.app.calls.values() if c._link is not None])
+            await asyncio.sleep(0.02)
+        limit = s.config.connectors["support-bot"].send_queue_ms // 20
+        records = list(s.connector.connections)
+        assert all(ch.alive for ch in chans)
+        bugs = [next(iter(ch.bugs.values())) for ch in chans]
+        for ch in chans:
+            ch.hangup()
+        await until(lambda: not s.app.calls and all(r.closed for r in records), 5, "cleanup")
+        def lag(t_from, t_to):  # how far behind the caller the connector was, in that stretch of the call
+            out = []
+            for r in records:
+                for f in r.frames:
+                    idx = int(np.frombuffer(f.pcm[:2], "<i2")[0])
+                    if idx > 0 and r.start_at + t_from <= f.t <= r.start_at + t_to:
+                        out.append(f.t - (said_at + idx * 0.02))
+            return max(out) if out else float("nan")
+
+        behind = [lag(6.3, 7.3), lag(9.3, 10.3)]
+        dropped = s.app.metrics.frames_dropped._value.get()
+        sent = sum(b.bytes_sent * 16000 // b.rate // 640 for b in bugs)
+        got = sum(r.frame_count for r in records)
+        overruns = sum(b.overrun_fired for b in bugs)
+        record("connector slow to read (0.5x for 10 s)", n, sum(ch.hangup_cause == "NORMAL_CLEARING" for ch in chans),
+               peak_queue_frames=peak, queue_limit=limit, dropped_frames=int(dropped),
+               lag_at_7s=round(behind[0], 2), lag_at_10s=round(behind[1], 2), unaccounted=sent - got - int(dropped))
+        assert peak <= limit
+        assert overruns == 0
+        # The lag stops growing once the queue is full: send_queue plus what sits in socket
+        # buffers (ours are kept small; the connector's own receive buffer is its business).
+        assert dropped > 0 and behind[1] - behind[0] <= 0.3, behind
+        assert abs(sent - got - dropped) <= n  # each call may end with one partial frame in the framer
