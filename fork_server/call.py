@@ -54,6 +54,9 @@ from .session import (
 __all__ = ["Call", "ConnectorTarget", "CallLogger"]
 
 _EVENT_QUEUE_MAX = 4096  # events per call waiting for the session; far above any real burst
+# The connector may fill only this much of it: past that its link stops reading (TCP pushes
+# back on the connector), so a flood of connector messages never crowds out the switch's events.
+_CONNECTOR_EVENTS_MAX = _EVENT_QUEUE_MAX // 2
 # A mid-call reconnect happens while the caller may hear nothing: all attempts together get this
 # long from the drop, so the route fallback starts inside the 2 s silence bar (issue 6).
 _RECONNECT_BUDGET_S = 1.5
@@ -105,6 +108,8 @@ class Call:
         self.log = CallLogger(logger, {"uuid": session.uuid})
         self.started = time.monotonic()
         self._events: asyncio.Queue[Any] = asyncio.Queue(_EVENT_QUEUE_MAX)
+        self._room = asyncio.Event()  # set while the connector may post
+        self._room.set()
         self._link: ConnectorLink | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._done = asyncio.Event()
@@ -112,6 +117,7 @@ class Call:
         self._made_dirs: set[str] = set()
         self._connector_lost_at: float | None = None
         self._link_dropped = 0  # caller frames a slow connector's link dropped
+        self._errors_counted: dict[str, int] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -122,6 +128,13 @@ class Call:
         except asyncio.QueueFull:
             self.metrics.errors.labels("event_queue_full").inc()
             self.log.error("event queue full; dropped %s", type(event).__name__)
+
+    async def post_from_connector(self, event: Any) -> None:
+        """Queue a connector event, waiting while the connector's share of the queue is used."""
+        while self._events.qsize() >= _CONNECTOR_EVENTS_MAX:
+            self._room.clear()
+            await self._room.wait()
+        self.post(event)
 
     def info(self) -> dict[str, Any]:
         s = self.session
@@ -197,13 +210,25 @@ class Call:
     async def _session_loop(self) -> None:
         while not self._done.is_set():
             event = await self._events.get()
+            if not self._room.is_set() and self._events.qsize() < _CONNECTOR_EVENTS_MAX // 2:
+                self._room.set()
             try:
                 actions = self.session.handle(event)
             except LocalUsageError:
                 self.metrics.errors.labels("session_bug").inc()
                 self.log.exception("session rejected %s", type(event).__name__)
                 continue
+            if self.session.errors != self._errors_counted:
+                self._count_errors()
             await self._perform(actions)
+
+    def _count_errors(self) -> None:
+        """Session error counts go to the metrics as they happen, not at the end of the call (issue 6)."""
+        for kind, n in self.session.errors.items():
+            new = n - self._errors_counted.get(kind, 0)
+            if new > 0:
+                self.metrics.errors.labels(kind).inc(new)
+                self._errors_counted[kind] = n
 
     def _perform_now(self, actions: list[Any]) -> None:
         """Start actions from outside the session loop (the first LookupCaller)."""
@@ -260,7 +285,7 @@ class Call:
             connect_timeout_s=timeout,
             ping_interval_s=c.ping_interval_s,
             max_queued_frames=c.max_queued_frames,
-            on_event=self.post,
+            on_event=self.post_from_connector,
             on_lost=self._on_connector_lost,
             log=self.log,
             on_dropped=self._on_frames_dropped,
@@ -372,8 +397,6 @@ class Call:
         self.metrics.frames_dropped.inc(s.dropped_frames)  # pre-start overflow; the links' drops are counted live
         self.metrics.calls.labels(s.outcome).inc()
         self.metrics.tts_bytes.inc(s.tts_bytes)
-        for kind, n in s.errors.items():
-            self.metrics.errors.labels(kind).inc(n)
         if self._link is not None:
             await self._link.close()
             self._link = None

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -30,10 +30,15 @@ _MAX_MESSAGE = cp.MAX_BINARY_BYTES + 16
 # 0.25 s of caller audio (still 80 KB/s at 100 ms RTT, 2.5x what a call sends).
 _SNDBUF = 4 * 1024
 _WRITE_LIMIT = 4 * 1024  # websockets' own buffer above the socket's
+_LOG_FIRST_JUNK = 5  # malformed messages logged one by one; after that every 100th, with the count
+_LOG_JUNK_EVERY = 100
 
 
 class ConnectorLink:
-    """Connect, pump both directions, report events and loss through callbacks."""
+    """Connect, pump both directions, report events and loss through callbacks.
+
+    ``on_event`` is awaited for every event read: it may wait (back-pressure to the connector).
+    """
 
     def __init__(
         self,
@@ -43,7 +48,7 @@ class ConnectorLink:
         connect_timeout_s: float,
         ping_interval_s: float,
         max_queued_frames: int,
-        on_event: Callable[[Any], None],
+        on_event: Callable[[Any], Awaitable[None]],
         on_lost: Callable[[int | None, str], None],
         log: logging.LoggerAdapter,
         on_dropped: Callable[[int], None] | None = None,
@@ -65,6 +70,7 @@ class ConnectorLink:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped_frames = 0
+        self.malformed = 0
 
     async def open(self) -> None:
         """Connect within the timeout; raises ConnectorProtocolError on any failure."""
@@ -176,7 +182,11 @@ class ConnectorLink:
                 else:
                     events = self._parser.receive_binary(message)
                 for ev in events:
-                    self._on_event(ev)
+                    if type(ev) is cp.Malformed:
+                        self._junk(ev)
+                    # Awaited: while the call is behind, this stops reading, so a flooding
+                    # connector is pushed back through TCP instead of filling the call's queue.
+                    await self._on_event(ev)
         except ConnectionClosed:
             pass
         finally:
@@ -184,6 +194,12 @@ class ConnectorLink:
                 code, reason = ws.close_code, ws.close_reason or ""
             if not self._closing:
                 self._on_lost(code, reason or "connection closed")
+
+    def _junk(self, ev: cp.Malformed) -> None:
+        self.malformed += 1
+        n = self.malformed
+        if n <= _LOG_FIRST_JUNK or n % _LOG_JUNK_EVERY == 0:
+            self._log.warning("< connector sent a malformed message (%d so far): %s", n, ev.reason)
 
     async def close(self) -> None:
         """Send what is queued (stop last), then close with 1000."""

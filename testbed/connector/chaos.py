@@ -14,7 +14,8 @@ no options behaves exactly like ``script``:
   (0: not at all). With the server's ``rcvbuf`` small, the fork server's writes back up within
   a few KB.
 * ``garbage`` — junk sent right after ``start``, each ``garbage_repeat`` times, before the
-  script speaks; kinds in :data:`GARBAGE`. ``oversize`` and ``bad_utf8`` break the WebSocket
+  script speaks (on the first ``garbage_legs`` connections of a call, 0: all); kinds in
+  :data:`GARBAGE`. ``oversize`` and ``bad_utf8`` break the WebSocket
   itself (the fork server must close that connection, and may reconnect).
 * ``odd_chunks`` — every TTS message is split at an odd byte count (a connector that cuts its
   PCM anywhere).
@@ -72,6 +73,7 @@ class ChaosOptions(ScriptOptions):
     read_speed: float = 0.0
     garbage: tuple[str, ...] = ()
     garbage_repeat: int = 1
+    garbage_legs: int = 0  # only the first n connections of a call send it; 0: every one
     odd_chunks: bool = False
     flood_s: float = 0.0
     flood_frame_bytes: int = 65536
@@ -151,7 +153,8 @@ class ChaosBehaviour(ScriptBehaviour):
                 self.raw_io.spawn(self._drop(), "chaos-drop")
             if opts.stall_ms:
                 self._stall_at = time.monotonic() + opts.stall_after_ms / 1000
-            for kind in opts.garbage:
+            junk = opts.garbage if not opts.garbage_legs or self.leg <= opts.garbage_legs else ()
+            for kind in junk:
                 frame, text = GARBAGE[kind]
                 for _ in range(opts.garbage_repeat):
                     if not await self.raw_io.send_raw(frame, text=text):
