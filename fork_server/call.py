@@ -62,6 +62,16 @@ _CONNECTOR_EVENTS_MAX = _EVENT_QUEUE_MAX // 2
 _RECONNECT_BUDGET_S = 1.5
 
 
+_ERROR_TEXT = {
+    "spool_full": "TTS dropped: the call's spool is full (playback.max_spool_bytes_per_call)",
+    "connector_lost": "connector connection lost",
+    "fork_buffer_overrun": "< mod_audio_fork::buffer_overrun: FreeSWITCH dropped caller audio",
+    "fork_disconnect": "< mod_audio_fork::disconnect",
+    "inband_bad_file": "< play_audio event with a file outside the switch's temp dir: refused",
+    "tts_after_end": "connector audio after the call was ending: dropped",
+}
+
+
 class CallLogger(logging.LoggerAdapter):
     """Puts the call uuid on every line (STYLE.md)."""
 
@@ -223,12 +233,15 @@ class Call:
             await self._perform(actions)
 
     def _count_errors(self) -> None:
-        """Session error counts go to the metrics as they happen, not at the end of the call (issue 6)."""
+        """Session error counts go to the metrics as they happen, not at the end of the call, and
+        the first of each kind on a call is logged (issue 6); the call's last line has the totals."""
         for kind, n in self.session.errors.items():
-            new = n - self._errors_counted.get(kind, 0)
-            if new > 0:
-                self.metrics.errors.labels(kind).inc(new)
+            old = self._errors_counted.get(kind, 0)
+            if n > old:
+                self.metrics.errors.labels(kind).inc(n - old)
                 self._errors_counted[kind] = n
+                if not old and kind != "connector_malformed":  # that one the link logs itself
+                    self.log.warning("%s (first on this call; voicefork_errors{kind=%s})", _ERROR_TEXT.get(kind, kind), kind)
 
     def _perform_now(self, actions: list[Any]) -> None:
         """Start actions from outside the session loop (the first LookupCaller)."""

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("ESL")
 
 from chaoslib import SALES, SUPPORT, UK, bot, config, errors, prompt_file, silence_ms, stack, until  # noqa: E402
+from testbed.speech import CALLER_BARGEIN, load_wav  # noqa: E402
 from testbed.figures import record  # noqa: E402
 
 
@@ -337,3 +338,59 @@ async def test_junk_that_breaks_the_websocket_closes_that_leg_and_the_call_resum
         record(f"connector breaks the WebSocket ({junk})", n, ok, close_codes=codes,
                connector_lost=int(errors(s.app, "connector_lost")))
         assert ok == n
+
+
+# ------------------------------------------------------------------ connector floods TTS
+
+
+def _dir_bytes(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+async def test_tts_flood_is_bounded_by_the_per_call_spool(caplog):
+    # The connector sends 5 minutes of TTS as fast as the socket takes it (the compressed form
+    # of "faster than real time for minutes"), then mark "end". The per-call spool (1 MiB here,
+    # 65 s at 8 kHz) bounds the disk; what does not fit is dropped with a clear error metric
+    # and one log line; memory stays bounded; the caller hears speech with no hole; a barge-in
+    # `clear` drops it all; nothing is left on disk.
+    caplog.set_level("WARNING", logger="voicefork")
+    limit = 1 << 20
+    n = 2
+    opts = bot(flood_s=300.0, rate=16000, bargein=True)
+    async with stack(options=opts, cfg=config(playback={"max_spool_bytes_per_call": limit})) as s:
+        from chaoslib import rss_bytes
+        rss0 = rss_bytes()
+        chans = [s.switch.place_call(SUPPORT if i % 2 else SALES) for i in range(n)]
+        await until(lambda: len(s.connector.connections) == n, 5, "connected")
+        loop = asyncio.get_running_loop()
+        peak_disk = peak_rss = 0
+        end = loop.time() + 6.0
+        while loop.time() < end:
+            for ch in chans:
+                peak_disk = max(peak_disk, _dir_bytes(s.spool / ch.uuid.lower()))
+            peak_rss = max(peak_rss, rss_bytes() - rss0)
+            await asyncio.sleep(0.05)
+        records = [s.connector.calls[ch.uuid] for ch in chans]
+        sent = sum(r.tts_bytes_sent for r in records)
+        full_live = errors(s.app, "spool_full")
+        assert all(ch.alive for ch in chans)
+        heard_ok = all(ch.ear.gaps() == [] and len(ch.ear.frames) >= 5.5 * 50 for ch in chans)
+        for ch in chans:  # barge-in: the bot sends clear, and everything queued goes
+            ch.say(load_wav(CALLER_BARGEIN, 8000))
+        await until(lambda: all(r.clears_sent for r in records), 5, "clear")
+        await asyncio.sleep(0.3)
+        late = sum(1 for ch, r in zip(chans, records) for f in ch.ear.frames if f.time > r.clears_sent[0] + 0.1)
+        cleared = [r.mark_status("end") for r in records]
+        for ch in chans:
+            ch.hangup()
+        await until(lambda: not s.app.calls and not s.spool_files(), 5, "cleanup")
+        logged = [r for r in caplog.records if "spool" in r.getMessage()]
+        record("connector floods TTS (5 min in ~1 s)", n, int(heard_ok) * n, tts_sent_mb=round(sent / 1e6, 1),
+               peak_spool_kib=peak_disk // 1024, limit_kib=limit // 1024, spool_full=int(full_live),
+               rss_growth_mb=round(peak_rss / 1e6, 1), log_lines=len(logged), frames_after_clear=late)
+        assert sent >= n * 300 * 16000 * 2 * 0.99  # the flood really went out
+        assert peak_disk <= limit
+        assert full_live > 0 and 1 <= len(logged) <= n * 2
+        assert heard_ok
+        assert late == 0 and cleared == ["cleared"] * n
+        assert peak_rss < 200e6
