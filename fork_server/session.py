@@ -451,7 +451,20 @@ class CallSession:
             actions += self._enter(target, event)
         if handler is not None and self.state is not State.ENDED:
             actions += handler(self, event)
+        if self._queue and self.state is not State.ENDED and (
+            type(event) in _PLAYBACK_PROGRESS or any(type(a) is PlayFile for a in actions)
+        ):
+            actions.append(self._watchdog())
         return actions
+
+    def _watchdog(self) -> ArmTimer:
+        """(Re)arm the playback watchdog: if the switch reports no playback progress for as long
+        as everything queued takes to play, plus slack, its PLAYBACK_* events were lost (an ESL
+        outage) and the queue is taken as played (issue 6: never wait for them forever)."""
+        ms = [item.ms for item in self._queue]
+        if 0 in ms:  # a fallback prompt: its length is unknown here
+            return ArmTimer(_WATCHDOG, _WATCHDOG_UNKNOWN_S)
+        return ArmTimer(_WATCHDOG, sum(ms) / 1000 + _WATCHDOG_SLACK_S)
 
     def _move(self, target: State) -> None:
         """A move a handler decides (it depends on a guard, e.g. reconnects left)."""
@@ -808,6 +821,8 @@ class CallSession:
         return [PlayFile(self.uuid, path, self.settings.playback_command)]
 
     def _on_timer(self, ev: TimerFired) -> list[Any]:
+        if ev.name == _WATCHDOG:
+            return self._on_watchdog()
         if ev.name != "tts_idle" or self._planner is None:
             return []
         # The connector paused: whatever is buffered must not wait for more audio.
@@ -817,6 +832,14 @@ class CallSession:
         # or the tail (and any mark on it) would wait for TTS that may never come, and a
         # longer look could let the queue run dry first.
         return self._refill() + [ArmTimer("tts_idle", 0.01)]
+
+    def _on_watchdog(self) -> list[Any]:
+        if not self._queue:
+            return []
+        self._count("playback_events_lost")
+        last = self._queue[-1]
+        # As if the last file had stopped: files play in order, so everything before it too.
+        return self._on_playback_stopped(em.PlaybackStopped(self.uuid, self.settings.route, last.path or "", "done", None))
 
     # ---------------------------------------------------------------- playback helpers
 
@@ -878,6 +901,10 @@ class CallSession:
 
 
 _MISSING = object()
+_WATCHDOG = "playback_watchdog"
+_WATCHDOG_SLACK_S = 2.0  # REF: PLAYBACK_START comes 20-40 ms after the command, STOP at the file's end
+_WATCHDOG_UNKNOWN_S = 60.0
+_PLAYBACK_PROGRESS = frozenset({em.PlaybackStarted, em.PlaybackStopped})
 
 # Imported names used in annotations above.
 HangupRequest = cp.HangupRequest
