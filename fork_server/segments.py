@@ -8,7 +8,11 @@ Facts it implements (REF "Playback timing"):
   sub-ptime remainder stays buffered until more audio or ``flush()`` comes.
 * ``sendmsg`` playback with event-lock plays queued files back to back, sample-exact. So
   the first segment of an utterance is small (``first_segment_ms``, 80 by default) for a
-  fast start and later ones larger (``segment_ms``, 400). ``take_ready()`` tops up a queue
+  fast start and each later one twice the one before, up to ``segment_ms`` (400): 80, 160,
+  320, 400. REF: "queue each segment as soon as it is written, keeping at least one ahead";
+  with TTS faster than real time the doubling has the next file queued before the one
+  ahead has played, without waiting for its PLAYBACK_START (measured on the emulator, 50
+  calls starting at once: a flat 80-then-400 plan left the second file late in most calls). ``take_ready()`` tops up a queue
   about to run dry with whatever whole ptimes are buffered: 20 ms segments sent on
   PLAYBACK_START sometimes fell behind and 40 ms never did, so while something still
   plays it waits for ``min_refill_ms`` (40).
@@ -129,6 +133,9 @@ class SegmentPlanner:
 
     def _new_utterance(self) -> None:
         self._first = True
+        # sendmsg sizes ramp up, 80, 160, 320, 400 ms: each next file is ready (at TTS faster
+        # than real time) before the one ahead of it has played, with no wait for PLAYBACK_START.
+        self._next_ms = self.first_segment_ms
         self._scan_reset()
 
     def _scan_reset(self) -> None:
@@ -181,10 +188,11 @@ class SegmentPlanner:
     def _cut_sendmsg(self) -> list[Segment]:
         out = []
         while True:
-            want = self._bytes(self.first_segment_ms if self._first else self.segment_ms)
+            want = self._bytes(self._next_ms)
             if len(self._buf) < want:
                 return out
             out.append(self._emit(want))
+            self._next_ms = min(self.segment_ms, 2 * self._next_ms)
 
     def _cut_at_pauses(self) -> list[Segment]:
         out = []
@@ -216,17 +224,20 @@ class SegmentPlanner:
         quiet = np.mean(windows * windows, axis=1) < self._silent_power
         return quiet.reshape(stop - start, -1).all(axis=1)
 
-    def take_ready(self, queued_ahead_ms: int) -> list[Segment]:
+    def take_ready(self, queued_ahead_ms: int, playing: bool = False) -> list[Segment]:
         """sendmsg: when less than ``low_water_ms`` is queued ahead, hand out the whole ptimes buffered now.
 
-        While something is still queued, only a segment of at least ``min_refill_ms`` is
-        handed out (shorter ones fell behind in REF); an empty queue takes even one ptime.
+        While something is still queued or playing (``playing``: a file has started and not
+        stopped), only a segment of at least ``min_refill_ms`` is handed out: shorter ones fell
+        behind in REF, and on a real 1.10.12 a 20 ms top-up sent on PLAYBACK_START left a
+        one-frame hole after it. A channel with nothing playing takes even one ptime.
         uuid_broadcast never tops up: every extra file costs a 100 ms hole.
         """
         if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms:
             return []
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
-        if whole == 0 or (queued_ahead_ms > 0 and whole * 1000 < self.min_refill_ms * 2 * self.rate):
+        busy = queued_ahead_ms > 0 or playing
+        if whole == 0 or (busy and whole * 1000 < self.min_refill_ms * 2 * self.rate):
             return []
         return [self._emit(whole)]
 

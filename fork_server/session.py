@@ -851,7 +851,8 @@ class CallSession:
     def _refill(self) -> list[Any]:
         if self._planner is None:
             return []
-        return self._queue_segments(self._planner.take_ready(self._queued_ahead_ms()))
+        playing = any(item.started for item in self._queue)
+        return self._queue_segments(self._planner.take_ready(self._queued_ahead_ms(), playing))
 
     def _flush_all(self) -> list[Any]:
         acts = self._flush_resampler()

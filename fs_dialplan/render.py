@@ -154,7 +154,7 @@ def verify(config: Config, files: Mapping[str, str], auth: bool) -> None:
             raise RenderError(f"{DIALPLAN_FILE}: no extension for route {r.name}")
         actions = [(a.get("application"), a.get("data")) for a in ext.iter("action")]
         apps = [a for a, _ in actions]
-        expected = ["answer", "set", *(["set", "set"] if auth else []), "set"]
+        expected = ["answer", "set", "verbose_events", *(["set", "set"] if auth else []), "set"]
         if apps[: len(expected)] != expected or apps[-1] != "park":
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected action order {apps}")
         fork = actions[len(expected) - 1][1]

@@ -21,6 +21,7 @@ import soxr
 
 __all__ = [
     "BOT_ANSWER",
+    "sentences_with_pauses",
     "CALLER_BARGEIN",
     "CALLER_QUESTION",
     "CLIPS",
@@ -166,3 +167,39 @@ if __name__ == "__main__":  # python -m testbed.speech [--force]
         if clip.path.exists():
             pcm, r = read_wav(clip.path)
             print(f"{clip.path.name}: {r} Hz, {len(pcm) / 2 / r:.2f} s, {clip.path.stat().st_size} bytes")
+
+
+def sentences_with_pauses(path: str | Path, pause_ms: int = 300, rate: int = 24000) -> tuple[str | Path, list[int]]:
+    """The bot's answer with its two sentence breaks opened to ``pause_ms`` of silence, as
+    sentence-by-sentence TTS sends it (espeak's own breaks at 260 wpm are ~60 ms). Returns
+    the WAV path and the pieces' start offsets in the result, in samples at ``rate``."""
+    pcm, file_rate = read_wav(BOT_ANSWER)
+    if file_rate != rate:
+        raise ValueError(f"{BOT_ANSWER} is {file_rate} Hz, expected {rate}")
+    x = np.frombuffer(pcm, "<i2")
+    w = x[: len(x) // 240 * 240].reshape(-1, 240).astype(np.float64)  # 10 ms windows
+    quiet = 10 * np.log10(np.mean(w * w, axis=1) / 32768**2 + 1e-12) < -50
+    runs, i = [], 0  # (start window, length) of quiet runs inside the speech
+    while i < len(quiet):
+        j = i
+        while j < len(quiet) and quiet[j]:
+            j += 1
+        if j > i and i > 0 and j < len(quiet):
+            runs.append((i, j - i))
+        i = j + 1
+    cuts = sorted(sorted(runs, key=lambda r: -r[1])[:2])
+    pieces, starts, prev = [], [], 0
+    for start, length in cuts:
+        mid = (start + length // 2) * 240
+        pieces.append(x[prev:mid])
+        pieces.append(np.zeros(rate * pause_ms // 1000, "<i2"))
+        prev = mid
+    pieces.append(x[prev:])
+    out = np.concatenate(pieces)
+    pos = 0
+    for piece in pieces:
+        if piece.any():
+            starts.append(pos)
+        pos += len(piece)
+    write_wav(path, out.tobytes(), rate)
+    return path, starts

@@ -10,9 +10,13 @@ config is rendered with its real URL, then the switch loads the rendered dialpla
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
 import os
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +31,7 @@ from .freeswitch.esl_server import EslServer
 from .freeswitch.switch import EmulatedSwitch
 from .freeswitch.timings import Timings
 
-__all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env"]
+__all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env", "wire", "open_fds"]
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "voicefork.yaml"
 log = logging.getLogger("testbed.stack")
@@ -47,8 +51,33 @@ def stack_env(config: Config) -> dict[str, str]:
     return env
 
 
+def wire(
+    base: Config,
+    *,
+    fork_port: int,
+    esl_port: int,
+    fs_temp: str,
+    spool: str,
+    connector_urls: Mapping[str, str],
+    playback: Mapping[str, Any] | None = None,
+) -> Config:
+    """The config with every address pointed at a stack's loopback servers."""
+    fs = dataclasses.replace(base.freeswitch, esl_host="127.0.0.1", esl_port=esl_port, temp_dir=fs_temp)
+    fork = dataclasses.replace(
+        base.fork_server, listen_host="127.0.0.1", listen_port=fork_port, public_url=f"ws://127.0.0.1:{fork_port}"
+    )
+    connectors = {name: dataclasses.replace(c, url=connector_urls[name]) for name, c in base.connectors.items()}
+    pb = dataclasses.replace(base.playback, spool_dir=spool, freeswitch_spool_dir=spool, **dict(playback or {}))
+    return dataclasses.replace(base, freeswitch=fs, fork_server=fork, connectors=connectors, playback=pb)
+
+
 class Stack:
-    """``async with Stack(...) as s:`` then ``s.switch.place_call(...)``."""
+    """``async with Stack(...) as s:`` then ``s.switch.place_call(...)``.
+
+    ``fork_server="process"`` runs the fork server as its own process
+    (:mod:`testbed.fork_process`), as deployed; ``s.app`` is then None, ``s.fork_pid`` names
+    the process and :meth:`live_calls` asks it over HTTP.
+    """
 
     def __init__(
         self,
@@ -61,8 +90,12 @@ class Stack:
         workdir: str | Path | None = None,
         connector_url_override: str | None = None,
         logger: logging.Logger | None = None,
+        fork_server: str = "inprocess",
         esl_up_at_start: bool = True,
     ) -> None:
+        if fork_server not in ("inprocess", "process"):
+            raise ValueError(f"fork_server must be inprocess or process, got {fork_server!r}")
+        self.fork_server = fork_server
         self.base = config if isinstance(config, Config) else load_config(str(config))
         self.connector_mode = connector_mode
         self.connector_options = dict(connector_options or {})
@@ -75,6 +108,9 @@ class Stack:
         self.logger = logger or logging.getLogger("voicefork")
         self.env = stack_env(self.base)
         self.rendered: dict[str, str] = {}
+        self.app: App | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.fork_port = 0
 
     async def __aenter__(self) -> "Stack":
         await self.start()
@@ -102,35 +138,97 @@ class Stack:
         self.connector = ConnectorServer(self.connector_mode, **self.connector_options)
         await self.connector.start()
 
-        config = self._wire(self.base, fork_port=0)
-        self.app = App(config, env=self.env, listen_port=0, logger=self.logger)
-        port = await self.app.start()
-        self.config = self._wire(self.base, fork_port=port)
+        self.wiring = {
+            "esl_port": self.esl.port,
+            "fs_temp": str(self.fs_temp),
+            "spool": str(self.spool),
+            "connector_urls": {
+                name: self.connector_url_override or self.connector.url(f"/{name}") for name in self.base.connectors
+            },
+            "playback": self.playback_overrides,
+        }
+        if self.fork_server == "process":
+            self.fork_port = await self._start_process()
+        else:
+            self.app = App(wire(self.base, fork_port=0, **self.wiring), env=self.env, listen_port=0, logger=self.logger)
+            self.fork_port = await self.app.start()
+        self.config = wire(self.base, fork_port=self.fork_port, **self.wiring)
         self.rendered = render(self.config, self.env)
         write_tree(self.rendered, self.conf_dir)
         self.switch.load_dialplan(self.conf_dir / "dialplan" / "public")
-        if self.esl_up_at_start and not await self.app.esl.wait_up(5.0):
+        if not self.esl_up_at_start:
+            return
+        if self.app is not None and not await self.app.esl.wait_up(5.0):
             raise RuntimeError("the fork server did not get its ESL link to the emulated switch")
+        if self.app is None and not await self._wait_healthy(5.0):
+            raise RuntimeError("the fork server process did not get its ESL link to the emulated switch")
 
-    def _wire(self, base: Config, fork_port: int) -> Config:
-        """The config with every address pointed at this stack's loopback servers."""
-        fs = dataclasses.replace(base.freeswitch, esl_host="127.0.0.1", esl_port=self.esl.port, temp_dir=str(self.fs_temp))
-        fork = dataclasses.replace(
-            base.fork_server, listen_host="127.0.0.1", listen_port=fork_port, public_url=f"ws://127.0.0.1:{fork_port}"
+    async def _start_process(self) -> int:
+        if self.base.source in ("", "<config>") or not os.path.exists(self.base.source):
+            raise ValueError("fork_server='process' needs a config loaded from a file")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "testbed.fork_process", "--config", self.base.source,
+            "--wiring", json.dumps(self.wiring),
+            env={**os.environ, **self.env}, stdout=asyncio.subprocess.PIPE,
         )
-        connectors = {
-            name: dataclasses.replace(c, url=self.connector_url_override or self.connector.url(f"/{name}"))
-            for name, c in base.connectors.items()
-        }
-        playback = dataclasses.replace(
-            base.playback, spool_dir=str(self.spool), freeswitch_spool_dir=str(self.spool), **self.playback_overrides
-        )
-        return dataclasses.replace(base, freeswitch=fs, fork_server=fork, connectors=connectors, playback=playback)
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"LISTENING "):
+            self.proc.kill()
+            await self.proc.wait()
+            raise RuntimeError(f"the fork server process did not start (said {line!r}, exit {self.proc.returncode})")
+        return int(line.split()[1])
+
+    @property
+    def fork_pid(self) -> int:
+        return self.proc.pid if self.proc is not None else os.getpid()
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.fork_port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split()[1])
+            length = next(
+                (int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0
+            )
+            return status, await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    async def _wait_healthy(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if (await self._get("/healthz"))[0] == 200:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def live_calls(self) -> list[dict[str, Any]]:
+        """The fork server's live calls (``GET /calls``), wherever it runs."""
+        if self.app is not None:
+            return [c.info() for c in self.app.calls.values()]
+        status, body = await self._get("/calls")
+        if status != 200:
+            raise RuntimeError(f"GET /calls answered {status}")
+        return json.loads(body)
 
     async def close(self) -> None:
         await self.switch.close()
-        await self.app.drain(2.0)
-        await self.app.stop()
+        if self.app is not None:
+            await self.app.drain(2.0)
+            await self.app.stop()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
         await self.connector.close()
         await self.esl.close()
         if self._tmp is not None:
@@ -146,5 +244,5 @@ class Stack:
         raise ValueError(f"route {route} has a pattern, not a number; pass a destination")
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds(pid: int | None = None) -> int:
+    return len(os.listdir(f"/proc/{pid or 'self'}/fd"))

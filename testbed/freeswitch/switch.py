@@ -121,6 +121,8 @@ class Channel:
         self.dtmf_to_caller: list[tuple[str, float]] = []
         self.temp_files: list[str] = []
         self.transferred_to: str | None = None
+        self.transferred_context: str | None = None
+        self.verbose_events = False
         self.hangup_cause: str | None = None
         self.extension: str | None = None
         self.executed: list[Action] = []
@@ -267,6 +269,8 @@ class EmulatedSwitch:
                 ch.vars[name] = value
             elif app == "sched_hangup":
                 self._sched_hangup(ch, data)
+            elif app == "verbose_events":
+                ch.verbose_events = True  # mod_dptools: sets CF_VERBOSE_EVENTS (it is not a variable)
             elif app == "playback":
                 play = _Play(data, "dialplan", not_before_ms=ch.ms() + self.timings.sendmsg_start_ms)
                 play.done = asyncio.get_running_loop().create_future()
@@ -439,14 +443,17 @@ class EmulatedSwitch:
         return "+OK\n"
 
     def _api_uuid_transfer(self, args: str) -> str:
-        """Assumption (REF silent): the call leaves our extension for ``dest``; the test side
-        sees ``transferred_to`` and the channel stays up (the agent leg is not emulated)."""
+        """``uuid_transfer <uuid> <dest> [<dialplan>] [<context>]``. Seen on a real 1.10.12: with
+        no context the call goes to ``<dest>@default`` (not the call's own context). Assumption
+        (REF silent): the test side sees ``transferred_to`` and ``transferred_context`` and the
+        channel stays up (the agent leg is not emulated)."""
         parts = [p for p in args.split() if not p.startswith("-")]
         ch = self._channel(parts[0]) if parts else None
         if ch is None or len(parts) < 2:
             return "-ERR No such channel!\n"
         self._break(ch, all_=True)
         ch.transferred_to = parts[1]
+        ch.transferred_context = parts[3] if len(parts) > 3 else "default"
         ch.parked = False
         self._emit("CHANNEL_EXECUTE", ch, {"Application": "transfer", "Application-Data": " ".join(parts[1:])})
         return "+OK\n"
@@ -749,8 +756,14 @@ class EmulatedSwitch:
         h.update(ch.profile)
         if extra:
             h.update(extra)
-        for k, v in ch.vars.items():
-            h[f"variable_{k}"] = v
+        # Source (switch_channel.c, switch_channel_event_set_data): channel variables go only
+        # on these events, or on every event of a channel with verbose_events set. A DTMF
+        # event has none, so an ESL filter on variable_voicefork_route drops it (seen on a
+        # real 1.10.12: the digit reached the switch and never the fork server). The flag is
+        # set by the dialplan application verbose_events.
+        if name in _EVENTS_WITH_VARIABLES or ch.verbose_events:
+            for k, v in ch.vars.items():
+                h[f"variable_{k}"] = v
         return h
 
     def _emit(self, name: str, ch: Channel, extra: Mapping[str, str] | None = None, body: str | None = None) -> None:
@@ -777,6 +790,17 @@ class EmulatedSwitch:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.errors.append(f"{task.get_name()}: {task.exception()!r}")
+
+
+_EVENTS_WITH_VARIABLES = frozenset({
+    "CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_UUID", "CHANNEL_ANSWER", "CHANNEL_PARK",
+    "CHANNEL_UNPARK", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_PROGRESS",
+    "CHANNEL_PROGRESS_MEDIA", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "REQUEST_PARAMS",
+    "CHANNEL_DATA", "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_DESTROY",
+    "SESSION_HEARTBEAT", "API", "RECORD_START", "RECORD_STOP", "PLAYBACK_START", "PLAYBACK_STOP",
+    "CALL_UPDATE", "MEDIA_BUG_START", "MEDIA_BUG_STOP", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "TEXT",
+    "CUSTOM",
+})
 
 
 def _unlink(path: str) -> None:

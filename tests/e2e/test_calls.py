@@ -15,7 +15,8 @@ import soxr
 
 pytest.importorskip("ESL")
 
-from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav  # noqa: E402
+from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav, sentences_with_pauses  # noqa: E402
+from testbed.audio_compare import best_aligned_snr, lag_of  # noqa: E402
 from testbed.stack import Stack, open_fds  # noqa: E402
 
 SUPPORT, SALES = "+15551234567", "+15557654321"  # 16k and 8k routes in config/voicefork.yaml
@@ -29,53 +30,13 @@ async def until(pred, timeout=10.0, what="condition"):
         await asyncio.sleep(0.01)
 
 
-def snr_db(ref, got):
-    ref, got = ref.astype(np.float64), got.astype(np.float64)
-    err = np.sum((ref - got) ** 2)
-    return 10 * np.log10(np.sum(ref**2) / max(err, 1e-9))
-
-
-def band_snr(ref, got, rate, hi=3400.0, block=1024):
-    """SNR counting only the telephone band (≤ 3.4 kHz), from Hann-windowed blocks: the
-    resamplers differ above it by design, and a Hann window keeps that out of the band."""
-    win = np.hanning(block)
-    keep = np.fft.rfftfreq(block, 1 / rate) <= hi
-    sig = err = 0.0
-    for i in range(0, min(len(ref), len(got)) - block, block // 2):
-        a = np.fft.rfft(ref[i : i + block] * win)[keep]
-        b = np.fft.rfft(got[i : i + block] * win)[keep]
-        sig += np.sum(np.abs(a) ** 2)
-        err += np.sum(np.abs(a - b) ** 2)
-    return 10 * np.log10(sig / max(err, 1e-9))
-
-
-def shifted(x, samples):
-    """``x`` delayed by a fractional number of samples (band-limited, via the FFT)."""
-    n = len(x)
-    spec = np.fft.rfft(x, 2 * n)
-    spec *= np.exp(-2j * np.pi * np.fft.rfftfreq(2 * n) * samples)
-    return np.fft.irfft(spec, 2 * n)[:n]
-
-
-def best_aligned_snr(ref, got, in_band=False, rate=16000):
-    """SNR of ``got`` against ``ref`` at the best alignment, to 1/20 sample (resamplers delay by
-    fractions of a sample). The coarse lag comes from an FFT cross-correlation."""
-    ref = np.asarray(ref, np.float64)
-    got = np.asarray(got, np.float64)
-    n = 1 << int(np.ceil(np.log2(len(ref) + len(got))))
-    xc = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(ref, n)), n)
-    lag = int(np.argmax(xc[: len(got)]))
-    m = min(len(ref), len(got) - lag) - 8
-    seg = got[lag : lag + m]
-    b = seg[16:-16]
-
-    def score(frac):
-        a = shifted(ref[:m], frac)[16:-16]  # the FFT shift wraps at the ends
-        return band_snr(a, b, rate) if in_band else snr_db(a, b)
-
-    best = max(np.arange(-1.0, 1.0001, 0.05), key=score)
-    fine = max(np.arange(best - 0.05, best + 0.0501, 0.002), key=score)
-    return score(fine)
+async def cleaned_up(stack, timeout=10.0):
+    """The fork server has no live call and the spool is empty (wherever the server runs)."""
+    end = time.monotonic() + timeout
+    while await stack.live_calls() or stack.spool_files():
+        if time.monotonic() > end:
+            raise AssertionError(f"not cleaned up: calls {await stack.live_calls()}, spool {stack.spool_files()}")
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -151,25 +112,30 @@ async def test_sendmsg_caller_hears_all_tts_in_order_with_no_gap(stack):
     print(f"sendmsg: first TTS byte sent → first audio heard: {1000 * latency:.0f} ms")
 
 
-@pytest.mark.xfail(reason="known: uuid_broadcast mode still opens 1-2 holes inside speech (cause not found yet)", strict=False)
-@pytest.mark.parametrize(
-    "stack", [dict(bot_stack(mark_every_ms=0), playback={"command": "uuid_broadcast"})], indirect=True
-)
-async def test_broadcast_keeps_the_tts_timing_within_a_frame(stack):
-    ch, record = await _bot_answer_heard(stack, SUPPORT)
-    # Every file is preceded by a 5-frame hole (REF); the segmenter cut only at pauses of at
-    # least that and trimmed as much, so on the frame clock the speech keeps its own timing.
-    heard = np.frombuffer(ch.ear.timeline(), "<i2").astype(np.float64)
-    ref = np.frombuffer(load_wav(BOT_ANSWER, 8000), "<i2").astype(np.float64)
-    env_h = np.abs(heard).reshape(-1, 160)[: len(ref) // 160].mean(axis=1) > 200
-    env_r = np.abs(ref[: len(env_h) * 160]).reshape(-1, 160).mean(axis=1) > 200
-    onsets_h = np.flatnonzero(np.diff(env_h.astype(int)) == 1)
-    onsets_r = np.flatnonzero(np.diff(env_r.astype(int)) == 1)
-    assert len(onsets_h) == len(onsets_r) and len(onsets_r) > 3
-    assert np.max(np.abs(onsets_h - onsets_r)) <= 1, (onsets_h, onsets_r)
-    print(f"uuid_broadcast: {len(ch.ear.gaps())} holes, word onsets within one frame of the TTS")
-    first_sent = record.sent[0].t
-    print(f"uuid_broadcast: first TTS message → first audio heard: {1000 * (ch.ear.frames[0].time - first_sent):.0f} ms")
+async def test_broadcast_keeps_the_tts_timing_within_a_frame(tmp_path):
+    wav, starts = sentences_with_pauses(tmp_path / "answer.wav")
+    opts = dict(bot_stack(mark_every_ms=0)["connector_options"], wav=str(wav))
+    async with Stack(connector_options=opts, playback={"command": "uuid_broadcast"}) as stack:
+        ch, record = await _bot_answer_heard(stack, SUPPORT)
+        stack.switch.check()
+        # REF: a 5-frame hole precedes EVERY file. The planner cut only at the two pauses and
+        # trimmed as much there, so each sentence must start where the TTS put it: the heard
+        # timeline (holes as silence) against the TTS brought whole to 8 kHz.
+        heard = np.frombuffer(ch.ear.timeline(), "<i2").astype(np.float64)
+        ref = np.frombuffer(load_wav(wav, 8000), "<i2").astype(np.float64)
+        starts8 = [s // 3 for s in starts]
+        ends8 = starts8[1:] + [len(ref)]
+        first = lag_of(ref[starts8[0] : ends8[0]], heard, 0, search=len(heard) // 2)
+        offsets = [
+            lag_of(ref[a:b], heard, first + a) - (first + a) for a, b in zip(starts8, ends8)
+        ]
+        played = [p for p in ch.playbacks if p[1] == "done"]
+        print(f"uuid_broadcast: {len(played)} files, {len(ch.ear.gaps())} holes; "
+              f"sentence onsets off by {[round(o / 8, 1) for o in offsets]} ms")
+        assert len(played) == 3, ch.playbacks  # one file per sentence: cut at the pauses only
+        assert max(abs(o) for o in offsets) <= 160, offsets  # within one 20 ms frame
+        first_sent = record.sent[0].t
+        print(f"uuid_broadcast: first TTS message → first audio heard: {1000 * (ch.ear.frames[0].time - first_sent):.0f} ms")
 
 
 # ------------------------------------------------------------------ barge-in, marks
@@ -204,7 +170,7 @@ async def test_bot_hangs_up_after_its_answer_has_played(stack):
     assert ch.ear.gaps() == [] and len(ch.ear.frames) * 20 >= 4000
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "connector_hangup"
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 @pytest.mark.parametrize("stack", [bot_stack(transfer_to="1000", mark_every_ms=0, send_dtmf="42")], indirect=True)
@@ -217,7 +183,7 @@ async def test_transfer_and_dtmf_to_the_caller(stack):
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "transfer"
     ch.hangup()
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 @pytest.mark.parametrize("stack", [bot_stack(mark_every_ms=0)], indirect=True)
@@ -231,7 +197,7 @@ async def test_caller_dtmf_and_hangup_reach_the_connector(stack):
     ch.hangup()
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "hangup" and record.close_code == 1000
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 # ------------------------------------------------------------------ fallback
@@ -245,31 +211,41 @@ async def test_unreachable_connector_runs_the_route_fallback(stack):
     await asyncio.wait_for(a.hungup.wait(), 5)
     await until(lambda: b.transferred_to == "1000", timeout=5, what="sales fallback transfer")
     b.hangup()
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
 
 
 # ------------------------------------------------------------------ load
 
 
-@pytest.mark.parametrize("stack", [bot_stack(mark_every_ms=500, hangup_after_playback=True, speed=4.0)], indirect=True)
+@pytest.mark.parametrize(
+    "stack",
+    [
+        # As deployed: the fork server in its own process, so the figure is the fork server's.
+        dict(bot_stack(mark_every_ms=500, hangup_after_playback=True, speed=4.0), fork_server="process"),
+        # In this process too, where its asyncio tasks can be counted.
+        bot_stack(mark_every_ms=500, hangup_after_playback=True, speed=4.0),
+    ],
+    ids=["process", "inprocess"],
+    indirect=True,
+)
 async def test_fifty_concurrent_mixed_calls_complete_and_leave_nothing(stack):
     await asyncio.sleep(0.2)
-    fds0, tasks0 = open_fds(), len(asyncio.all_tasks())
+    pid = stack.fork_pid
+    fds0, tasks0 = open_fds(pid), len(asyncio.all_tasks())
     calls = [stack.switch.place_call(SUPPORT if i % 2 else SALES) for i in range(50)]
     await asyncio.wait_for(asyncio.gather(*(c.hungup.wait() for c in calls)), 60)
-    # 50 calls start in the same instant, and the emulator, the connector and the fork server
-    # share this one event loop: a refill can come one frame late at the start. Count it.
-    # Known defect (issue 5): ESL commands go through one python-ESL connection, so 50 calls
-    # starting at once queue their playback commands behind each other and the first refill
-    # of each call comes late. The figure is printed, not asserted, until that is fixed.
+    # Missing frames under load are a timing figure (2 shared cores), printed, not asserted;
+    # `just bench` measures them at scale. In one process the emulator, the connector and the
+    # fork server also share one event loop and one GIL, which is most of that figure.
     holes = sum(n for c in calls for _, n in c.ear.gaps())
-    print(f"50 calls: {holes} missing frames in {sum(len(c.ear.frames) for c in calls)} heard")
+    print(f"50 calls, fork server {stack.fork_server}: {holes} missing frames in {sum(len(c.ear.frames) for c in calls)} heard")
     for c in calls:
         assert len(c.ear.frames) * 20 >= 4000
-    await until(lambda: not stack.app.calls and not stack.spool_files(), what="cleanup")
+    await cleaned_up(stack)
     await stack.switch.settle()
     await asyncio.sleep(0.5)
-    assert len(asyncio.all_tasks()) <= tasks0 + 2
-    assert open_fds() <= fds0 + 2
+    if stack.app is not None:
+        assert len(asyncio.all_tasks()) <= tasks0 + 2
+    assert open_fds(pid) <= fds0 + 2
     closed = [r for r in stack.connector.connections if r.closed]
     assert len(closed) == 50 and all(r.stop_reason == "connector_hangup" for r in closed)

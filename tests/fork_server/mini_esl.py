@@ -38,6 +38,8 @@ class MiniEsl:
                         return
                 elif first.startswith("api "):
                     text = self.on_api(first[4:]) if self.on_api else None
+                    if asyncio.iscoroutine(text):  # a hook may hold its reply (a stalled command)
+                        text = await text
                     if text is None:
                         text = "-ERR no such channel\n" if "bad" in first else f"+OK {first[4:]}\n"
                     body = text.encode()

@@ -74,3 +74,40 @@ async def test_sendmsg_refuses_newlines_before_anything_is_sent():
         await client.sendmsg(U, {"execute-app-arg": "/a\n\napi system id"})
     with pytest.raises(LocalUsageError):
         await client.sendmsg("x\nexit", {})
+
+
+async def test_a_stalled_command_does_not_hold_up_commands_of_other_calls():
+    peer, events = MiniEsl(), []
+    await peer.start()
+    release = asyncio.Event()
+
+    async def slow(cmd):
+        await release.wait()
+        return "+OK slow\n"
+
+    peer.on_api = lambda cmd: slow(cmd) if cmd.startswith("uuid_dump") else None
+    client = await started(peer, events, command_connections=2)
+    try:
+        assert await client.wait_up(5)
+        for _ in range(100):  # both command connections authenticated
+            if sum(c.startswith("auth ") for c in peer.commands) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        stalled = asyncio.create_task(client.api(em.uuid_dump(U)))
+        reply = await asyncio.wait_for(client.api(em.uuid_getvar(U, "write_rate")), 3)
+        assert reply.startswith("+OK uuid_getvar") and not stalled.done()
+        release.set()
+        assert (await asyncio.wait_for(stalled, 3)) == "+OK slow\n"
+    finally:
+        release.set()
+        await client.close()
+        await peer.close()
+
+
+async def test_command_connections_are_bounded():
+    from fork_server.errors import LocalUsageError
+
+    for n in (0, 33):
+        with pytest.raises(LocalUsageError):
+            EslClient("127.0.0.1", 1, "pw", on_event=print, event_names=[], filters=[],
+                      logger=logging.getLogger("t"), command_connections=n)

@@ -33,17 +33,27 @@ def feed_in(p, audio, chunk):
 # ------------------------------------------------------------------ sendmsg
 
 
-def test_sendmsg_first_segment_small_then_large():
+def test_sendmsg_first_segment_small_then_doubling_up_to_the_segment_size():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80, segment_ms=400)
-    segs = p.feed(tone(1000))
-    assert [s.ms for s in segs] == [80, 400, 400]
-    assert [s.first for s in segs] == [True, False, False]
-    assert [s.index for s in segs] == [0, 1, 2]
-    assert p.buffered_ms == 120
+    segs = p.feed(tone(1400))
+    # Each file is twice the one before it, so at TTS faster than real time the next one
+    # is queued before the one ahead has played, whatever PLAYBACK_START's delay.
+    assert [s.ms for s in segs] == [80, 160, 320, 400, 400]
+    assert [s.first for s in segs] == [True, False, False, False, False]
+    assert [s.index for s in segs] == [0, 1, 2, 3, 4]
+    assert p.buffered_ms == 40
     (rest,) = p.flush()
-    assert rest.ms == 120 and rest.padded_ms == 0 and not rest.first
+    assert rest.ms == 40 and rest.padded_ms == 0 and not rest.first
     (again,) = p.feed(tone(100))
-    assert again.first and again.ms == 80 and again.index == 4  # after flush a new utterance starts small
+    assert again.first and again.ms == 80 and again.index == 6  # after flush a new utterance starts small
+    assert [s.ms for s in p.feed(tone(140))] == [160]  # and ramps up again
+
+
+def test_sendmsg_ramp_restarts_after_barge_in():
+    p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80, segment_ms=400)
+    assert [s.ms for s in p.feed(tone(240))] == [80, 160]
+    p.clear()
+    assert [(s.ms, s.first) for s in p.feed(tone(80))] == [(80, True)]
 
 
 @pytest.mark.parametrize("first_ms", [40, 60, 120])
@@ -84,7 +94,8 @@ def test_take_ready_waits_for_40_ms_while_something_plays():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=120)
     p.feed(tone(30))
     assert p.take_ready(queued_ahead_ms=20) == []  # a 20 ms top-up could fall behind
-    (seg,) = p.take_ready(queued_ahead_ms=0)  # the queue is dry: waiting only adds a gap
+    assert p.take_ready(queued_ahead_ms=0, playing=True) == []  # the last file still plays: same
+    (seg,) = p.take_ready(queued_ahead_ms=0)  # the channel is idle: waiting only adds a gap
     assert seg.ms == 20 and p.buffered_ms == 10
 
 
@@ -232,7 +243,7 @@ def test_broadcast_cuts_do_not_depend_on_chunking(parts, chunks):
 def test_sizes_round_up_to_whole_ptimes():
     p = SegmentPlanner(RATE, "sendmsg", ptime_ms=30, first_segment_ms=80, segment_ms=400)
     assert (p.first_segment_ms, p.segment_ms, p.lead_ms) == (90, 420, 150)
-    assert [s.ms for s in p.feed(tone(600))] == [90, 420]
+    assert [s.ms for s in p.feed(tone(1050))] == [90, 180, 360, 420]  # the ramp stays on whole ptimes
 
 
 def test_segment_is_a_frozen_value():

@@ -219,3 +219,16 @@ def test_inband_transport_plays_the_file_the_switch_reports():
         assert len(s.handle(em.ForkEvent(U, None, "play_audio", {"file": f"/tmp/{U}_{n}.tmp.r8"}))) == 1
     assert s.handle(em.ForkEvent(U, None, "play_audio", {"file": f"/tmp/{U}_9.tmp.r8"})) == []
     assert s.errors["inband_unexpected_file"] == 1
+
+
+def test_no_20_ms_top_up_while_the_first_file_plays():
+    # Seen on a real 1.10.12: a 20 ms file queued on the first file's PLAYBACK_START was
+    # followed by a one-frame hole. While a file plays, a top-up waits for 40 ms (REF).
+    s = active()
+    acts = s.handle(tts(100))  # 100 ms of 16 kHz TTS: the 80 ms first file and 20 ms left over
+    (first,) = [a for a in acts if isinstance(a, PlayFile)]
+    out = s.handle(em.PlaybackStarted(U, "support", first.path))
+    assert not [a for a in out if isinstance(a, PlayFile)]
+    out = s.handle(tts(40))
+    writes = [a for a in out if isinstance(a, WriteSegment)]
+    assert [len(w.pcm) // 16 for w in writes] == [60]  # 20 + 40 ms, whole ptimes, in one file

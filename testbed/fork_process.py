@@ -1,0 +1,57 @@
+"""``python -m testbed.fork_process``: the real fork server in its own process, wired to a Stack.
+
+A deployment runs the fork server as its own process next to FreeSWITCH; in one process the
+emulator, the connector and the fork server share one event loop and one GIL, and a load
+test then measures that sharing more than the fork server. :class:`testbed.stack.Stack` with
+``fork_server="process"`` starts this module, which loads the same YAML, applies the same
+wiring as the in-process stack (:func:`testbed.stack.wire`), binds port 0 and prints
+``LISTENING <port>`` on stdout. Secrets come from the environment. SIGTERM drains and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from fork_server.app import App
+from fs_dialplan import load_config
+
+from .stack import wire
+
+__all__ = ["main"]
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    w = json.loads(args.wiring)
+    config = wire(load_config(args.config), fork_port=0, **w)
+    app = App(config, env=os.environ, listen_port=0)
+    port = await app.start()
+    print(f"LISTENING {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await app.drain(args.drain)
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m testbed.fork_process", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--wiring", required=True, help="JSON keyword arguments of testbed.stack.wire")
+    ap.add_argument("--drain", type=float, default=2.0)
+    ap.add_argument("--log-level", default="WARNING")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""A REAL FreeSWITCH for the gated tests (``FREESWITCH_BIN``), run from the RENDERED config.
+
+Nothing here builds FreeSWITCH: it starts the binary ``FREESWITCH_BIN`` names (with
+mod_sofia, mod_event_socket, mod_commands, mod_dptools, mod_dialplan_xml, mod_sndfile,
+mod_native_file, mod_tone_stream and the drachtio mod_audio_fork in its module dir) on a
+throwaway conf tree written here. The tree is minimal, loopback only: an unauthenticated SIP
+profile into context ``public``, and voicefork's rendered ``event_socket.conf.xml``,
+``acl.conf.xml`` and ``dialplan/public/50_voicefork.xml`` dropped in unchanged, as an
+operator would. :class:`RealStack` wires it to the real fork server and the reference
+connector, like :class:`testbed.stack.Stack` does with the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from fork_server.app import App
+from fs_dialplan import load_config
+from fs_dialplan.render import DIALPLAN_FILE, render
+
+from .connector.server import ConnectorServer
+from .sip_caller import SipCaller
+from .stack import EXAMPLE_CONFIG, stack_env, wire
+
+__all__ = ["RealSwitch", "RealStack", "free_port"]
+
+log = logging.getLogger("testbed.real_switch")
+
+_MODULES = (
+    "mod_console", "mod_logfile", "mod_event_socket", "mod_sofia", "mod_commands", "mod_dptools",
+    "mod_dialplan_xml", "mod_sndfile", "mod_native_file", "mod_tone_stream", "mod_audio_fork",
+)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int) -> dict[str, str]:
+    modules = "".join(f'    <load module="{m}"/>\n' for m in _MODULES)
+    files = {
+        "freeswitch.xml": """<?xml version="1.0"?>
+<document type="freeswitch/xml">
+  <section name="configuration" description="Various Configuration">
+    <X-PRE-PROCESS cmd="include" data="autoload_configs/*.xml"/>
+  </section>
+  <section name="dialplan" description="Regex/XML Dialplan">
+    <X-PRE-PROCESS cmd="include" data="dialplan/*.xml"/>
+  </section>
+</document>
+""",
+        "autoload_configs/modules.conf.xml": f'<configuration name="modules.conf" description="Modules">\n  <modules>\n{modules}  </modules>\n</configuration>\n',
+        "autoload_configs/switch.conf.xml": f"""<configuration name="switch.conf" description="Core Configuration">
+  <settings>
+    <param name="max-sessions" value="500"/>
+    <param name="sessions-per-second" value="100"/>
+    <param name="rtp-start-port" value="{rtp_base}"/>
+    <param name="rtp-end-port" value="{rtp_base + 999}"/>
+    <param name="dump-cores" value="no"/>
+  </settings>
+</configuration>
+""",
+        "autoload_configs/logfile.conf.xml": """<configuration name="logfile.conf" description="File Logging">
+  <settings><param name="rotate-on-hup" value="true"/></settings>
+  <profiles><profile name="default"><settings>
+    <param name="rollover" value="104857600"/>
+  </settings><mappings><map name="all" value="debug,info,notice,warning,err,crit,alert"/></mappings></profile></profiles>
+</configuration>
+""",
+        "autoload_configs/console.conf.xml": '<configuration name="console.conf" description="Console Logger">\n  <mappings><map name="all" value="console,debug,info,notice,warning,err,crit,alert"/></mappings>\n  <settings><param name="colorize" value="false"/><param name="loglevel" value="warning"/></settings>\n</configuration>\n',
+        "autoload_configs/sofia.conf.xml": f"""<configuration name="sofia.conf" description="sofia Endpoint">
+  <global_settings><param name="log-level" value="0"/></global_settings>
+  <profiles>
+    <profile name="external">
+      <domains><domain name="all" alias="false" parse="false"/></domains>
+      <settings>
+        <param name="sip-ip" value="127.0.0.1"/>
+        <param name="rtp-ip" value="127.0.0.1"/>
+        <param name="sip-port" value="{sip_port}"/>
+        <param name="context" value="public"/>
+        <param name="dialplan" value="XML"/>
+        <param name="auth-calls" value="false"/>
+        <param name="inbound-codec-prefs" value="PCMU"/>
+        <param name="outbound-codec-prefs" value="PCMU"/>
+        <param name="rfc2833-pt" value="101"/>
+        <param name="dtmf-duration" value="2000"/>
+        <param name="rtp-timer-name" value="soft"/>
+        <param name="manage-presence" value="false"/>
+        <param name="tls" value="false"/>
+      </settings>
+    </profile>
+  </profiles>
+</configuration>
+""",
+        "dialplan/public.xml": """<include>
+  <context name="public">
+    <X-PRE-PROCESS cmd="include" data="public/*.xml"/>
+  </context>
+</include>
+""",
+        # The transfer target of the example config's sales fallback, where uuid_transfer
+        # sends it (XML default): it parks, so a test can find it.
+        "dialplan/default.xml": """<include>
+  <context name="default">
+    <extension name="transfer_target_1000">
+      <condition field="destination_number" expression="^1000$">
+        <action application="answer"/>
+        <action application="park"/>
+      </condition>
+    </extension>
+  </context>
+</include>
+""",
+    }
+    for rel in ("autoload_configs/event_socket.conf.xml", "autoload_configs/acl.conf.xml", DIALPLAN_FILE):
+        files[rel] = rendered[rel]  # unchanged, as an operator drops them in
+    return files
+
+
+class RealSwitch:
+    """``FREESWITCH_BIN`` on a throwaway conf tree; ``start()`` returns once ESL answers."""
+
+    def __init__(self, binary: str, rendered: Mapping[str, str], workdir: Path, *, sip_port: int, esl_port: int, esl_password: str) -> None:
+        self.binary, self.workdir = binary, workdir
+        self.sip_port, self.esl_port, self.esl_password = sip_port, esl_port, esl_password
+        self.files = _conf_tree(rendered, sip_port, 20000 + 1000 * (os.getpid() % 20))
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        conf = self.workdir / "conf"
+        for rel, text in self.files.items():
+            p = conf / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text, encoding="utf-8")
+        dirs = {name: self.workdir / name for name in ("log", "db", "run", "temp")}
+        for d in dirs.values():
+            d.mkdir(exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary, "-nonat", "-nc", "-nf", "-np", "-conf", str(conf), "-log", str(dirs["log"]),
+            "-db", str(dirs["db"]), "-run", str(dirs["run"]), "-temp", str(dirs["temp"]),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"FreeSWITCH exited with {self.proc.returncode}; see {dirs['log']}")
+            if await self._esl_answers():
+                return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"FreeSWITCH's Event Socket did not answer on {self.esl_port} within {timeout} s")
+
+    async def _esl_answers(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.esl_port)
+        except OSError:
+            return False
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\n\n"), 2)
+            writer.write(f"auth {self.esl_password}\n\n".encode())
+            reply = await asyncio.wait_for(reader.readuntil(b"\n\n"), 2)
+            return b"+OK accepted" in reply
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "log" / "freeswitch.log"
+
+    async def close(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class RealStack:
+    """The fork server and the reference connector in this process, a real FreeSWITCH beside
+    them, and a SIP caller: ``async with RealStack(binary) as s: call = await s.place_call(...)``."""
+
+    def __init__(
+        self,
+        binary: str,
+        config: str | Path = EXAMPLE_CONFIG,
+        *,
+        connector_mode: str = "script",
+        connector_options: Mapping[str, Any] | None = None,
+        playback: Mapping[str, Any] | None = None,
+        connector_url_override: str | None = None,
+    ) -> None:
+        self.binary = binary
+        self.base = load_config(str(config))
+        self.env = stack_env(self.base)
+        self.connector = ConnectorServer(connector_mode, **dict(connector_options or {}))
+        self.playback = dict(playback or {})
+        self.connector_url_override = connector_url_override
+        self.app: App | None = None
+
+    async def __aenter__(self) -> "RealStack":
+        self._tmp = tempfile.TemporaryDirectory(prefix="voicefork-realfs-")
+        self.workdir = Path(self._tmp.name)
+        self.spool = self.workdir / "spool"
+        self.spool.mkdir()
+        (self.workdir / "temp").mkdir()
+        await self.connector.start()
+        esl_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+        wiring = {
+            "esl_port": esl_port,
+            "fs_temp": str(self.workdir / "temp"),
+            "spool": str(self.spool),
+            "connector_urls": {n: self.connector_url_override or self.connector.url(f"/{n}") for n in self.base.connectors},
+            "playback": self.playback,
+        }
+        self.app = App(wire(self.base, fork_port=0, **wiring), env=self.env, listen_port=0)
+        port = await self.app.start()
+        self.config = wire(self.base, fork_port=port, **wiring)
+        self.rendered = render(self.config, self.env)
+        self.switch = RealSwitch(
+            self.binary, self.rendered, self.workdir, sip_port=sip_port, esl_port=esl_port,
+            esl_password=self.env[self.base.freeswitch.esl_password_env],
+        )
+        await self.switch.start()
+        if not await self.app.esl.wait_up(20):
+            raise RuntimeError("the fork server did not get its ESL link to FreeSWITCH")
+        self.caller = SipCaller(sip_port=sip_port)
+        await self.caller.start()
+        return self
+
+    async def place_call(self, destination: str, number: str = "+15550001111", name: str = "Test Caller"):  # type: ignore[no-untyped-def]
+        return await self.caller.place_call(destination, number, name)
+
+    def spool_files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.spool)) for p in self.spool.rglob("*") if p.is_file())
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.caller.close()
+        if self.app is not None:
+            await self.app.drain(2.0)
+            await self.app.stop()
+        await self.switch.close()
+        await self.connector.close()
+        self._tmp.cleanup()

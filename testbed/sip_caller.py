@@ -1,0 +1,380 @@
+"""A SIP caller for tests against a REAL FreeSWITCH: INVITE over UDP, G.711 μ-law RTP both ways.
+
+REF's measurements were taken on RTP sent to a sipp caller over loopback; sipp cannot tell
+a test what the caller heard, so this small user agent does the same calls and keeps every
+RTP packet it receives, with its arrival time, sequence number, timestamp and marker bit
+(REF "Playback timing": an idle park sends no RTP, so a hole is a timestamp jump, and
+playback starts with the marker bit set). It speaks only what such a test needs: one
+unauthenticated INVITE per call (the profile must not challenge), ACK, BYE both ways, RFC
+4733 telephone-events for DTMF. Not for production.
+
+:class:`SipCall` mirrors the emulator's ``Channel`` (``say``, ``press``, ``hangup``,
+``hungup``, ``ear``) so the same checks read both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SipCaller", "SipCall", "RtpEar", "ulaw_encode", "ulaw_decode", "SipError"]
+
+log = logging.getLogger("testbed.sip")
+
+PTIME_MS = 20
+SAMPLES = 160  # 20 ms at 8 kHz
+MAX_DATAGRAM = 65535
+_EVENT_PT = 101
+
+
+class SipError(RuntimeError):
+    """The switch refused or did not answer the call."""
+
+
+# ------------------------------------------------------------------ G.711 μ-law (ITU-T G.711)
+
+_BIAS, _CLIP = 0x84, 32635
+
+
+def ulaw_encode(pcm: bytes) -> bytes:
+    x = np.frombuffer(pcm, "<i2").astype(np.int32)
+    sign = np.where(x < 0, 0x80, 0)
+    mag = np.minimum(np.abs(x), _CLIP) + _BIAS
+    exponent = np.floor(np.log2(mag)).astype(np.int32) - 7
+    exponent = np.clip(exponent, 0, 7)
+    mantissa = (mag >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+_DECODE = np.zeros(256, np.int16)
+for _u in range(256):
+    _v = ~_u & 0xFF
+    _t = (((_v & 0x0F) << 3) + _BIAS) << ((_v & 0x70) >> 4)
+    _DECODE[_u] = (_BIAS - _t) if _v & 0x80 else (_t - _BIAS)
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    return _DECODE[np.frombuffer(data, np.uint8)].astype("<i2").tobytes()
+
+
+# ------------------------------------------------------------------ what the caller heard
+
+
+@dataclass(frozen=True, slots=True)
+class RtpPacket:
+    time: float  # arrival, loop clock
+    seq: int
+    timestamp: int
+    marker: bool
+    pcm: bytes  # decoded s16le at 8 kHz
+
+
+@dataclass(slots=True)
+class RtpEar:
+    packets: list[RtpPacket] = field(default_factory=list)
+
+    @property
+    def frames(self) -> list[RtpPacket]:
+        return self.packets
+
+    def _jumps(self) -> list[tuple[int, int, float]]:
+        """(index, missing ptimes by timestamp, arrival gap in ptimes) per timestamp jump."""
+        out = []
+        for i, (a, b) in enumerate(zip(self.packets, self.packets[1:])):
+            step = (b.timestamp - a.timestamp) & 0xFFFFFFFF
+            if step > SAMPLES:
+                out.append((i, step // SAMPLES - 1, (b.time - a.time) * 1000 / PTIME_MS))
+        return out
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """(packet index, missing ptimes) where the caller heard a hole: the timestamp jumps AND
+        the next packet came late (arrival gap over 1.5 ptimes). Seen on a real 1.10.12 under
+        load: FreeSWITCH sometimes jumps the timestamp by a frame (often with the marker bit)
+        while packets keep arriving every 20 ms and no audio is missing; those are
+        :meth:`resyncs`, not holes."""
+        return [(i, n) for i, n, arrival in self._jumps() if arrival >= 1.5]
+
+    def resyncs(self) -> list[tuple[int, int]]:
+        """Timestamp jumps with no late packet (see :meth:`gaps`)."""
+        return [(i, n) for i, n, arrival in self._jumps() if arrival < 1.5]
+
+    def pcm(self) -> bytes:
+        return b"".join(p.pcm for p in self.packets)
+
+    def timeline(self) -> bytes:
+        """Everything heard on the RTP clock, holes as silence (from the first packet)."""
+        if not self.packets:
+            return b""
+        t0 = self.packets[0].timestamp
+        end = (self.packets[-1].timestamp - t0) & 0xFFFFFFFF
+        out = bytearray(2 * (end + SAMPLES))
+        for p in self.packets:
+            off = 2 * ((p.timestamp - t0) & 0xFFFFFFFF)
+            out[off : off + len(p.pcm)] = p.pcm
+        return bytes(out)
+
+
+# ------------------------------------------------------------------ SIP text
+
+
+def _headers(text: str) -> tuple[str, dict[str, str], str]:
+    head, _, body = text.partition("\r\n\r\n")
+    first, *lines = head.split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers.setdefault(name.strip().lower(), value.strip())
+    return first, headers, body
+
+
+def _uri(header: str) -> str:
+    m = re.search(r"<([^>]+)>", header)
+    return m.group(1) if m else header.split(";")[0].strip()
+
+
+def _sdp_rtp_address(sdp: str) -> tuple[str, int] | None:
+    ip = re.search(r"^c=IN IP4 (\S+)", sdp, re.M)
+    port = re.search(r"^m=audio (\d+)", sdp, re.M)
+    return (ip.group(1), int(port.group(1))) if ip and port else None
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram) -> None:  # type: ignore[no-untyped-def]
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr)
+
+
+class SipCall:
+    """One outbound call leg from the caller's side."""
+
+    def __init__(self, caller: "SipCaller", destination: str, number: str, name: str) -> None:
+        self.caller = caller
+        self.destination = destination
+        self.call_id = f"{random.getrandbits(64):016x}@voicefork-test"
+        self.tag = f"{random.getrandbits(32):08x}"
+        self.number, self.name = number, name
+        self.remote_tag: str | None = None
+        self.remote_target: str | None = None
+        self.cseq = itertools.count(1)
+        self.ear = RtpEar()
+        self.answered = asyncio.Event()
+        self.hungup = asyncio.Event()
+        self.final: asyncio.Future[tuple[int, dict[str, str], str]] = asyncio.get_running_loop().create_future()
+        self.bye_from_switch = False
+        self._speech = bytearray()
+        self._events: list[tuple[str, int]] = []  # DTMF digits to send, with duration in ms
+        self._rtp: asyncio.DatagramTransport | None = None
+        self._remote_rtp: tuple[str, int] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._seq = random.randrange(1 << 16)
+        self._ts = random.randrange(1 << 32)
+        self._ssrc = random.getrandbits(32)
+        self.rtp_port = 0
+
+    # -- controls (as the emulator's Channel)
+    def say(self, pcm: bytes) -> None:
+        """Queue caller speech, s16le at 8 kHz, sent one 20 ms packet at a time."""
+        self._speech += pcm
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._speech)
+
+    def press(self, digit: str, duration_ms: int = 100) -> None:
+        self._events.append((digit, duration_ms))
+
+    def hangup(self) -> None:
+        if not self.hungup.is_set() and self.remote_target:
+            self.caller._send(self._request("BYE", self.remote_target))
+            self._stop()
+
+    # -- SIP
+    def _request(self, method: str, uri: str, body: str = "", cseq: int | None = None) -> str:
+        c = self.caller
+        to = f"<sip:{self.destination}@{c.host}>" + (f";tag={self.remote_tag}" if self.remote_tag else "")
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {c.local_ip}:{c.port};branch=z9hG4bK{random.getrandbits(48):012x};rport",
+            "Max-Forwards: 70",
+            f'From: "{self.name}" <sip:{self.number}@{c.local_ip}>;tag={self.tag}',
+            f"To: {to}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq if cseq is not None else next(self.cseq)} {method}",
+            f"Contact: <sip:caller@{c.local_ip}:{c.port}>",
+            "User-Agent: voicefork-test-caller",
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body.encode())}")
+        return "\r\n".join(lines) + "\r\n\r\n" + body
+
+    def _sdp(self) -> str:
+        ip = self.caller.local_ip
+        return (
+            f"v=0\r\no=caller 1 1 IN IP4 {ip}\r\ns=voicefork\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+            f"m=audio {self.rtp_port} RTP/AVP 0 {_EVENT_PT}\r\na=rtpmap:0 PCMU/8000\r\n"
+            f"a=rtpmap:{_EVENT_PT} telephone-event/8000\r\na=fmtp:{_EVENT_PT} 0-16\r\na=ptime:{PTIME_MS}\r\na=sendrecv\r\n"
+        )
+
+    async def _start(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._rtp, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(self._on_rtp), local_addr=(self.caller.local_ip, 0)
+        )
+        self.rtp_port = self._rtp.get_extra_info("sockname")[1]
+        uri = f"sip:{self.destination}@{self.caller.host}:{self.caller.sip_port}"
+        self.caller._send(self._request("INVITE", uri, self._sdp(), cseq=1))
+        try:
+            code, headers, body = await asyncio.wait_for(self.final, timeout)
+        except TimeoutError:
+            self._stop()
+            raise SipError(f"no final answer to INVITE {self.destination} within {timeout} s") from None
+        if code != 200:
+            self._stop()
+            raise SipError(f"INVITE {self.destination} answered {code}")
+        self.remote_tag = re.search(r"tag=([^;>\s]+)", headers.get("to", "")).group(1)  # type: ignore[union-attr]
+        self.remote_target = _uri(headers.get("contact", uri))
+        self._remote_rtp = _sdp_rtp_address(body)
+        self.caller._send(self._request("ACK", self.remote_target, cseq=1))
+        self.answered.set()
+        self._sender = loop.create_task(self._send_rtp(), name=f"rtp-{self.call_id}")
+
+    def _on_response(self, code: int, headers: dict[str, str], body: str) -> None:
+        method = headers.get("cseq", "").split()[-1:] or [""]
+        if method[0] == "INVITE" and code >= 200 and not self.final.done():
+            self.final.set_result((code, headers, body))
+        elif method[0] == "INVITE" and code >= 200:  # a retransmitted 200: ACK again
+            if self.remote_target:
+                self.caller._send(self._request("ACK", self.remote_target, cseq=1))
+
+    def _on_request(self, first: str, headers: dict[str, str], raw: str) -> None:
+        method = first.split()[0]
+        self.caller._reply(raw, 200, "OK")
+        if method == "BYE":
+            self.bye_from_switch = True
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+        if self._rtp is not None:
+            self._rtp.close()
+        self.hungup.set()
+        self.caller.calls.pop(self.call_id, None)
+
+    # -- RTP
+    def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 12:
+            return
+        b0, b1, seq, ts = struct.unpack("!BBHI", data[:8])
+        cc = b0 & 0x0F
+        payload = data[12 + 4 * cc :]
+        if b1 & 0x7F != 0:
+            return  # only PCMU is audio; telephone-events back to us are not heard audio
+        self.ear.packets.append(RtpPacket(asyncio.get_running_loop().time(), seq, ts, bool(b1 & 0x80), ulaw_decode(payload)))
+
+    def _packet(self, pt: int, payload: bytes, marker: bool = False, ts: int | None = None) -> bytes:
+        self._seq = (self._seq + 1) & 0xFFFF
+        head = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, self._seq, self._ts if ts is None else ts, self._ssrc)
+        return head + payload
+
+    async def _send_rtp(self) -> None:
+        loop = asyncio.get_running_loop()
+        silence = ulaw_encode(bytes(2 * SAMPLES))
+        start, n = loop.time(), 0
+        dtmf: tuple[str, int, int] | None = None  # digit, duration in samples, start timestamp
+        while True:
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * PTIME_MS / 1000 - loop.time()))
+            if self._remote_rtp is None or self._rtp is None:
+                continue
+            if dtmf is None and self._events:
+                digit, ms = self._events.pop(0)
+                dtmf = (digit, ms * 8, self._ts)
+            if dtmf is not None:
+                digit, dur, ts0 = dtmf
+                elapsed = self._ts - ts0 + SAMPLES
+                end = elapsed >= dur
+                event = "0123456789*#ABCD".index(digit.upper())
+                payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, min(elapsed, dur))
+                for _ in range(3 if end else 1):  # RFC 4733: the end packet is sent three times
+                    self._rtp.sendto(self._packet(_EVENT_PT, payload, marker=elapsed == SAMPLES, ts=ts0), self._remote_rtp)
+                if end:
+                    dtmf = None
+            else:
+                chunk = bytes(self._speech[: 2 * SAMPLES])
+                del self._speech[: 2 * SAMPLES]
+                payload = ulaw_encode(chunk.ljust(2 * SAMPLES, b"\0")) if chunk else silence
+                self._rtp.sendto(self._packet(0, payload), self._remote_rtp)
+            self._ts = (self._ts + SAMPLES) & 0xFFFFFFFF
+
+
+class SipCaller:
+    """One UDP SIP socket on 127.0.0.1 placing calls to ``host:sip_port``."""
+
+    def __init__(self, host: str = "127.0.0.1", sip_port: int = 5080, local_ip: str = "127.0.0.1") -> None:
+        self.host, self.sip_port, self.local_ip = host, sip_port, local_ip
+        self.port = 0
+        self.calls: dict[str, SipCall] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self._on_sip), local_addr=(self.local_ip, 0))
+        self.port = self._transport.get_extra_info("sockname")[1]
+
+    async def close(self) -> None:
+        for call in list(self.calls.values()):
+            call.hangup()
+        await asyncio.sleep(0.05)
+        if self._transport is not None:
+            self._transport.close()
+
+    async def place_call(
+        self, destination: str, caller_id_number: str = "+15550001111", caller_id_name: str = "Test Caller",
+        timeout: float = 10.0,
+    ) -> SipCall:
+        call = SipCall(self, destination, caller_id_number, caller_id_name)
+        self.calls[call.call_id] = call
+        await call._start(timeout)
+        return call
+
+    def _send(self, text: str) -> None:
+        if self._transport is not None:
+            log.debug("> %s", text.split("\r\n", 1)[0])
+            self._transport.sendto(text.encode(), (self.host, self.sip_port))
+
+    def _reply(self, raw: str, code: int, reason: str) -> None:
+        _, headers, _ = _headers(raw)
+        # Via, From, To, Call-ID and CSeq are copied from the request (RFC 3261 8.2.6).
+        keep = [line for line in raw.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+                if line.split(":", 1)[0].strip().lower() in ("via", "from", "to", "call-id", "cseq")]
+        self._send("\r\n".join([f"SIP/2.0 {code} {reason}", *keep, "Content-Length: 0"]) + "\r\n\r\n")
+
+    def _on_sip(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) >= MAX_DATAGRAM:
+            return
+        raw = data.decode("utf-8", "replace")
+        first, headers, body = _headers(raw)
+        call = self.calls.get(headers.get("call-id", ""))
+        log.debug("< %s", first)
+        if first.startswith("SIP/2.0 "):
+            if call is not None:
+                call._on_response(int(first.split()[1]), headers, body)
+        elif call is not None:
+            call._on_request(first, headers, raw)
+        else:
+            self._reply(raw, 481, "Call/Transaction Does Not Exist")
+
+

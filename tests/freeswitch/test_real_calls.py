@@ -1,0 +1,182 @@
+"""The end-to-end calls of tests/e2e against a REAL FreeSWITCH with mod_audio_fork.
+
+Run only when ``FREESWITCH_BIN`` names a FreeSWITCH binary whose module dir has mod_audio_fork
+(and mod_sofia, mod_event_socket, mod_commands, mod_dptools, mod_dialplan_xml, mod_sndfile,
+mod_native_file, mod_tone_stream); skipped otherwise, so CI (which has no FreeSWITCH) skips
+them. The switch runs the RENDERED config (testbed.real_switch); the caller is a SIP user
+agent sending and receiving G.711 μ-law RTP (testbed.sip_caller), so what it heard is read
+from RTP as REF measured it: a hole is a timestamp jump. μ-law coding limits any SNR of what
+the caller heard to about 38 dB, so the audio thresholds here are lower than the emulator's.
+"""
+
+import asyncio
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import soxr
+
+BIN = os.environ.get("FREESWITCH_BIN")
+pytestmark = [
+    pytest.mark.freeswitch,
+    pytest.mark.skipif(not BIN or not os.access(BIN, os.X_OK), reason="needs FREESWITCH_BIN (a FreeSWITCH with mod_audio_fork)"),
+]
+pytest.importorskip("ESL")
+
+from testbed.audio_compare import best_aligned_snr, lag_of  # noqa: E402
+from testbed.real_switch import RealStack  # noqa: E402
+from testbed.sip_caller import ulaw_decode, ulaw_encode  # noqa: E402
+from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav, sentences_with_pauses  # noqa: E402
+
+SUPPORT, SALES = "+15551234567", "+15557654321"  # 16k and 8k routes in config/voicefork.yaml
+
+
+def bot(**script):
+    opts = {"bargein": False, "rate": 24000, "speed": 3.0, "answer_delay_ms": 100, "mark_every_ms": 0}
+    opts.update(script)
+    return opts
+
+
+async def until(pred, timeout=10.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def cleaned_up(s):
+    await until(lambda: not s.app.calls and not s.spool_files(), what="cleanup")
+
+
+@pytest.mark.parametrize("number,rate", [(SUPPORT, 16000), (SALES, 8000)])
+async def test_what_the_ai_hears_is_what_the_caller_said(number, rate):
+    async with RealStack(BIN, connector_options=bot(answer_delay_ms=60_000)) as s:
+        call = await s.place_call(number, "+15550001111", "Alice")
+        record = await s.connector.wait_call(0, timeout=10)
+        assert record.start["call"]["from"] == "+15550001111" and record.start["call"]["caller_name"] == "Alice"
+        said = ulaw_decode(ulaw_encode(load_wav(CALLER_QUESTION, 8000)))  # what the caller's codec carries
+        call.say(said)
+        await until(lambda: not call.speaking, what="the caller to finish")
+        await asyncio.sleep(0.5)
+        call.hangup()
+        await record.wait_stopped(timeout=5)
+        got = np.frombuffer(record.audio(), "<i2")
+        ref = soxr.resample(np.frombuffer(said, "<i2").astype(np.float64), 8000, 16000, "VHQ")
+        snr = best_aligned_snr(ref, got, in_band=True)
+        print(f"real FreeSWITCH, {rate} Hz route: connector audio vs reference resample: {snr:.1f} dB")
+        # 8k: FreeSWITCH forks the decoded PCMU as is, so this is our FIR against soxr VHQ.
+        # 16k: FreeSWITCH resamples 8k→16k itself (REF); its resampler is not measured in REF.
+        assert snr >= (60 if rate == 8000 else 30), f"{snr:.1f} dB"
+        await cleaned_up(s)
+
+
+async def test_sendmsg_caller_hears_all_tts_in_order_with_no_gap():
+    async with RealStack(BIN, connector_options=bot(mark_every_ms=1000)) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        await record.wait_mark("end", timeout=30)
+        await asyncio.sleep(0.3)
+        assert call.ear.gaps() == [], call.ear.gaps()
+        heard = np.frombuffer(call.ear.pcm(), "<i2").astype(np.float64)
+        ref = np.frombuffer(load_wav(BOT_ANSWER, 8000), "<i2").astype(np.float64)
+        snr = best_aligned_snr(ref, heard, in_band=True, rate=8000)
+        latency = call.ear.packets[0].time - record.sent_of("audio")[0].t
+        print(f"real FreeSWITCH sendmsg: {len(call.ear.packets)} packets, 0 holes, {len(call.ear.resyncs())} timestamp resyncs, heard vs sent {snr:.1f} dB, "
+              f"first TTS byte sent → first RTP at the caller {1000 * latency:.0f} ms")
+        assert snr >= 30, f"{snr:.1f} dB"
+        assert all(m.status == "played" for m in record.marks) and record.mark_status("end") == "played"
+        call.hangup()
+        await cleaned_up(s)
+
+
+async def test_broadcast_keeps_the_tts_timing_within_a_frame(tmp_path):
+    wav, starts = sentences_with_pauses(tmp_path / "answer.wav")
+    async with RealStack(BIN, connector_options=bot(wav=str(wav)), playback={"command": "uuid_broadcast"}) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        await record.wait_mark("end", timeout=30)
+        await asyncio.sleep(0.3)
+        # REF: the RTP timestamp runs on through holes, so the timeline keeps real timing.
+        heard = np.frombuffer(call.ear.timeline(), "<i2").astype(np.float64)
+        ref = np.frombuffer(load_wav(wav, 8000), "<i2").astype(np.float64)
+        starts8 = [x // 3 for x in starts]
+        ends8 = starts8[1:] + [len(ref)]
+        first = lag_of(ref[starts8[0] : ends8[0]], heard, 0, search=len(heard) // 2)
+        offsets = [lag_of(ref[a:b], heard, first + a) - (first + a) for a, b in zip(starts8, ends8)]
+        print(f"real FreeSWITCH uuid_broadcast: holes {call.ear.gaps()}, resyncs {call.ear.resyncs()}; "
+              f"sentence onsets off by {[round(o / 8, 1) for o in offsets]} ms; first TTS → first RTP "
+              f"{1000 * (call.ear.packets[0].time - record.sent[0].t):.0f} ms")
+        # REF: a 5-frame hole before each later file; cut at the two pauses only, they fall
+        # inside the pauses, so the sentences keep their place:
+        assert sum(n for _, n in call.ear.gaps() + call.ear.resyncs()) >= 2 * 5
+        assert max(abs(o) for o in offsets) <= 160, offsets
+        call.hangup()
+        await cleaned_up(s)
+
+
+async def test_barge_in_silences_the_bot_within_60_ms_and_clears_marks():
+    async with RealStack(BIN, connector_options=bot(bargein=True, speed=1.5, mark_every_ms=500)) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        await until(lambda: len(call.ear.packets) >= 40, what="0.8 s of bot speech")
+        call.say(ulaw_decode(ulaw_encode(load_wav(CALLER_BARGEIN, 8000))))
+        await until(lambda: record.clears_sent, what="clear")
+        clear_at = record.clears_sent[0]
+        await asyncio.sleep(0.5)
+        late = [p for p in call.ear.packets if p.time > clear_at + 0.060]
+        last = max(p.time for p in call.ear.packets)
+        print(f"real FreeSWITCH barge-in: last RTP {1000 * (last - clear_at):.0f} ms after clear")
+        assert late == [], f"{len(late)} packets more than 60 ms after clear"
+        assert [m for m in record.marks if m.status == "cleared"], record.marks
+        call.hangup()
+        await cleaned_up(s)
+
+
+async def test_bot_hangs_up_after_its_answer_has_played():
+    async with RealStack(BIN, connector_options=bot(hangup_after_playback=True)) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        await asyncio.wait_for(call.hungup.wait(), 30)
+        assert call.bye_from_switch and record.mark_status("end") == "played"
+        assert call.ear.gaps() == [] and len(call.ear.packets) * 20 >= 4000
+        await record.wait_stopped(timeout=5)
+        assert record.stop_reason == "connector_hangup"
+        await cleaned_up(s)
+
+
+async def test_caller_dtmf_and_hangup_reach_the_connector():
+    async with RealStack(BIN, connector_options=bot(answer_delay_ms=60_000)) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        await record.wait_until(lambda r: r.frame_count > 5)
+        call.press("7", 120)
+        await record.wait_until(lambda r: r.dtmf, timeout=5)
+        print(f"real FreeSWITCH DTMF: {[(d.digit, d.duration_ms) for d in record.dtmf]}")
+        assert record.dtmf[0].digit == "7"
+        call.hangup()
+        await record.wait_stopped(timeout=5)
+        assert record.stop_reason == "hangup" and record.close_code == 1000
+        await cleaned_up(s)
+
+
+async def test_unreachable_connector_runs_the_route_fallback():
+    async with RealStack(BIN, connector_url_override="ws://127.0.0.1:9/dead") as s:
+        a = await s.place_call(SUPPORT)  # fallback: hangup
+        b = await s.place_call(SALES)  # fallback: transfer to 1000
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.hungup.wait(), 5)
+        print(f"real FreeSWITCH fallback: hangup {1000 * (time.monotonic() - t0):.0f} ms after answer")
+
+        async def dests():
+            rows = json.loads(await s.app.esl.api("show channels as json")).get("rows") or []
+            return [r.get("dest") for r in rows]
+
+        end = time.monotonic() + 5
+        while "1000" not in await dests():
+            assert time.monotonic() < end, await dests()
+            await asyncio.sleep(0.1)
+        b.hangup()
+        await cleaned_up(s)
