@@ -40,6 +40,7 @@ from .session import (
     ForkClosed,
     HangupCall,
     LookupCaller,
+    PlaybackFailed,
     PlayFile,
     SendAudioToConnector,
     SendDtmfToCaller,
@@ -258,6 +259,8 @@ class Call:
                 # Reported on the call (REF: no command silently lost): counted and logged.
                 self.metrics.errors.labels("esl_command").inc()
                 self.log.error("> esl %s failed: %s", type(action).__name__, exc)
+                if type(action) is PlayFile:
+                    self.post(PlaybackFailed(action.path))  # the session must not wait for it or call it played
             except OSError as exc:
                 self.metrics.errors.labels("spool_io").inc()
                 self.log.error("spool I/O for %s failed: %s", type(action).__name__, exc)

@@ -44,6 +44,7 @@ __all__ = [
     "ForkClosed",
     "Shutdown",
     "TimerFired",
+    "PlaybackFailed",
     # actions
     "LookupCaller",
     "ConnectConnector",
@@ -124,6 +125,13 @@ class Shutdown:
 @dataclass(frozen=True, slots=True)
 class TimerFired:
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackFailed:
+    """The switch never took this file's playback command (ESL lost it): it will not play."""
+
+    path: str
 
 
 # --- actions
@@ -259,13 +267,14 @@ def _table() -> dict[State, dict[type, Any]]:
     ending = {ForkClosed: S.ENDED, em.HangupComplete: S.ENDED}
     late_connector = {ev: IGNORE for ev in connector_events}
     late_connector.update({ConnectorUp: IGNORE, ConnectorFailed: IGNORE, ConnectorClosed: IGNORE})
-    playback = {ev: STAY for ev in esl_events}
+    playback = {ev: STAY for ev in (*esl_events, PlaybackFailed)}
     t: dict[State, dict[type, Any]] = {
         S.LOOKUP: {
             CallerInfoReady: S.CONNECTING,
             CallerInfoFailed: S.FALLBACK,
             Shutdown: S.FALLBACK,
             TimerFired: IGNORE,
+            PlaybackFailed: IGNORE,
             **{ev: IGNORE for ev in esl_events},
             **ending,
         },
@@ -306,6 +315,7 @@ def _table() -> dict[State, dict[type, Any]]:
             em.HangupComplete: IGNORE,
             Shutdown: IGNORE,
             TimerFired: IGNORE,
+            PlaybackFailed: IGNORE,
             CallerInfoReady: IGNORE,
             CallerInfoFailed: IGNORE,
         },
@@ -785,6 +795,25 @@ class CallSession:
                 return acts
         return acts + self._refill()
 
+    def _on_playback_failed(self, ev: PlaybackFailed) -> list[Any]:
+        i = self._find(ev.path)
+        if i is None:
+            return []
+        item = self._queue[i]
+        del self._queue[i]
+        acts: list[Any] = []
+        if item.local_path:
+            acts.append(DeleteFile(item.local_path))
+            self._spool_bytes -= item.size
+        self.marks_cleared += len(item.marks)
+        acts += [SendToConnector(cp.mark(name, "cleared")) for name in item.marks]  # not heard: not "played"
+        if item.path == self._fallback_hangup_path:
+            acts.append(HangupCall(self.uuid))
+        if self.state is State.ENDING and self._pending_end is not None and not self._queue and not self._awaiting_file:
+            pending, self._pending_end = self._pending_end, None
+            return acts + self._end_now(pending)
+        return acts + self._refill()
+
     def _on_dtmf(self, ev: em.Dtmf) -> list[Any]:
         if self.state is not State.ACTIVE:
             return []
@@ -929,4 +958,5 @@ _HANDLERS = {
     em.ExecuteComplete: CallSession._on_execute_complete,
     em.ForkEvent: CallSession._on_fork_event,
     TimerFired: CallSession._on_timer,
+    PlaybackFailed: CallSession._on_playback_failed,
 }
