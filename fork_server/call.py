@@ -22,7 +22,14 @@ from websockets.exceptions import ConnectionClosed
 from . import esl_messages as em
 from .audio_fork import CallerAudio, ForkDrained, ForkIntake
 from .connector_link import ConnectorLink
-from .errors import ConnectorProtocolError, EslError, ForkProtocolError, LocalUsageError
+from .errors import (
+    ConnectorProtocolError,
+    EslError,
+    EslLostInFlight,
+    EslUnavailable,
+    ForkProtocolError,
+    LocalUsageError,
+)
 from .metrics import Metrics
 from .session import (
     ArmTimer,
@@ -46,6 +53,7 @@ from .session import (
     SendDtmfToCaller,
     SendToConnector,
     SendToFork,
+    State,
     StopFork,
     TimerFired,
     TransferCall,
@@ -129,6 +137,7 @@ class Call:
         self._connector_lost_at: float | None = None
         self._link_dropped = 0  # caller frames a slow connector's link dropped
         self._errors_counted: dict[str, int] = {}
+        self._retries: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -170,6 +179,8 @@ class Call:
                 self._perform_now(self.session.start())
                 await self._done.wait()
                 reader.cancel()
+                for task in self._retries:
+                    task.cancel()
         finally:
             for handle in self._timers.values():
                 handle.cancel()
@@ -259,11 +270,46 @@ class Call:
                 # Reported on the call (REF: no command silently lost): counted and logged.
                 self.metrics.errors.labels("esl_command").inc()
                 self.log.error("> esl %s failed: %s", type(action).__name__, exc)
-                if type(action) is PlayFile:
-                    self.post(PlaybackFailed(action.path))  # the session must not wait for it or call it played
+                never_sent = isinstance(exc, EslUnavailable) and not isinstance(exc, EslLostInFlight)
+                if never_sent and self.session.state is State.FALLBACK and type(action) in _FALLBACK_ACTIONS:
+                    self._retry_when_esl_is_back(action)
+                elif type(action) is PlayFile and not isinstance(exc, EslLostInFlight):
+                    # Surely not queued on the switch: the session must not wait for it or call it
+                    # played. Lost in flight it may still play, so it stays queued (and its file).
+                    self.post(PlaybackFailed(action.path))
             except OSError as exc:
                 self.metrics.errors.labels("spool_io").inc()
                 self.log.error("spool I/O for %s failed: %s", type(action).__name__, exc)
+
+    def _retry_when_esl_is_back(self, action: Any) -> None:
+        """The route fallback could not reach the switch: ESL is down (or never came up). Only
+        ESL can end or move the call, so the command is sent again once ESL is up, for as long
+        as the call lasts (issue 6: a caller must not stay parked because ESL blinked)."""
+        if self._tg is None or self._done.is_set():
+            return
+
+        async def retry() -> None:
+            handler = _ACTIONS[type(action)]
+            while not self._done.is_set():
+                await self.esl.wait_up(1.0)
+                if not self.esl.up:
+                    continue
+                try:
+                    await handler(self, action)
+                    self.log.info("> %s sent after ESL came back", type(action).__name__)
+                    return
+                except EslLostInFlight:
+                    return  # it may have run; not sent twice
+                except EslUnavailable:
+                    continue
+                except EslError as exc:
+                    self.log.error("> esl %s failed after ESL came back: %s", type(action).__name__, exc)
+                    return
+
+        self.log.warning("> %s waits for ESL to come back", type(action).__name__)
+        task = self._tg.create_task(retry(), name=f"esl-retry-{self.uuid}")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     # ------------------------------------------------------------------ actions
 
@@ -429,6 +475,9 @@ class Call:
             except OSError as exc:
                 self.log.error("could not remove spool dir %s: %s", directory, exc)
 
+
+# What the route fallback sends; resent once ESL is back (see Call._retry_when_esl_is_back).
+_FALLBACK_ACTIONS = frozenset({HangupCall, TransferCall, StopFork, PlayFile})
 
 _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
     LookupCaller: Call._lookup,

@@ -31,7 +31,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from . import esl_messages as em
-from .errors import EslCommandError, EslUnavailable, LocalUsageError
+from .errors import EslCommandError, EslLostInFlight, EslUnavailable, LocalUsageError
 from .spool import valid_uuid
 
 __all__ = ["EslClient"]
@@ -220,7 +220,7 @@ class EslClient:
                     if not retried and _idempotent(kind, payload):
                         carry = (kind, payload, fut, True)  # lost in flight; safe to send again
                     else:  # sendmsg playback is not idempotent: reported, never silently lost
-                        fut.set_exception(EslUnavailable(f"connection lost during {kind}"))
+                        fut.set_exception(EslLostInFlight(f"connection lost during {kind}"))
                     break
                 fut.set_result(reply)
             self._set_state(flag, False)

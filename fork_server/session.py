@@ -529,9 +529,9 @@ class CallSession:
         if isinstance(event, Shutdown) and self._connector_open():
             self._connector_connected = False
             acts += [SendToConnector(cp.stop("shutdown")), CloseConnector()]
-        if isinstance(event, CallerInfoFailed):
-            # Without ESL nothing can be played or transferred: ending the fork is all we can do.
-            return acts + [StopFork(self.uuid)]
+        # CallerInfoFailed (no ESL) too: the fallback's commands wait in the adapter until ESL
+        # is back, since nothing else can end or move the call (REF: no mod_audio_fork message
+        # hangs up, transfers or plays).
         if s.fallback_action == "transfer" and s.fallback_target:
             return acts + [TransferCall(self.uuid, s.fallback_target), StopFork(self.uuid)]
         if s.fallback_action == "play" and s.fallback_file:

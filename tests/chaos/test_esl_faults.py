@@ -37,13 +37,14 @@ async def test_esl_drop_and_return_calls_keep_going_and_nothing_is_lost(outage_s
         back_at = loop.time()
         await asyncio.gather(*(asyncio.wait_for(ch.hungup.wait(), 20) for ch in chans))
         await until(lambda: not s.app.calls and not s.spool_files(), 10, "cleanup")
-        ok, worst = 0, 0.0
+        ok, worst, detail = 0, 0.0, []
         for ch in chans:
             r = s.connector.calls[ch.uuid]
             requested = [m.message["name"] for m in r.sent_of("mark")]
             reported = {m.name: m.status for m in r.marks}
             gap = silence_ms(ch, cut_at, back_at + 0.5)
             worst = max(worst, gap)
+            detail.append((r.stop_reason, sorted(set(requested) - set(reported)), gap, ch.hangup_cause))
             ok += (r.stop_reason == "connector_hangup" and set(reported) == set(requested)
                    and gap <= 2000 and ch.hangup_cause == "NORMAL_CLEARING")
         # Playback commands in flight when the link died are counted (esl_command) and their
@@ -51,7 +52,7 @@ async def test_esl_drop_and_return_calls_keep_going_and_nothing_is_lost(outage_s
         record(f"ESL drops and comes back (refused for {outage_s:g} s)", n, ok,
                reconnect_s=round(back_at - cut_at, 2), worst_silence_ms=worst,
                playback_commands_lost_in_flight=int(errors(s.app, "esl_command")))
-        assert ok == n
+        assert ok == n, detail
 
 
 async def test_esl_outage_over_the_end_of_speech_still_ends_the_call():
@@ -86,3 +87,55 @@ async def test_esl_outage_over_the_end_of_speech_still_ends_the_call():
 
 def _kill_time(s, ch):
     return next(t for t, line in s.switch.api_log if line.startswith("uuid_kill") and ch.uuid in line)
+
+
+async def _healthz(port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    return int(head.split()[1])
+
+
+async def test_esl_never_reachable_at_start_up(tmp_path, caplog):
+    # The switch's Event Socket refuses connections from the start. /healthz says 503 and the
+    # log says why, at once. Calls still arrive (mod_audio_fork does not need ESL): no fallback
+    # can run without ESL (REF: no mod_audio_fork message hangs up, transfers or plays), so
+    # each call waits for its caller lookup (5 s) and then for ESL to run its route fallback,
+    # which happens as soon as the switch answers again; nothing is connected to the AI.
+    from chaoslib import UK, prompt_file
+
+    caplog.set_level("INFO", logger="voicefork")
+    prompt = prompt_file(tmp_path)
+    async with stack(cfg=config(prompt=prompt), options=bot(), esl_up_at_start=False) as s:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.3)
+        assert await _healthz(s.fork_port) == 503
+        lines = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+        assert lines and f"127.0.0.1:{s.esl.port}" in lines[0] and "/healthz is 503" in lines[0]
+        kinds = [(SUPPORT, "hangup"), (SALES, "transfer"), (UK, "play")]
+        chans = [(s.switch.place_call(number), kind) for number, kind in kinds]
+        await asyncio.sleep(6.0)  # past the caller lookup's 5 s
+        assert all(ch.alive and ch.transferred_to is None and not ch.ear.frames for ch, _ in chans)
+        assert s.connector.connections == []
+        await s.esl.resume_listening()
+        back = loop.time()
+        await until(lambda: s.app.esl.up, 5, "ESL up")
+        assert await _healthz(s.fork_port) == 200
+        waits = []
+        for ch, kind in chans:
+            if kind == "hangup":
+                await asyncio.wait_for(ch.hungup.wait(), 5)
+                waits.append(loop.time() - back)
+            elif kind == "transfer":
+                await until(lambda: ch.transferred_to == "1000", 5, "transfer")
+                waits.append(loop.time() - back)
+                ch.hangup()
+            else:
+                await until(lambda: ch.ear.frames, 5, "the prompt")
+                waits.append(ch.ear.frames[0].time - back)
+                await asyncio.wait_for(ch.hungup.wait(), 5)
+        await until(lambda: not s.app.calls, 5, "calls ended")
+        record("ESL never reachable at start-up (back after 6.3 s)", len(chans), sum(w <= 2.0 for w in waits),
+               healthz_while_down=503, fallback_after_esl_back_s=round(max(waits), 2))
+        assert max(waits) <= 2.0
