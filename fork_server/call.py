@@ -138,6 +138,7 @@ class Call:
         self._link_dropped = 0  # caller frames a slow connector's link dropped
         self._errors_counted: dict[str, int] = {}
         self._retries: set[asyncio.Task[None]] = set()
+        self._connecting: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -181,6 +182,8 @@ class Call:
                 reader.cancel()
                 for task in self._retries:
                     task.cancel()
+                if self._connecting is not None:
+                    self._connecting.cancel()  # a hangup mid-connect must not wait for the connector
         finally:
             for handle in self._timers.values():
                 handle.cancel()
@@ -328,7 +331,7 @@ class Call:
         self.post(CallerInfoReady(info.number, info.name, info.destination, info.write_rate))
 
     async def _connect(self, action: ConnectConnector) -> None:
-        self._tg.create_task(self._connect_task(action.resumed))  # type: ignore[union-attr]
+        self._connecting = self._tg.create_task(self._connect_task(action.resumed))  # type: ignore[union-attr]
 
     async def _connect_task(self, resumed: bool) -> None:
         c = self.connector
@@ -358,6 +361,9 @@ class Call:
         except ConnectorProtocolError as exc:
             self.log.warning("> connector %s (%.0f ms)", exc, (time.monotonic() - t0) * 1000)
             self.post(ConnectorFailed(str(exc)))
+            return
+        if self._done.is_set():  # the call ended while we were connecting
+            link.abort()
             return
         self._link = link
         self._connector_lost_at = None

@@ -218,8 +218,10 @@ class ConnectorLink:
             await self._ws.close()
 
     def abort(self) -> None:
-        """Drop everything now (call teardown after the fork is gone)."""
+        """Drop everything now (call teardown after the fork is gone), the socket included."""
         self._closing = True
         for t in self._tasks:
             t.cancel()
         self._tasks = []
+        if self._ws is not None and self._ws.transport is not None:
+            self._ws.transport.abort()
