@@ -45,10 +45,12 @@ from .session import (
     DeleteFile,
     Finished,
     ForkClosed,
+    ForkFailed,
     HangupCall,
     LookupCaller,
     PlaybackFailed,
     PlayFile,
+    QueueHangup,
     SendAudioToConnector,
     SendDtmfToCaller,
     SendToConnector,
@@ -137,7 +139,8 @@ class Call:
         self._connector_lost_at: float | None = None
         self._link_dropped = 0  # caller frames a slow connector's link dropped
         self._errors_counted: dict[str, int] = {}
-        self._retries: set[asyncio.Task[None]] = set()
+        self._retry_queue: list[Any] = []
+        self._retrier: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
@@ -180,8 +183,8 @@ class Call:
                 self._perform_now(self.session.start())
                 await self._done.wait()
                 reader.cancel()
-                for task in self._retries:
-                    task.cancel()
+                if self._retrier is not None:
+                    self._retrier.cancel()
                 if self._connecting is not None:
                     self._connecting.cancel()  # a hangup mid-connect must not wait for the connector
         finally:
@@ -207,6 +210,7 @@ class Call:
                 except ForkProtocolError as exc:
                     self.metrics.errors.labels("fork_protocol").inc()
                     self.log.error("< fork: %s", exc)
+                    self.post(ForkFailed(str(exc)))  # the channel stays up: its fallback runs
                     await self.fork.close(1008, "protocol error")
                     break
                 for ev in events:
@@ -286,33 +290,31 @@ class Call:
 
     def _retry_when_esl_is_back(self, action: Any) -> None:
         """The route fallback could not reach the switch: ESL is down (or never came up). Only
-        ESL can end or move the call, so the command is sent again once ESL is up, for as long
-        as the call lasts (issue 6: a caller must not stay parked because ESL blinked)."""
+        ESL can end or move the call, so its commands are sent again, in order, once ESL is
+        up, for as long as the call lasts (issue 6: a caller must not stay parked for good)."""
         if self._tg is None or self._done.is_set():
             return
-
-        async def retry() -> None:
-            handler = _ACTIONS[type(action)]
-            while not self._done.is_set():
-                await self.esl.wait_up(1.0)
-                if not self.esl.up:
-                    continue
-                try:
-                    await handler(self, action)
-                    self.log.info("> %s sent after ESL came back", type(action).__name__)
-                    return
-                except EslLostInFlight:
-                    return  # it may have run; not sent twice
-                except EslUnavailable:
-                    continue
-                except EslError as exc:
-                    self.log.error("> esl %s failed after ESL came back: %s", type(action).__name__, exc)
-                    return
-
         self.log.warning("> %s waits for ESL to come back", type(action).__name__)
-        task = self._tg.create_task(retry(), name=f"esl-retry-{self.uuid}")
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        self._retry_queue.append(action)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = self._tg.create_task(self._retry_loop(), name=f"esl-retry-{self.uuid}")
+
+    async def _retry_loop(self) -> None:
+        while self._retry_queue and not self._done.is_set():
+            action = self._retry_queue[0]
+            await self.esl.wait_up(1.0)
+            if not self.esl.up:
+                continue
+            try:
+                await _ACTIONS[type(action)](self, action)
+                self.log.info("> %s sent after ESL came back", type(action).__name__)
+            except EslLostInFlight:
+                pass  # it may have run; never sent twice
+            except EslUnavailable:
+                continue
+            except EslError as exc:
+                self.log.error("> esl %s failed after ESL came back: %s", type(action).__name__, exc)
+            self._retry_queue.pop(0)
 
     # ------------------------------------------------------------------ actions
 
@@ -428,6 +430,9 @@ class Call:
     async def _dtmf(self, action: SendDtmfToCaller) -> None:
         await self.esl.api(em.uuid_send_dtmf(action.uuid, action.digits))
 
+    async def _queue_hangup(self, action: QueueHangup) -> None:
+        await self.esl.sendmsg(action.uuid, em.execute_headers("hangup", "NORMAL_CLEARING"))
+
     async def _stop_fork(self, action: StopFork) -> None:
         await self.esl.api(em.uuid_audio_fork_stop(action.uuid))
 
@@ -483,7 +488,7 @@ class Call:
 
 
 # What the route fallback sends; resent once ESL is back (see Call._retry_when_esl_is_back).
-_FALLBACK_ACTIONS = frozenset({HangupCall, TransferCall, StopFork, PlayFile})
+_FALLBACK_ACTIONS = frozenset({HangupCall, TransferCall, StopFork, PlayFile, QueueHangup})
 
 _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
     LookupCaller: Call._lookup,
@@ -499,6 +504,7 @@ _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
     TransferCall: Call._transfer,
     SendDtmfToCaller: Call._dtmf,
     StopFork: Call._stop_fork,
+    QueueHangup: Call._queue_hangup,
     DeleteFile: Call._delete,
     ArmTimer: Call._arm,
     Finished: Call._finished,

@@ -42,6 +42,7 @@ __all__ = [
     "ConnectorFailed",
     "ConnectorClosed",
     "ForkClosed",
+    "ForkFailed",
     "Shutdown",
     "TimerFired",
     "PlaybackFailed",
@@ -59,6 +60,7 @@ __all__ = [
     "TransferCall",
     "SendDtmfToCaller",
     "StopFork",
+    "QueueHangup",
     "DeleteFile",
     "ArmTimer",
     "Finished",
@@ -115,6 +117,14 @@ class ConnectorClosed:
 @dataclass(frozen=True, slots=True)
 class ForkClosed:
     code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForkFailed:
+    """The fork sent something off-spec and we close it: the call cannot go on, but the
+    channel is still up (a server-side close leaves it parked), so the route fallback runs."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +223,14 @@ class StopFork:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueHangup:
+    """sendmsg execute hangup with event-lock: the switch hangs up once what is queued has
+    played (the fallback prompt), with no need for us to see its PLAYBACK_STOP."""
+
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteFile:
     local_path: str
 
@@ -273,6 +291,7 @@ def _table() -> dict[State, dict[type, Any]]:
             CallerInfoReady: S.CONNECTING,
             CallerInfoFailed: S.FALLBACK,
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: IGNORE,
             PlaybackFailed: IGNORE,
             **{ev: IGNORE for ev in esl_events},
@@ -283,6 +302,7 @@ def _table() -> dict[State, dict[type, Any]]:
             ConnectorFailed: S.FALLBACK,
             ConnectorClosed: S.FALLBACK,
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: STAY,
             **playback,
             **ending,
@@ -292,6 +312,7 @@ def _table() -> dict[State, dict[type, Any]]:
             ConnectorClosed: STAY,  # handler picks RECONNECTING or FALLBACK
             ConnectorFailed: STAY,
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: STAY,
             **playback,
             **ending,
@@ -302,16 +323,18 @@ def _table() -> dict[State, dict[type, Any]]:
             ConnectorClosed: STAY,
             **{ev: IGNORE for ev in connector_events},
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: STAY,
             **playback,
             **ending,
         },
-        S.FALLBACK: {**late_connector, Shutdown: IGNORE, TimerFired: STAY, **playback, **ending},
-        S.ENDING: {**late_connector, Shutdown: STAY, TimerFired: STAY, **playback, **ending},
+        S.FALLBACK: {**late_connector, Shutdown: IGNORE, ForkFailed: IGNORE, TimerFired: STAY, **playback, **ending},
+        S.ENDING: {**late_connector, Shutdown: STAY, ForkFailed: IGNORE, TimerFired: STAY, **playback, **ending},
         S.ENDED: {
             **late_connector,
             **{ev: IGNORE for ev in esl_events},
             ForkClosed: IGNORE,
+            ForkFailed: IGNORE,
             em.HangupComplete: IGNORE,
             Shutdown: IGNORE,
             TimerFired: IGNORE,
@@ -423,7 +446,6 @@ class CallSession:
         self.marks_cleared = 0
         self._reconnects_left = settings.reconnect_attempts
         self._pending_end: HangupRequest | TransferRequest | None = None  # type: ignore[name-defined]
-        self._fallback_hangup_path: str | None = None
         self._connector_connected = False
 
     # ---------------------------------------------------------------- entry points
@@ -534,10 +556,15 @@ class CallSession:
         # hangs up, transfers or plays).
         if s.fallback_action == "transfer" and s.fallback_target:
             return acts + [TransferCall(self.uuid, s.fallback_target), StopFork(self.uuid)]
+        if isinstance(event, ForkFailed):
+            self.outcome = "fork_error"
+            if s.fallback_action != "transfer":  # (a transfer stops the fork anyway)
+                acts.append(StopFork(self.uuid))  # we close it: the bug would stay attached (REF "Close")
         if s.fallback_action == "play" and s.fallback_file:
-            self._fallback_hangup_path = s.fallback_file
             self._queue.append(_Item(path=s.fallback_file, local_path=None, ms=0, size=0))
-            return acts + [PlayFile(self.uuid, s.fallback_file, "sendmsg")]
+            # Queued behind the prompt on the switch (event-lock): the hangup happens after it
+            # has played even if we never see its PLAYBACK_STOP, or the fork is gone by then.
+            return acts + [PlayFile(self.uuid, s.fallback_file, "sendmsg"), QueueHangup(self.uuid)]
         return acts + [HangupCall(self.uuid)]
 
     def _connector_open(self) -> bool:
@@ -786,8 +813,6 @@ class CallSession:
                 else:
                     self.marks_cleared += 1
                 acts.append(SendToConnector(cp.mark(name, status)))
-            if item.path == self._fallback_hangup_path:
-                acts.append(HangupCall(self.uuid))
         if self.state is State.ENDING and self._pending_end is not None and not self._queue:
             if not self._awaiting_file and (self._planner is None or self._planner.buffered_ms == 0):
                 pending, self._pending_end = self._pending_end, None
@@ -807,8 +832,6 @@ class CallSession:
             self._spool_bytes -= item.size
         self.marks_cleared += len(item.marks)
         acts += [SendToConnector(cp.mark(name, "cleared")) for name in item.marks]  # not heard: not "played"
-        if item.path == self._fallback_hangup_path:
-            acts.append(HangupCall(self.uuid))
         if self.state is State.ENDING and self._pending_end is not None and not self._queue and not self._awaiting_file:
             pending, self._pending_end = self._pending_end, None
             return acts + self._end_now(pending)

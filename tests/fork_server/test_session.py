@@ -180,8 +180,12 @@ def test_play_fallback_hangs_up_after_the_prompt():
     s = CallSession(U, settings(fallback_action="play", fallback_file="/sounds/sorry.wav"))
     s.handle(CallerInfoReady("1", "a", "2", 8000))
     acts = s.handle(ConnectorFailed("timeout"))
-    assert PlayFile(U, "/sounds/sorry.wav", "sendmsg") in acts and not any(isinstance(a, HangupCall) for a in acts)
-    assert HangupCall(U) in s.handle(em.PlaybackStopped(U, None, "/sounds/sorry.wav", "done", 900))
+    # The hangup is queued on the switch behind the prompt (event-lock), so it happens after
+    # the prompt even if its PLAYBACK_STOP is never seen (issue 6).
+    kinds = [type(a).__name__ for a in acts]
+    assert PlayFile(U, "/sounds/sorry.wav", "sendmsg") in acts and "HangupCall" not in kinds
+    assert kinds.index("PlayFile") + 1 == kinds.index("QueueHangup")
+    assert not any(isinstance(a, HangupCall) for a in s.handle(em.PlaybackStopped(U, None, "/sounds/sorry.wav", "done", 900)))
 
 
 def test_connector_drop_reconnects_once_with_the_same_context_then_falls_back():
