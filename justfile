@@ -48,6 +48,10 @@ check config=config: bootstrap
 render config=config out="build/fs-conf": bootstrap
     {{py}} -m fs_dialplan render --config {{config}} --out {{out}}
 
+# Write the config's JSON Schema (YAML language servers complete and check the config with it); the committed copy is config/voicefork.schema.json.
+schema out="build/voicefork.schema.json": bootstrap
+    {{py}} -m fs_dialplan schema --out {{out}}
+
 # Benchmarks that print numbers: the resampler against soxr, and rendering 10,000 routes.
 bench: bootstrap
     {{py}} -m testbed.bench_resample

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fs_dialplan.spec import SIP_TARGET
+
 from .errors import LocalUsageError
 
 __all__ = [
@@ -77,9 +79,8 @@ _LANGUAGE_RE = re.compile(r"[A-Za-z]{2,8}(?:-[A-Za-z0-9]{1,8}){0,7}")
 _DIGIT_RE = re.compile(r"[0-9*#A-D]")
 _DIGITS_RE = re.compile(r"[0-9*#A-D]{1,%d}" % MAX_DTMF_DIGITS)
 _EXTENSION_RE = re.compile(r"[0-9A-Za-z*#+_.-]{1,64}")
-# A SIP URI as FreeSWITCH can take it in one token: ASCII, no whitespace, quotes, backslash,
-# angle brackets, braces, brackets, commas or pipes (dial-string syntax), and no "${" (below).
-_SIP_URI_RE = re.compile(r"(?i:sips?):[A-Za-z0-9\-_.!~*()&=+$;?/:@%#]+")
+# A SIP URI the fork server can bridge to inline (fs_dialplan.spec.SIP_TARGET: user@host[:port]).
+_SIP_URI_RE = re.compile(SIP_TARGET)
 
 
 # --------------------------------------------------------------------------- events

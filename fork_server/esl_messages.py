@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import unquote
 
+from fs_dialplan.spec import SIP_TARGET
+
 from .errors import EslCommandError, LocalUsageError
 from .spool import valid_uuid
 
@@ -49,7 +51,7 @@ _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _DIGITS = re.compile(r"^[0-9*#A-Da-d]{1,32}$")
 _CAUSE = re.compile(r"^[A-Z_]{1,64}$")
 _EXTENSION = re.compile(r"^[0-9A-Za-z*#+_.-]{1,64}$")
-_SIP = re.compile(r"^sips?:[A-Za-z0-9_.!~*'()&=+$,;?/%@:-]{1,250}$")
+_SIP = re.compile(SIP_TARGET)
 _MAX_FIELD = 256
 _MAX_BODY = 64 * 1024
 
@@ -91,8 +93,17 @@ def uuid_kill(uuid: str, cause: str | None = None) -> str:
     return f"uuid_kill {_uuid(uuid)} {cause}"
 
 
+SIP_PROFILE = "external"  # the profile that carries calls out (and the rendered trunk gateways)
+
+
 def uuid_transfer(uuid: str, target: str, dialplan: str = "XML", context: str = "default") -> str:
-    if not (_EXTENSION.match(target) or (_SIP.match(target) and "${" not in target)):
+    """An extension goes to ``<target> XML default`` (seen on a real 1.10.12: with no context
+    uuid_transfer uses default, not the call's own). ``uuid_transfer`` looks an extension up in
+    a dialplan, so a SIP URI is bridged with an inline dialplan instead (checked there: the
+    switch originates sofia/external/<uri>)."""
+    if _SIP.fullmatch(target):
+        return f"uuid_transfer {_uuid(uuid)} bridge:sofia/{SIP_PROFILE}/{target} inline"
+    if not _EXTENSION.match(target):
         raise LocalUsageError(f"transfer target {target!r} is neither an extension nor a sip: URI")
     return f"uuid_transfer {_uuid(uuid)} {target} {_token(dialplan, 'dialplan')} {_token(context, 'context')}"
 

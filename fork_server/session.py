@@ -843,7 +843,16 @@ class CallSession:
         return [SendToConnector(cp.dtmf(ev.digit, ev.duration_ms))]
 
     def _on_execute_complete(self, ev: em.ExecuteComplete) -> list[Any]:
-        return []
+        """A playback that never started: a missing file gets no PLAYBACK_START/STOP, only this
+        with "FILE NOT FOUND" (seen on a real 1.10.12). Without it the queue would wait for
+        the file forever: its marks, a hangup after playback, the fallback's hangup."""
+        if ev.application != "playback" or ev.response == "FILE PLAYED":
+            return []
+        i = self._find(ev.data)
+        if i is None or self._queue[i].started:
+            return []
+        self._count("playback_failed")
+        return self._on_playback_stopped(em.PlaybackStopped(ev.uuid, ev.route, ev.data, "error", 0))
 
     def _on_fork_event(self, ev: em.ForkEvent) -> list[Any]:
         if ev.name == "play_audio":

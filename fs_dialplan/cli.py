@@ -1,4 +1,5 @@
-"""``python -m fs_dialplan check|render``: validate a config; render FreeSWITCH's XML from it.
+"""``python -m fs_dialplan check|render|schema``: validate a config; render FreeSWITCH's XML
+from it; write the config's JSON Schema.
 
 ``check`` validates the config AND renders it in memory (every file parsed back and
 verified) without writing anything. ``render`` writes the tree. Secrets come from the
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     rend = sub.add_parser("render", help="write the FreeSWITCH conf tree")
     rend.add_argument("--config", default="config/voicefork.yaml")
     rend.add_argument("--out", default="build/fs-conf")
+    sch = sub.add_parser("schema", help="write the config's JSON Schema (for editors with a YAML language server)")
+    sch.add_argument("--out", default="-", help="file to write, - for stdout")
     args = parser.parse_args(argv)
+    if args.command == "schema":
+        return _schema(args.out)
     t0 = time.perf_counter()
     try:
         config = load_config(args.config)
@@ -59,12 +64,32 @@ def main(argv: list[str] | None = None) -> int:
         match = r.number or f"/{r.pattern}/"
         print(f"{args.config}:{r.line}: route {r.name}: {match} -> connector {r.connector} "
               f"({r.rate // 1000}k, {r.language}, fallback {r.fallback.action}) at {config.fork_server.fork_url(r.name)}")
+    for t in config.trunks:
+        print(f"{args.config}:{t.line}: trunk {t.name}: {t.proxy} ({t.transport}{', registers' if t.register else ''}), "
+              f"{len(t.acl_cidrs)} signalling CIDRs in ACL voicefork_trunks")
     ms = (time.perf_counter() - t0) * 1000
     if args.command == "render":
         for path in write_tree(files, args.out):
             print(f"wrote {path}")
         print(f"{args.config}: rendered {len(files)} files for {len(config.routes)} routes into {args.out} in {ms:.0f} ms")
     else:
-        print(f"{args.config}: OK, {len(config.routes)} routes, {len(config.connectors)} connectors; "
+        print(f"{args.config}: OK, {len(config.routes)} routes, {len(config.connectors)} connectors, "
+              f"{len(config.trunks)} trunk{'s' if len(config.trunks) != 1 else ''}; "
               f"{len(files)} files render and verify ({ms:.0f} ms)")
+    return 0
+
+
+def _schema(out: str) -> int:
+    from pathlib import Path
+
+    from .schema import schema_text
+
+    text = schema_text()
+    if out == "-":
+        sys.stdout.write(text)
+        return 0
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
     return 0

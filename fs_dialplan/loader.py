@@ -1,19 +1,25 @@
 """YAML → validated, frozen :class:`Config`, with every error naming file, line and key path.
 
-The YAML is read with ``yaml.compose`` so each value keeps its line mark (cfgv-style
-context: ``routes[2].number``). All errors are collected and raised together.
+The YAML is read with ``yaml.compose`` (libyaml's ``CSafeLoader`` when available: the same
+nodes and line marks, about 10x faster) so each value keeps its line mark (cfgv-style
+context: ``routes[2].number``). All errors are collected and raised together. Allowed keys,
+patterns, ranges and enums come from :mod:`fs_dialplan.spec`, which the JSON Schema is
+generated from too.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import ipaddress
 import re
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import yaml
 
+from . import spec
 from .errors import ConfigError, ConfigIssue
 from .model import (
     BasicAuth,
@@ -24,15 +30,25 @@ from .model import (
     FreeswitchSettings,
     PlaybackSettings,
     Route,
+    Trunk,
 )
 
 __all__ = ["load_config", "parse_config"]
 
-E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-LANG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+E164 = re.compile(spec.E164)
+ROUTE_NAME = re.compile(spec.NAME)
+ENV_NAME = re.compile(spec.ENV_NAME)
+LANG = re.compile(spec.LANG)
+_UNSAFE = re.compile(spec.UNSAFE_CHARS + r"|[\ud800-\udfff]")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)?")
+_CAPTURE_REF = re.compile(r"\$[0-9]")  # FreeSWITCH replaces $1.. in action data with regex captures
+
+
+@functools.lru_cache(maxsize=None)
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 class _Ctx:
@@ -49,10 +65,7 @@ class _Ctx:
         self.warnings.append(ConfigIssue(self.file, node.start_mark.line + 1, path, "warning: " + message))
 
 
-_MISSING = object()
-
-
-def _mapping(ctx: _Ctx, node: yaml.Node, path: str, allowed: set[str]) -> dict[str, yaml.Node]:
+def _mapping(ctx: _Ctx, node: yaml.Node, path: str, allowed: Iterable[str]) -> dict[str, yaml.Node]:
     if not isinstance(node, yaml.MappingNode):
         ctx.error(node, path, f"expected a mapping, got {_kind(node)}")
         return {}
@@ -100,6 +113,12 @@ def _str(ctx: _Ctx, node: yaml.Node, path: str, pattern: re.Pattern[str] | None 
     return value
 
 
+def _key_str(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | None:
+    """A string key checked by its spec pattern (or enum) with the spec's wording."""
+    pattern = key.pattern or (spec.enum_pattern(key.enum) if key.enum else None)
+    return _str(ctx, node, path, _rx(pattern) if pattern else None, key.expected or "a string")
+
+
 def _int(ctx: _Ctx, node: yaml.Node, path: str, lo: int, hi: int) -> int | None:
     value = _scalar(ctx, node, path, f"an integer {lo}..{hi}")
     try:
@@ -113,11 +132,19 @@ def _int(ctx: _Ctx, node: yaml.Node, path: str, lo: int, hi: int) -> int | None:
     return n
 
 
+def _key_int(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> int | None:
+    n = _int(ctx, node, path, int(key.lo), int(key.hi))  # type: ignore[arg-type]
+    if n is not None and key.step and n % key.step:
+        ctx.error(node, path, f"expected a multiple of the {key.step} ms ptime, got {n}")
+        return None
+    return n
+
+
 def _seconds(ctx: _Ctx, node: yaml.Node, path: str, lo: float, hi: float) -> float | None:
     value = _scalar(ctx, node, path, "a duration in seconds")
     if value is None:
         return None
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m)?", value.strip())
+    m = _DURATION.fullmatch(value.strip())
     if not m:
         ctx.error(node, path, f'expected a duration like 2s, 500ms or 30m, got "{value}"')
         return None
@@ -128,13 +155,17 @@ def _seconds(ctx: _Ctx, node: yaml.Node, path: str, lo: float, hi: float) -> flo
     return n
 
 
+def _key_seconds(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> float | None:
+    return _seconds(ctx, node, path, key.lo, key.hi)  # type: ignore[arg-type]
+
+
 def _bool(ctx: _Ctx, node: yaml.Node, path: str) -> bool | None:
     value = _scalar(ctx, node, path, "true or false")
     if value is None:
         return None
-    if value.lower() in ("true", "yes", "on"):
+    if value.lower() in spec.TRUE_WORDS:
         return True
-    if value.lower() in ("false", "no", "off"):
+    if value.lower() in spec.FALSE_WORDS:
         return False
     ctx.error(node, path, f'expected true or false, got "{value}"')
     return None
@@ -142,10 +173,9 @@ def _bool(ctx: _Ctx, node: yaml.Node, path: str) -> bool | None:
 
 def _rate(ctx: _Ctx, node: yaml.Node, path: str) -> int | None:
     value = _scalar(ctx, node, path, "8k or 16k")
-    rates = {"8k": 8000, "8000": 8000, "16k": 16000, "16000": 16000}
-    if value is not None and value not in rates:
+    if value is not None and value not in spec.RATES:
         ctx.error(node, path, f'expected 8k or 16k, got "{value}"')
-    return rates.get(value) if value is not None else None
+    return spec.RATES.get(value) if value is not None else None
 
 
 def _ws_url(ctx: _Ctx, node: yaml.Node, path: str, *, allow_path: bool) -> str | None:
@@ -159,6 +189,9 @@ def _ws_url(ctx: _Ctx, node: yaml.Node, path: str, *, allow_path: bool) -> str |
         return None
     if not allow_path and (parts.path not in ("", "/") or parts.query or parts.fragment):
         ctx.error(node, path, f'expected ws(s)://host:port with no path (voicefork adds /calls/<route>), got "{value}"')
+        return None
+    if not allow_path and "$" in value:  # it lands in the fork action's data
+        ctx.error(node, path, f'must not contain "$" (FreeSWITCH substitutes $1.. in dialplan actions), got "{value}"')
         return None
     return value
 
@@ -181,59 +214,62 @@ def _opt(fields: dict[str, yaml.Node], key: str, parse: Callable[[yaml.Node], An
 def parse_config(text: str, file: str = "<config>") -> Config:
     ctx = _Ctx(file)
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError([ConfigIssue(file, line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
     if root is None:
         raise ConfigError([ConfigIssue(file, 1, "", "the file is empty")])
-    top = _mapping(ctx, root, "", {"freeswitch", "fork_server", "connectors", "defaults", "routes", "trunks", "playback"})
+    top = _mapping(ctx, root, "", spec.TOP)
 
+    F = spec.FREESWITCH
     fs_node = _required(ctx, root, top, "freeswitch", "")
-    fs = _mapping(ctx, fs_node, "freeswitch", {"esl_host", "esl_port", "esl_password_env", "esl_listen_ip", "esl_acl", "temp_dir"}) if fs_node else {}
+    fs = _mapping(ctx, fs_node, "freeswitch", F) if fs_node else {}
     pw_node = _required(ctx, fs_node, fs, "esl_password_env", "freeswitch") if fs_node else None
-    env_expect = "an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself)"
     freeswitch = FreeswitchSettings(
-        esl_password_env=(_str(ctx, pw_node, "freeswitch.esl_password_env", ENV_NAME, env_expect) if pw_node else None) or "",
+        esl_password_env=(_key_str(ctx, pw_node, "freeswitch.esl_password_env", F["esl_password_env"]) if pw_node else None) or "",
         esl_host=_opt(fs, "esl_host", lambda n: _str(ctx, n, "freeswitch.esl_host"), "127.0.0.1"),
-        esl_port=_opt(fs, "esl_port", lambda n: _int(ctx, n, "freeswitch.esl_port", 1, 65535), 8021),
-        esl_listen_ip=_opt(fs, "esl_listen_ip", lambda n: _str(ctx, n, "freeswitch.esl_listen_ip"), "127.0.0.1"),
-        esl_acl=_opt(fs, "esl_acl", lambda n: _str(ctx, n, "freeswitch.esl_acl"), "loopback.auto"),
+        esl_port=_opt(fs, "esl_port", lambda n: _key_int(ctx, n, "freeswitch.esl_port", F["esl_port"]), 8021),
+        esl_listen_ip=_opt(fs, "esl_listen_ip", lambda n: _ip(ctx, n, "freeswitch.esl_listen_ip", F["esl_listen_ip"]), "127.0.0.1"),
+        esl_acl=_opt(fs, "esl_acl", lambda n: _key_str(ctx, n, "freeswitch.esl_acl", F["esl_acl"]), "loopback.auto"),
         temp_dir=_opt(fs, "temp_dir", lambda n: _str(ctx, n, "freeswitch.temp_dir"), "/tmp"),
     )
 
+    S = spec.FORK_SERVER
     fsv_node = _required(ctx, root, top, "fork_server", "")
-    fsv = _mapping(ctx, fsv_node, "fork_server", {"public_url", "listen_host", "listen_port", "auth", "max_metadata_bytes", "drain_timeout"}) if fsv_node else {}
+    fsv = _mapping(ctx, fsv_node, "fork_server", S) if fsv_node else {}
     url_node = _required(ctx, fsv_node, fsv, "public_url", "fork_server") if fsv_node else None
     auth: BasicAuth | None = None
     auth_node = fsv.get("auth")
     if auth_node is None and fsv_node is not None:
         ctx.error(fsv_node, "fork_server.auth", "required key is missing (the media socket needs auth; write `auth: none` to disable it)")
-    elif isinstance(auth_node, yaml.ScalarNode) and auth_node.value == "none":
+    elif isinstance(auth_node, yaml.ScalarNode) and auth_node.value == S["auth"].literal:
         auth = None
     elif auth_node is not None:
-        a = _mapping(ctx, auth_node, "fork_server.auth", {"username", "password_env"})
+        A = spec.AUTH
+        a = _mapping(ctx, auth_node, "fork_server.auth", A)
         user = _required(ctx, auth_node, a, "username", "fork_server.auth")
         pwe = _required(ctx, auth_node, a, "password_env", "fork_server.auth")
-        u = _str(ctx, user, "fork_server.auth.username", re.compile(r"^[A-Za-z0-9_.-]{1,64}$"), "a user name of letters, digits, _ . -") if user else None
-        p = _str(ctx, pwe, "fork_server.auth.password_env", ENV_NAME, env_expect) if pwe else None
+        u = _key_str(ctx, user, "fork_server.auth.username", A["username"]) if user else None
+        p = _key_str(ctx, pwe, "fork_server.auth.password_env", A["password_env"]) if pwe else None
         auth = BasicAuth(u or "", p or "")
     fork_server = ForkServerSettings(
         public_url=(_ws_url(ctx, url_node, "fork_server.public_url", allow_path=False) if url_node else None) or "",
         auth=auth,
         listen_host=_opt(fsv, "listen_host", lambda n: _str(ctx, n, "fork_server.listen_host"), "127.0.0.1"),
-        listen_port=_opt(fsv, "listen_port", lambda n: _int(ctx, n, "fork_server.listen_port", 0, 65535), 8099),
-        max_metadata_bytes=_opt(fsv, "max_metadata_bytes", lambda n: _int(ctx, n, "fork_server.max_metadata_bytes", 256, 65536), 4096),
-        drain_timeout_s=_opt(fsv, "drain_timeout", lambda n: _seconds(ctx, n, "fork_server.drain_timeout", 0, 3600), 30.0),
+        listen_port=_opt(fsv, "listen_port", lambda n: _key_int(ctx, n, "fork_server.listen_port", S["listen_port"]), 8099),
+        max_metadata_bytes=_opt(fsv, "max_metadata_bytes", lambda n: _key_int(ctx, n, "fork_server.max_metadata_bytes", S["max_metadata_bytes"]), 4096),
+        drain_timeout_s=_opt(fsv, "drain_timeout", lambda n: _key_seconds(ctx, n, "fork_server.drain_timeout", S["drain_timeout"]), 30.0),
     )
 
     connectors: dict[str, Connector] = {}
     con_node = _required(ctx, root, top, "connectors", "")
     if con_node is not None:
+        C = spec.CONNECTOR
         for name, node in _mapping(ctx, con_node, "connectors", _AnyKey()).items():
             path = f"connectors.{name}"
-            c = _mapping(ctx, node, path, {"url", "headers", "token_env", "connect_timeout", "ping_interval", "reconnect_attempts", "send_queue"})
+            c = _mapping(ctx, node, path, C)
             url = _required(ctx, node, c, "url", path)
             headers: dict[str, str] = {}
             if "headers" in c:
@@ -245,11 +281,11 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 name=name,
                 url=(_ws_url(ctx, url, f"{path}.url", allow_path=True) if url else None) or "",
                 headers=MappingProxyType(headers),
-                token_env=_opt(c, "token_env", lambda n: _str(ctx, n, f"{path}.token_env", ENV_NAME, env_expect), None),
-                connect_timeout_s=_opt(c, "connect_timeout", lambda n: _seconds(ctx, n, f"{path}.connect_timeout", 0.05, 60), 2.0),
-                ping_interval_s=_opt(c, "ping_interval", lambda n: _seconds(ctx, n, f"{path}.ping_interval", 1, 300), 10.0),
-                reconnect_attempts=_opt(c, "reconnect_attempts", lambda n: _int(ctx, n, f"{path}.reconnect_attempts", 0, 10), 1),
-                send_queue_ms=_opt(c, "send_queue", lambda n: (lambda s: int(s * 1000) if s is not None else None)(_seconds(ctx, n, f"{path}.send_queue", 0.1, 30)), 2000),
+                token_env=_opt(c, "token_env", lambda n: _key_str(ctx, n, f"{path}.token_env", C["token_env"]), None),
+                connect_timeout_s=_opt(c, "connect_timeout", lambda n: _key_seconds(ctx, n, f"{path}.connect_timeout", C["connect_timeout"]), 2.0),
+                ping_interval_s=_opt(c, "ping_interval", lambda n: _key_seconds(ctx, n, f"{path}.ping_interval", C["ping_interval"]), 10.0),
+                reconnect_attempts=_opt(c, "reconnect_attempts", lambda n: _key_int(ctx, n, f"{path}.reconnect_attempts", C["reconnect_attempts"]), 1),
+                send_queue_ms=_opt(c, "send_queue", lambda n: (lambda s: int(s * 1000) if s is not None else None)(_key_seconds(ctx, n, f"{path}.send_queue", C["send_queue"])), 2000),
             )
 
     defaults_node = top.get("defaults")
@@ -258,6 +294,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     routes: list[Route] = []
     numbers: dict[str, tuple[str, yaml.Node]] = {}
     names: set[str] = set()
+    compiled: list[tuple[str, str, re.Pattern[str]]] = []
     routes_node = _required(ctx, root, top, "routes", "")
     if routes_node is not None and not isinstance(routes_node, yaml.SequenceNode):
         ctx.error(routes_node, "routes", f"expected a list of routes, got {_kind(routes_node)}")
@@ -265,9 +302,11 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         for i, node in enumerate(routes_node.value):
             path = f"routes[{i}]"
             fields = _route_fields(ctx, node, path, connectors, is_route=True)
-            merged = {**defaults, **{k: v for k, v in fields.items() if v is not None or k == "connector"}}
+            # A route's own value wins, also an explicit "greeting: none" over a default greeting.
+            # (An invalid value is None here too, but then the config fails anyway.)
+            merged = {**defaults, **fields}
             name = merged.get("name")
-            if name in names:
+            if name is not None and name in names:  # an invalid name is reported already
                 ctx.error(node, f"{path}.name", f'duplicate route name "{name}"')
             names.add(name)
             number = merged.get("number")
@@ -279,6 +318,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 ctx.error(node, f"{path}.connector", "required key is missing (no default connector either)")
             if name is None or not merged.get("connector") or (number is None and merged.get("pattern") is None):
                 continue
+            if "_compiled" in fields:
+                compiled.append((name, merged["pattern"], fields["_compiled"]))
             routes.append(
                 Route(
                     name=name,
@@ -295,30 +336,30 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                     line=node.start_mark.line + 1,
                 )
             )
-        for r in routes:  # an exact number that a regex route also matches: which wins is order-dependent
-            if r.pattern is None:
-                continue
+        # An exact number that a regex route also matches: which wins is order-dependent.
+        # O(patterns x numbers), each pattern compiled once (when it was validated).
+        for rname, pattern, rx in compiled:
             for number, (other, node) in numbers.items():
-                if other != r.name and re.search(r.pattern, number):
-                    ctx.warn(node, f"route {other}", f'number {number} is also matched by route "{r.name}" pattern {r.pattern!r}')
+                if other != rname and rx.search(number):
+                    ctx.warn(node, f"route {other}", f'number {number} is also matched by route "{rname}" pattern {pattern!r}')
 
+    trunks = _trunks(ctx, top["trunks"]) if "trunks" in top else ()
+
+    P = spec.PLAYBACK
     pb_node = _required(ctx, root, top, "playback", "")
-    pb = _mapping(ctx, pb_node, "playback", {"spool_dir", "freeswitch_spool_dir", "command", "transport", "first_segment_ms", "segment_ms", "lead_ms", "max_spool_bytes_per_call"}) if pb_node else {}
+    pb = _mapping(ctx, pb_node, "playback", P) if pb_node else {}
     spool = _required(ctx, pb_node, pb, "spool_dir", "playback") if pb_node else None
     fspool = _required(ctx, pb_node, pb, "freeswitch_spool_dir", "playback") if pb_node else None
-    abs_path = re.compile(r"^/[A-Za-z0-9_./-]*$")
     playback = PlaybackSettings(
         spool_dir=(_str(ctx, spool, "playback.spool_dir") if spool else None) or "",
-        freeswitch_spool_dir=(_str(ctx, fspool, "playback.freeswitch_spool_dir", abs_path, "an absolute path without spaces") if fspool else None) or "",
-        command=_opt(pb, "command", lambda n: _str(ctx, n, "playback.command", re.compile(r"^(sendmsg|uuid_broadcast)$"), "sendmsg or uuid_broadcast"), "sendmsg"),
-        transport=_opt(pb, "transport", lambda n: _str(ctx, n, "playback.transport", re.compile(r"^(file|inband)$"), "file or inband"), "file"),
-        first_segment_ms=_opt(pb, "first_segment_ms", lambda n: _ptime_multiple(ctx, n, "playback.first_segment_ms", 40, 120), 80),
-        segment_ms=_opt(pb, "segment_ms", lambda n: _ptime_multiple(ctx, n, "playback.segment_ms", 40, 5000), 400),
-        lead_ms=_opt(pb, "lead_ms", lambda n: _ptime_multiple(ctx, n, "playback.lead_ms", 20, 1000), 100),
-        max_spool_bytes_per_call=_opt(pb, "max_spool_bytes_per_call", lambda n: _int(ctx, n, "playback.max_spool_bytes_per_call", 64 << 10, 1 << 30), 8 << 20),
+        freeswitch_spool_dir=(_key_str(ctx, fspool, "playback.freeswitch_spool_dir", P["freeswitch_spool_dir"]) if fspool else None) or "",
+        command=_opt(pb, "command", lambda n: _key_str(ctx, n, "playback.command", P["command"]), "sendmsg"),
+        transport=_opt(pb, "transport", lambda n: _key_str(ctx, n, "playback.transport", P["transport"]), "file"),
+        first_segment_ms=_opt(pb, "first_segment_ms", lambda n: _key_int(ctx, n, "playback.first_segment_ms", P["first_segment_ms"]), 80),
+        segment_ms=_opt(pb, "segment_ms", lambda n: _key_int(ctx, n, "playback.segment_ms", P["segment_ms"]), 400),
+        lead_ms=_opt(pb, "lead_ms", lambda n: _key_int(ctx, n, "playback.lead_ms", P["lead_ms"]), 100),
+        max_spool_bytes_per_call=_opt(pb, "max_spool_bytes_per_call", lambda n: _key_int(ctx, n, "playback.max_spool_bytes_per_call", P["max_spool_bytes_per_call"]), 8 << 20),
     )
-    if "trunks" in top:
-        ctx.error(top["trunks"], "trunks", "trunks are not supported by this version yet")
 
     if ctx.issues:
         raise ConfigError(sorted(ctx.issues, key=lambda i: i.line))
@@ -329,6 +370,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         connectors=MappingProxyType(connectors),
         routes=tuple(routes),
         playback=playback,
+        trunks=trunks,
         warnings=tuple(ctx.warnings),
     )
 
@@ -340,32 +382,22 @@ class _AnyKey(set):
         return True
 
 
-def _ptime_multiple(ctx: _Ctx, node: yaml.Node, path: str, lo: int, hi: int) -> int | None:
-    n = _int(ctx, node, path, lo, hi)
-    if n is not None and n % 20:
-        ctx.error(node, path, f"expected a multiple of the 20 ms ptime, got {n}")
-        return None
-    return n
-
-
 def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, Connector], *, is_route: bool = False) -> dict[str, Any]:
-    keys = {"connector", "rate", "language", "greeting", "max_duration", "fallback", "recording"}
-    if is_route:
-        keys |= {"name", "number", "pattern", "metadata"}
-    f = _mapping(ctx, node, path, keys)
+    R = spec.ROUTE
+    f = _mapping(ctx, node, path, R if is_route else spec.ROUTE_DEFAULTS)
     out: dict[str, Any] = {}
     if is_route:
         name = _required(ctx, node, f, "name", path)
-        out["name"] = _str(ctx, name, f"{path}.name", ROUTE_NAME, "a route name of a-z, 0-9, _ and - (it goes into the URL)") if name else None
+        out["name"] = _key_str(ctx, name, f"{path}.name", R["name"]) if name else None
         if ("number" in f) == ("pattern" in f):
             ctx.error(node, path, "expected exactly one of number (E.164) or pattern (regex)")
         if "number" in f:
-            out["number"] = _str(ctx, f["number"], f"{path}.number", E164, "E.164 like +15551234567")
+            out["number"] = _key_str(ctx, f["number"], f"{path}.number", R["number"])
         if "pattern" in f:
-            pat = _str(ctx, f["pattern"], f"{path}.pattern", expected="a regular expression")
+            pat = _key_str(ctx, f["pattern"], f"{path}.pattern", R["pattern"])
             if pat is not None:
                 try:
-                    re.compile(pat)
+                    out["_compiled"] = re.compile(pat)
                     out["pattern"] = pat
                 except re.error as exc:
                     ctx.error(f["pattern"], f"{path}.pattern", f"invalid regular expression: {exc}")
@@ -384,20 +416,22 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
     if "rate" in f:
         out["rate"] = _rate(ctx, f["rate"], f"{path}.rate")
     if "language" in f:
-        out["language"] = _str(ctx, f["language"], f"{path}.language", LANG, "a BCP-47 language tag like en-US")
+        out["language"] = _key_str(ctx, f["language"], f"{path}.language", R["language"])
     if "greeting" in f:
         g = f["greeting"]
-        out["greeting"] = None if g.value in ("none", "null", "") else _str(ctx, g, f"{path}.greeting", re.compile(r"^/[A-Za-z0-9_./-]+$"), "none or an absolute file path without spaces")
+        none = isinstance(g, yaml.ScalarNode) and (g.value in R["greeting"].none_words or g.tag == "tag:yaml.org,2002:null")
+        out["greeting"] = None if none else _key_str(ctx, g, f"{path}.greeting", R["greeting"])
     if "max_duration" in f:
-        d = _seconds(ctx, f["max_duration"], f"{path}.max_duration", 1, 86400)
+        d = _key_seconds(ctx, f["max_duration"], f"{path}.max_duration", R["max_duration"])
         out["max_duration"] = int(d) if d is not None else None
     if "recording" in f:
         out["recording"] = _bool(ctx, f["recording"], f"{path}.recording")
     if "fallback" in f:
-        fb = _mapping(ctx, f["fallback"], f"{path}.fallback", {"action", "file", "target"})
-        action = _str(ctx, fb["action"], f"{path}.fallback.action", re.compile(r"^(hangup|play|transfer)$"), "hangup, play or transfer") if "action" in fb else None
-        file = _str(ctx, fb["file"], f"{path}.fallback.file", re.compile(r"^/[A-Za-z0-9_./-]+$"), "an absolute file path without spaces") if "file" in fb else None
-        target = _str(ctx, fb["target"], f"{path}.fallback.target", re.compile(r"^([0-9A-Za-z*#+_.-]{1,64}|sips?:[^\s'\"\\]{1,250})$"), "an extension or a sip: URI") if "target" in fb else None
+        FB = spec.FALLBACK
+        fb = _mapping(ctx, f["fallback"], f"{path}.fallback", FB)
+        action = _key_str(ctx, fb["action"], f"{path}.fallback.action", FB["action"]) if "action" in fb else None
+        file = _key_str(ctx, fb["file"], f"{path}.fallback.file", FB["file"]) if "file" in fb else None
+        target = _key_str(ctx, fb["target"], f"{path}.fallback.target", FB["target"]) if "target" in fb else None
         if action == "play" and not file:
             ctx.error(f["fallback"], f"{path}.fallback.file", "required when action is play")
         if action == "transfer" and not target:
@@ -405,6 +439,109 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
         if action:
             out["fallback"] = Fallback(action, file, target)
     return out
+
+
+def _host_port(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | None:
+    value = _key_str(ctx, node, path, key)
+    if value is None:
+        return None
+    if value.startswith("["):  # [IPv6]:port; the pattern allows no other colons outside brackets
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            ctx.error(node, path, f'expected an IPv6 address in brackets, got "{value}"')
+            return None
+    else:
+        host, _, port = value.partition(":")
+    if port and not 1 <= int(port) <= 65535:
+        ctx.error(node, path, f'expected a port 1..65535, got "{value}"')
+        return None
+    return value
+
+
+def _ip(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | None:
+    value = _key_str(ctx, node, path, key)
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        ctx.error(node, path, f'expected {key.expected}, got "{value}"')
+        return None
+    return value
+
+
+def _cidr(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | None:
+    value = _scalar(ctx, node, path, key.expected or "a CIDR")
+    if value is None:
+        return None
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        ctx.error(node, path, f'expected {key.expected}, got "{value}" ({exc})')
+        return None
+    if net.prefixlen == 0:
+        ctx.error(node, path, f'"{value}" would allow every address; list the carrier\'s signalling ranges')
+        return None
+    return str(net)
+
+
+def _trunks(ctx: _Ctx, node: yaml.Node) -> tuple[Trunk, ...]:
+    """``trunks:`` → gateways and the ACL of their signalling CIDRs (FreeSWITCH sofia.c
+    parse_gateways: a registering gateway without username or password is skipped)."""
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.error(node, "trunks", f"expected a list of trunks, got {_kind(node)}")
+        return ()
+    T = spec.TRUNK
+    trunks: list[Trunk] = []
+    seen: set[str] = set()
+    for i, tnode in enumerate(node.value):
+        path = f"trunks[{i}]"
+        f = _mapping(ctx, tnode, path, T)
+        if not f and not isinstance(tnode, yaml.MappingNode):
+            continue
+        name_node = _required(ctx, tnode, f, "name", path)
+        name = _key_str(ctx, name_node, f"{path}.name", T["name"]) if name_node else None
+        if name is not None and name in seen:
+            ctx.error(name_node, f"{path}.name", f'duplicate trunk name "{name}"')
+        seen.add(name or "")
+        proxy_node = _required(ctx, tnode, f, "proxy", path)
+        proxy = _host_port(ctx, proxy_node, f"{path}.proxy", T["proxy"]) if proxy_node else None
+        realm = _opt(f, "realm", lambda n: _key_str(ctx, n, f"{path}.realm", T["realm"]), None)
+        username = _opt(f, "username", lambda n: _key_str(ctx, n, f"{path}.username", T["username"]), None)
+        password_env = _opt(f, "password_env", lambda n: _key_str(ctx, n, f"{path}.password_env", T["password_env"]), None)
+        register = _opt(f, "register", lambda n: _bool(ctx, n, f"{path}.register"), False)
+        transport = _opt(f, "transport", lambda n: _key_str(ctx, n, f"{path}.transport", T["transport"]), "udp")
+        caller_id = _opt(f, "caller_id_number", lambda n: _key_str(ctx, n, f"{path}.caller_id_number", T["caller_id_number"]), None)
+        if "username" in f and "password_env" not in f:
+            ctx.error(tnode, f"{path}.password_env", "required with username (digest credentials need the password)")
+        if "password_env" in f and "username" not in f:
+            ctx.error(tnode, f"{path}.username", "required with password_env (digest credentials need the user)")
+        if register and not ("username" in f and "password_env" in f):
+            ctx.error(f["register"], f"{path}.register", "register: true needs username and password_env (FreeSWITCH skips the gateway otherwise)")
+        cidrs: list[str] = []
+        cidr_node = _required(ctx, tnode, f, "acl_cidrs", path)
+        if cidr_node is not None and not isinstance(cidr_node, yaml.SequenceNode):
+            ctx.error(cidr_node, f"{path}.acl_cidrs", f"expected a list of CIDRs like 54.172.60.0/30, got {_kind(cidr_node)}")
+        elif cidr_node is not None:
+            if not cidr_node.value:
+                ctx.error(cidr_node, f"{path}.acl_cidrs", "expected at least one CIDR (inbound calls from the trunk come from these)")
+            for j, item in enumerate(cidr_node.value):
+                cidr = _cidr(ctx, item, f"{path}.acl_cidrs[{j}]", T["acl_cidrs"].items)  # type: ignore[arg-type]
+                if cidr is not None and cidr in cidrs:
+                    ctx.error(item, f"{path}.acl_cidrs[{j}]", f'duplicate CIDR "{cidr}"')
+                elif cidr is not None:
+                    cidrs.append(cidr)
+        if name is None or proxy is None:
+            continue
+        trunks.append(Trunk(
+            name=name, proxy=proxy, realm=realm, username=username, password_env=password_env,
+            register=register, transport=transport, acl_cidrs=tuple(cidrs), caller_id_number=caller_id,
+            line=tnode.start_mark.line + 1,
+        ))
+    return tuple(trunks)
 
 
 def load_config(path: str) -> Config:

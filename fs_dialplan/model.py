@@ -95,11 +95,12 @@ class Trunk:
     proxy: str
     realm: str | None = None
     username: str | None = None
-    password_env: str | None = None
+    password_env: str | None = None  # the NAME of the env var; never a literal
     register: bool = False
-    transport: str = "udp"
-    acl_cidrs: tuple[str, ...] = ()
-    caller_id_number: str | None = None
+    transport: str = "udp"  # udp | tcp | tls
+    acl_cidrs: tuple[str, ...] = ()  # normalised by ipaddress (strict: no host bits)
+    caller_id_number: str | None = None  # E.164 From user on calls out; None: the channel's caller ID
+    line: int = 0  # YAML line of the trunk, for messages
 
 
 @dataclass(frozen=True, slots=True)

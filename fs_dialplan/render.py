@@ -2,36 +2,59 @@
 
 One Jinja environment with ``autoescape=True`` (``select_autoescape`` does not match
 ``*.xml.j2``) and ``StrictUndefined``. Every value that lands in the XML passes
-:func:`_safe` first: no ``${``/``$${`` (FreeSWITCH would expand them), no control
-characters, and for values that end up as application arguments split on spaces (REF "How
-arguments are parsed") no spaces or quotes either. Secrets are read from the environment
-here, at render time, and are checked the same way.
+:func:`_safe` first: no ``${``/``$${`` (FreeSWITCH would expand them), no ``$1``.. (the
+dialplan substitutes regex captures into action data), no control characters, and for values
+that end up as application arguments split on spaces (REF "How arguments are parsed") no
+spaces, quotes or backslashes either. Secrets are read from the environment here, at render
+time, and are checked the same way. Text in XML comments passes :func:`_comment_text`.
 
 The fork action is the form REF says works: ``fork_result=${uuid_audio_fork(${uuid} start
 <url> mono <8k|16k> <metadata>)}`` with compact JSON metadata holding only the route name and
 ``${uuid}``; caller-controlled values are never rendered (the fork server reads them over ESL).
+
+Trunks render as sofia gateways (``sip_profiles/external/<trunk>.xml``) and one ACL list
+``voicefork_trunks`` of their signalling CIDRs. REF is silent on SIP; the gateway params
+follow FreeSWITCH's sofia.c ``parse_gateways`` (source): ``register-transport`` also sets the
+transport of calls out, ``caller-id-in-from=false`` puts ``from-user`` in From, ``context`` and
+``extension=auto_to_user`` route calls that come in through a registration to the dialled
+number in ``public``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .errors import RenderError
-from .model import Config, Route
+from .model import Config, Route, Trunk
 
-__all__ = ["render", "write_tree", "fork_action_data", "DIALPLAN_FILE", "TEMPLATES"]
+__all__ = ["render", "write_tree", "verify", "fork_action_data", "gateway_params", "DIALPLAN_FILE", "ACL_FILE",
+           "ACL_LIST", "TRUNK_CONTEXT", "TEMPLATES"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DIALPLAN_FILE = "dialplan/public/50_voicefork.xml"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+ACL_FILE = "autoload_configs/acl.conf.xml"
+ESL_FILE = "autoload_configs/event_socket.conf.xml"
+MODULES_FILE = "autoload_configs/modules.conf.xml"
+ACL_LIST = "voicefork_trunks"
+TRUNK_CONTEXT = "public"  # where 50_voicefork.xml lives
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")  # and not XML 1.0 characters
 _ARG_UNSAFE = re.compile(r"[\s'\"\\]")
+_CAPTURE_REF = re.compile(r"\$[0-9]")
+_COMMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def _comment_text(value: object) -> str:
+    """Text for inside ``<!-- -->``: no ``--`` (ends a comment), no markup, no ``$${``."""
+    return re.sub(r"-{2,}", "-", _COMMENT_UNSAFE.sub("_", str(value)))
+
 
 _env = Environment(
     loader=FileSystemLoader(str(TEMPLATES)),
@@ -40,13 +63,16 @@ _env = Environment(
     keep_trailing_newline=True,
     trim_blocks=False,
 )
+_env.filters["comment"] = _comment_text
 
 
-def _safe(value: str, what: str, *, argument: bool = False) -> str:
+def _safe(value: str, what: str, *, argument: bool = False, expression: bool = False) -> str:
     if "${" in value or "$${" in value:
         raise RenderError(f"{what}: {value!r} contains '${{', which FreeSWITCH would expand")
     if _CONTROL.search(value):
         raise RenderError(f"{what}: control characters are not allowed")
+    if not expression and _CAPTURE_REF.search(value):
+        raise RenderError(f"{what}: {value!r} contains '$' and a digit, which the dialplan replaces with a regex capture")
     if argument and _ARG_UNSAFE.search(value):
         raise RenderError(f"{what}: {value!r} contains a space, quote or backslash, which FreeSWITCH's argument parser would split or eat")
     return value
@@ -75,97 +101,233 @@ def fork_action_data(config: Config, route: Route) -> str:
     return f"fork_result=${{uuid_audio_fork(${{uuid}} start {url} mono {rate_token(route.rate)} {fork_metadata(route)})}}"
 
 
-def _route_view(config: Config, r: Route) -> dict[str, object]:
+def route_expression(route: Route) -> str:
+    return f"^{re.escape(route.number)}$" if route.number else (route.pattern or "")
+
+
+class _RouteView(NamedTuple):  # attributes, not a dict: Jinja's r.name is a plain getattr then
+    name: str
+    expression: str
+    fork_url: str
+    rate: str
+    metadata: str
+    max_duration_s: int | None
+    greeting: str | None
+
+
+class _TrunkView(NamedTuple):
+    name: str
+    params: tuple[tuple[str, str], ...]
+    acl_cidrs: tuple[str, ...]
+
+
+def _route_view(config: Config, r: Route) -> _RouteView:
     where = f"routes[{r.name}]"
-    expression = f"^{re.escape(r.number)}$" if r.number else (r.pattern or "")
+    return _RouteView(
+        name=_safe(r.name, f"{where}.name", argument=True),
+        expression=_safe(route_expression(r), f"{where}.pattern", expression=True),
+        fork_url=_safe(config.fork_server.fork_url(r.name), f"{where} fork URL", argument=True),
+        rate=rate_token(r.rate),
+        metadata=fork_metadata(r),
+        max_duration_s=r.max_duration_s,
+        greeting=_safe(r.greeting, f"{where}.greeting", argument=True) if r.greeting else None,
+    )
+
+
+def gateway_params(t: Trunk, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The gateway's ``<param>``s in order, every value checked (the password from ``env``)."""
+    where = f"trunks[{t.name}]"
+    params = [("proxy", _safe(t.proxy, f"{where}.proxy", argument=True))]
+    if t.realm:
+        params.append(("realm", _safe(t.realm, f"{where}.realm", argument=True)))
+    if t.username:
+        params.append(("username", _safe(t.username, f"{where}.username", argument=True)))
+    if t.password_env:
+        params.append(("password", _secret(env, t.password_env, f"{where}.password_env")))
+    params += [
+        ("register", "true" if t.register else "false"),
+        ("register-transport", _safe(t.transport, f"{where}.transport", argument=True)),
+    ]
+    if t.caller_id_number:  # From: <sip:+1555...@proxy> on every call out
+        params += [("caller-id-in-from", "false"),
+                   ("from-user", _safe(t.caller_id_number, f"{where}.caller_id_number", argument=True))]
+    else:  # From carries the channel's caller ID
+        params.append(("caller-id-in-from", "true"))
+    params += [("context", TRUNK_CONTEXT), ("extension", "auto_to_user")]
+    return tuple(params)
+
+
+def _trunk_view(t: Trunk, env: Mapping[str, str]) -> _TrunkView:
+    where = f"trunks[{t.name}]"
+    return _TrunkView(
+        name=_safe(t.name, f"{where}.name", argument=True),
+        params=gateway_params(t, env),
+        acl_cidrs=tuple(_cidr(c, f"{where}.acl_cidrs") for c in t.acl_cidrs),
+    )
+
+
+def _cidr(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.ip_network(_safe(value, what, argument=True), strict=True))
+    except ValueError as e:
+        raise RenderError(f"{what}: {value!r} is not a CIDR ({e})") from None
+
+
+def gateway_file(name: str) -> str:
+    return f"sip_profiles/external/{name}.xml"
+
+
+def _auth(config: Config, env: Mapping[str, str]) -> dict[str, str] | None:
+    a = config.fork_server.auth
+    if a is None:
+        return None
     return {
-        "name": _safe(r.name, f"{where}.name", argument=True),
-        "expression": _safe(expression, f"{where}.pattern"),
-        "fork_url": _safe(config.fork_server.fork_url(r.name), f"{where} fork URL", argument=True),
-        "rate": rate_token(r.rate),
-        "metadata": fork_metadata(r),
-        "max_duration_s": r.max_duration_s,
-        "greeting": _safe(r.greeting, f"{where}.greeting", argument=True) if r.greeting else None,
+        "username": _safe(a.username, "fork_server.auth.username", argument=True),
+        "password": _secret(env, a.password_env, "fork_server.auth.password_env"),
+    }
+
+
+def _esl(config: Config, env: Mapping[str, str]) -> dict[str, object]:
+    fs = config.freeswitch
+    return {
+        "listen_ip": _safe(fs.esl_listen_ip, "freeswitch.esl_listen_ip", argument=True),
+        "port": fs.esl_port,
+        "password": _secret(env, fs.esl_password_env, "freeswitch.esl_password_env"),
+        "acl": _safe(fs.esl_acl, "freeswitch.esl_acl", argument=True) if fs.esl_acl else None,
     }
 
 
 def render(config: Config, env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Every file of the FreeSWITCH conf tree, by relative path, checked."""
-    auth = None
-    if config.fork_server.auth is not None:
-        a = config.fork_server.auth
-        auth = {
-            "username": _safe(a.username, "fork_server.auth.username", argument=True),
-            "password": _secret(env, a.password_env, "fork_server.auth.password_env"),
-        }
-    fs = config.freeswitch
+    auth = _auth(config, env)
+    esl = _esl(config, env)
     routes = [_route_view(config, r) for r in config.routes]
-    trunks = []
-    for t in config.trunks:
-        where = f"trunks[{t.name}]"
-        trunks.append({
-            "name": _safe(t.name, f"{where}.name", argument=True),
-            "proxy": _safe(t.proxy, f"{where}.proxy", argument=True),
-            "realm": _safe(t.realm, f"{where}.realm", argument=True) if t.realm else None,
-            "username": _safe(t.username, f"{where}.username", argument=True) if t.username else None,
-            "password": _secret(env, t.password_env, f"{where}.password_env") if t.password_env else None,
-            "register": t.register,
-            "transport": _safe(t.transport, f"{where}.transport", argument=True),
-            "caller_id_number": _safe(t.caller_id_number, f"{where}.caller_id_number", argument=True) if t.caller_id_number else None,
-            "acl_cidrs": [_safe(c, f"{where}.acl_cidrs", argument=True) for c in t.acl_cidrs],
-        })
+    trunks = [_trunk_view(t, env) for t in config.trunks]
     source = os.path.basename(config.source)
     files = {
         DIALPLAN_FILE: _env.get_template("dialplan.xml.j2").render(source=source, routes=routes, auth=auth),
-        "autoload_configs/event_socket.conf.xml": _env.get_template("event_socket.conf.xml.j2").render(
-            source=source,
-            listen_ip=_safe(fs.esl_listen_ip, "freeswitch.esl_listen_ip", argument=True),
-            port=fs.esl_port,
-            password=_secret(env, fs.esl_password_env, "freeswitch.esl_password_env"),
-            acl=_safe(fs.esl_acl, "freeswitch.esl_acl", argument=True) if fs.esl_acl else None,
-        ),
-        "autoload_configs/acl.conf.xml": _env.get_template("acl.conf.xml.j2").render(source=source, trunks=trunks),
-        "autoload_configs/modules.conf.xml": _env.get_template("modules.conf.xml.j2").render(),
+        ESL_FILE: _env.get_template("event_socket.conf.xml.j2").render(source=source, **esl),
+        ACL_FILE: _env.get_template("acl.conf.xml.j2").render(source=source, trunks=trunks, acl_list=ACL_LIST),
+        MODULES_FILE: _env.get_template("modules.conf.xml.j2").render(),
         "README.txt": _env.get_template("README.txt.j2").render(
-            source=source, routes=[r.name for r in config.routes], trunks=[t["name"] for t in trunks]
+            source=source, routes=[r.name for r in config.routes], trunks=trunks, acl_list=ACL_LIST,
+            context=TRUNK_CONTEXT,
         ),
     }
     for t in trunks:
-        files[f"sip_profiles/external/{t['name']}.xml"] = _env.get_template("gateway.xml.j2").render(source=source, t=t)
-    verify(config, files, auth is not None)
+        files[gateway_file(t.name)] = _env.get_template("gateway.xml.j2").render(source=source, t=t)
+    _verify(config, files, auth, esl, trunks)
     return dict(sorted(files.items()))
 
 
-def verify(config: Config, files: Mapping[str, str], auth: bool) -> None:
-    """Parse every XML file back and check the dialplan is exactly what was intended."""
-    for path, text in files.items():
-        if path.endswith(".xml"):
-            try:
-                ET.fromstring(text.encode())
-            except ET.ParseError as e:
-                raise RenderError(f"{path}: rendered XML is not well-formed: {e}") from None
-    root = ET.fromstring(files[DIALPLAN_FILE].encode())
-    exts = {e.get("name"): e for e in root.iter("extension")}
-    if len(exts) != len(config.routes):
+def _parse(path: str, text: str) -> ET.Element:
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        raise RenderError(f"{path}: rendered XML is not well-formed: {e}") from None
+
+
+def _expected_actions(r: Route, auth: Mapping[str, str] | None, fork: str) -> list[tuple[str, str | None]]:
+    """DESIGN.md "Rendered dialplan": the exact action list of a route's extension."""
+    # verbose_events: DTMF events carry channel variables only on a flagged channel (switch_channel.c).
+    actions: list[tuple[str, str | None]] = [
+        ("answer", None), ("set", f"voicefork_route={r.name}"), ("verbose_events", None),
+    ]
+    if auth is not None:
+        actions += [("set", f"MOD_AUDIO_BASIC_AUTH_USERNAME={auth['username']}"),
+                    ("set", f"MOD_AUDIO_BASIC_AUTH_PASSWORD={auth['password']}")]
+    actions.append(("set", fork))
+    if r.max_duration_s:
+        actions.append(("sched_hangup", f"+{r.max_duration_s} ALLOTTED_TIMEOUT"))
+    if r.greeting:
+        actions.append(("playback", r.greeting))
+    actions.append(("park", None))
+    return actions
+
+
+def verify(config: Config, files: Mapping[str, str], env: Mapping[str, str] = os.environ) -> None:
+    """Parse every XML file back (once) and check each is exactly what ``config`` intends."""
+    _verify(config, files, _auth(config, env), _esl(config, env), [_trunk_view(t, env) for t in config.trunks])
+
+
+def _verify(config: Config, files: Mapping[str, str], auth: Mapping[str, str] | None,
+            esl: Mapping[str, object], trunks: list[_TrunkView]) -> None:
+    roots = {path: _parse(path, text) for path, text in files.items() if path.endswith(".xml")}
+    for path in (DIALPLAN_FILE, ESL_FILE, MODULES_FILE, ACL_FILE):
+        if path not in roots:
+            raise RenderError(f"{path}: missing from the rendered tree")
+    _verify_dialplan(config, roots[DIALPLAN_FILE], auth)
+    _verify_event_socket(roots[ESL_FILE], esl)
+    mods = [m.get("module") for m in roots[MODULES_FILE].iter("load")]
+    if mods != ["mod_audio_fork"]:
+        raise RenderError(f"{MODULES_FILE}: loads {mods}, expected mod_audio_fork")
+    _verify_trunks(roots, trunks)
+
+
+def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] | None) -> None:
+    exts = root.findall("extension")
+    if len(exts) != len(config.routes) or len(list(root)) != len(exts):
         raise RenderError(f"{DIALPLAN_FILE}: {len(exts)} extensions for {len(config.routes)} routes")
-    for r in config.routes:
-        ext = exts.get(f"voicefork_{r.name}")
-        if ext is None:
-            raise RenderError(f"{DIALPLAN_FILE}: no extension for route {r.name}")
-        actions = [(a.get("application"), a.get("data")) for a in ext.iter("action")]
-        apps = [a for a, _ in actions]
-        expected = ["answer", "set", "verbose_events", *(["set", "set"] if auth else []), "set"]
-        if apps[: len(expected)] != expected or apps[-1] != "park":
-            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected action order {apps}")
-        fork = actions[len(expected) - 1][1]
-        if fork != fork_action_data(config, r):
-            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: fork action is {fork!r}")
-        if actions[1][1] != f"voicefork_route={r.name}":
-            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: voicefork_route not set first")
-        # Only our own ${...}: the uuid twice and the API call once.
+    for r, ext in zip(config.routes, exts):  # document order is route order: the first match wins
+        if ext.get("name") != f"voicefork_{r.name}":
+            raise RenderError(f"{DIALPLAN_FILE}: extension {ext.get('name')!r} where route {r.name} belongs")
+        conds = list(ext)
+        if len(conds) != 1 or conds[0].tag != "condition":
+            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: expected one condition, got {[c.tag for c in conds]}")
+        cond = conds[0]
+        if cond.get("field") != "destination_number" or cond.get("expression") != route_expression(r):
+            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: condition {cond.attrib} does not match the route")
+        actions = [(a.get("application"), a.get("data")) for a in cond]
+        if any(a.tag != "action" or len(a.attrib) > 2 for a in cond):
+            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected element in the condition")
+        fork = fork_action_data(config, r)
+        expected = _expected_actions(r, auth, fork)
+        if actions != expected:
+            apps, want = [a for a, _ in actions], [a for a, _ in expected]
+            if apps != want:
+                raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: actions {apps} differ from the intended {want}")
+            i = next(i for i, (a, b) in enumerate(zip(actions, expected)) if a != b)
+            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: data of action {i} ({apps[i]}) differs from the intended")
+        # Only our own ${...}: the API call and ${uuid} twice, in the fork action alone.
         for _, data in actions:
             if data and data != fork and "${" in data:
                 raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected expansion in {data!r}")
+        if fork.count("${") != 3:
+            raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: the fork action holds an extra expansion")
+
+
+def _verify_event_socket(root: ET.Element, esl: Mapping[str, object]) -> None:
+    params = [(p.get("name"), p.get("value")) for p in root.iter("param")]
+    expected = [("nat-map", "false"), ("listen-ip", esl["listen_ip"]), ("listen-port", str(esl["port"])),
+                ("password", esl["password"])]
+    if esl["acl"]:
+        expected.append(("apply-inbound-acl", esl["acl"]))
+    if root.get("name") != "event_socket.conf" or params != expected:
+        raise RenderError(f"{ESL_FILE}: params {[n for n, _ in params]} differ from the intended")
+
+
+def _verify_trunks(roots: Mapping[str, ET.Element], trunks: list[_TrunkView]) -> None:
+    gateways = sorted(p for p in roots if p.startswith("sip_profiles/"))
+    if gateways != sorted(gateway_file(t.name) for t in trunks):
+        raise RenderError(f"sip_profiles: gateway files {gateways} for trunks {[t.name for t in trunks]}")
+    for t in trunks:
+        path = gateway_file(t.name)
+        root = roots[path]
+        gws = list(root)
+        if root.tag != "include" or len(gws) != 1 or gws[0].tag != "gateway" or gws[0].get("name") != t.name:
+            raise RenderError(f"{path}: expected <include> with exactly one <gateway name={t.name!r}>")
+        params = [(p.get("name"), p.get("value")) for p in gws[0]]
+        if any(p.tag != "param" for p in gws[0]) or tuple(params) != t.params:
+            raise RenderError(f"{path}: gateway params {[n for n, _ in params]} differ from the intended {[n for n, _ in t.params]}")
+    acl = roots[ACL_FILE]
+    lists = acl.findall("network-lists/list")
+    if acl.get("name") != "acl.conf" or len(lists) != 1 or lists[0].get("name") != ACL_LIST or lists[0].get("default") != "deny":
+        raise RenderError(f"{ACL_FILE}: expected one <list name={ACL_LIST!r} default='deny'>")
+    nodes = list(lists[0])
+    got = [(n.tag, n.get("type"), n.get("cidr")) for n in nodes]
+    want = [("node", "allow", c) for t in trunks for c in t.acl_cidrs]
+    if got != want:
+        raise RenderError(f"{ACL_FILE}: nodes {got} differ from the trunks' CIDRs {want}")
 
 
 def write_tree(files: Mapping[str, str], out_dir: str | Path) -> list[Path]:

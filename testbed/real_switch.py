@@ -5,8 +5,9 @@ mod_sofia, mod_event_socket, mod_commands, mod_dptools, mod_dialplan_xml, mod_sn
 mod_native_file, mod_tone_stream and the drachtio mod_audio_fork in its module dir) on a
 throwaway conf tree written here. The tree is minimal, loopback only: an unauthenticated SIP
 profile into context ``public``, and voicefork's rendered ``event_socket.conf.xml``,
-``acl.conf.xml`` and ``dialplan/public/50_voicefork.xml`` dropped in unchanged, as an
-operator would. :class:`RealStack` wires it to the real fork server and the reference
+``acl.conf.xml``, ``dialplan/public/50_voicefork.xml`` and trunk gateways
+(``sip_profiles/external/*.xml``, in the profile's ``<gateways>``) dropped in unchanged, as
+an operator would. :class:`RealStack` wires it to the real fork server and the reference
 connector, like :class:`testbed.stack.Stack` does with the emulator.
 """
 
@@ -45,7 +46,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int) -> dict[str, str]:
+def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int, conf_dir: Path) -> dict[str, str]:
     modules = "".join(f'    <load module="{m}"/>\n' for m in _MODULES)
     files = {
         "freeswitch.xml": """<?xml version="1.0"?>
@@ -97,6 +98,9 @@ def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int) -> dic
         <param name="manage-presence" value="false"/>
         <param name="tls" value="false"/>
       </settings>
+      <gateways>
+        <X-PRE-PROCESS cmd="include" data="{conf_dir}/sip_profiles/external/*.xml"/>
+      </gateways>
     </profile>
   </profiles>
 </configuration>
@@ -121,8 +125,10 @@ def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int) -> dic
 </include>
 """,
     }
-    for rel in ("autoload_configs/event_socket.conf.xml", "autoload_configs/acl.conf.xml", DIALPLAN_FILE):
-        files[rel] = rendered[rel]  # unchanged, as an operator drops them in
+    for rel, text in rendered.items():  # unchanged, as an operator drops them in
+        if rel.startswith("sip_profiles/") or rel in ("autoload_configs/event_socket.conf.xml", "autoload_configs/acl.conf.xml", DIALPLAN_FILE):
+            files[rel] = text
+    files.setdefault("sip_profiles/external/.keep.xml", "<include/>\n")  # the include needs a match
     return files
 
 
@@ -132,7 +138,7 @@ class RealSwitch:
     def __init__(self, binary: str, rendered: Mapping[str, str], workdir: Path, *, sip_port: int, esl_port: int, esl_password: str) -> None:
         self.binary, self.workdir = binary, workdir
         self.sip_port, self.esl_port, self.esl_password = sip_port, esl_port, esl_password
-        self.files = _conf_tree(rendered, sip_port, 20000 + 1000 * (os.getpid() % 20))
+        self.files = _conf_tree(rendered, sip_port, 20000 + 1000 * (os.getpid() % 20), workdir / "conf")
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 30.0) -> None:

@@ -172,6 +172,7 @@ class SipCall:
         self.hungup = asyncio.Event()
         self.final: asyncio.Future[tuple[int, dict[str, str], str]] = asyncio.get_running_loop().create_future()
         self.bye_from_switch = False
+        self.dtmf_heard: list[tuple[str, int]] = []  # (digit, RTP timestamp) from the switch
         self._speech = bytearray()
         self._events: list[tuple[str, int]] = []  # DTMF digits to send, with duration in ms
         self._rtp: asyncio.DatagramTransport | None = None
@@ -280,8 +281,14 @@ class SipCall:
         b0, b1, seq, ts = struct.unpack("!BBHI", data[:8])
         cc = b0 & 0x0F
         payload = data[12 + 4 * cc :]
-        if b1 & 0x7F != 0:
-            return  # only PCMU is audio; telephone-events back to us are not heard audio
+        pt = b1 & 0x7F
+        if pt == _EVENT_PT and len(payload) >= 4:
+            # RFC 4733: one event spans several packets with the same timestamp; keep it once.
+            if not self.dtmf_heard or self.dtmf_heard[-1][1] != ts:
+                self.dtmf_heard.append(("0123456789*#ABCD"[payload[0]] if payload[0] < 16 else "?", ts))
+            return
+        if pt != 0:
+            return  # only PCMU is audio
         self.ear.packets.append(RtpPacket(asyncio.get_running_loop().time(), seq, ts, bool(b1 & 0x80), ulaw_decode(payload)))
 
     def _packet(self, pt: int, payload: bytes, marker: bool = False, ts: int | None = None) -> bytes:

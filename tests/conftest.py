@@ -1,3 +1,6 @@
+"""Hypothesis budgets: profile "ci" (the default) keeps the suite fast; HYPOTHESIS_PROFILE=fuzz
+runs 5000 examples per property. Tests that set max_examples themselves keep theirs."""
+
 import os
 
 from hypothesis import settings

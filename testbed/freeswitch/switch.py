@@ -315,9 +315,10 @@ class EmulatedSwitch:
         ch.state = "CS_HANGUP"
         if ch._sched_hangup is not None:
             ch._sched_hangup.cancel()
-        # Assumption (REF silent): a playback cut by hangup reports Playback-Status break.
+        # REF is silent; seen on a real 1.10.12 (uuid_kill 200 ms into a 400 ms file): the cut
+        # playback reports Playback-Status done, then CHANNEL_EXECUTE_COMPLETE, then the hangup.
         if ch.current is not None and ch.current.started:
-            self._finish(ch, ch.current, "break")
+            self._finish(ch, ch.current, "done")
         for play in [*ch.queue, *ch.nested]:
             if play.done is not None and not play.done.done():
                 play.done.set_result("hangup")
@@ -569,7 +570,8 @@ class EmulatedSwitch:
         try:
             play.pcm = read_sound_file(play.path, ch.rate, ch.ptime_ms, self.timings.resample_loss_samples)
         except SoundFileError as e:
-            # Assumption (REF silent): a missing file gives no PLAYBACK_START/STOP.
+            # REF is silent; seen on a real 1.10.12: a missing file gives no PLAYBACK_START/STOP,
+            # only CHANNEL_EXECUTE_COMPLETE with Application-Response "FILE NOT FOUND".
             self.errors.append(str(e))
             ch.current = None
             self._emit("CHANNEL_EXECUTE_COMPLETE", ch, {"Application": "playback", "Application-Data": play.path, "Application-Response": "FILE NOT FOUND", "Application-UUID": play.app_uuid})

@@ -13,7 +13,7 @@ def test_builders_make_one_safe_line():
     assert em.uuid_broadcast(U, "/spool/a/000001.r8") == f"uuid_broadcast {U} /spool/a/000001.r8 aleg"
     assert em.uuid_kill(U, "NORMAL_CLEARING") == f"uuid_kill {U} NORMAL_CLEARING"
     assert em.uuid_transfer(U, "1000") == f"uuid_transfer {U} 1000 XML default"
-    assert em.uuid_transfer(U, "sip:agent@example.com").startswith(f"uuid_transfer {U} sip:agent@example.com")
+    assert em.uuid_transfer(U, "sip:agent@example.com") == f"uuid_transfer {U} bridge:sofia/external/sip:agent@example.com inline"
     assert em.uuid_send_dtmf(U, "12#") == f"uuid_send_dtmf {U} 12#"
     assert em.uuid_getvar(U, "write_rate") == f"uuid_getvar {U} write_rate"
     assert em.uuid_audio_fork_stop(U) == f"uuid_audio_fork {U} stop"
@@ -29,6 +29,8 @@ def test_builders_make_one_safe_line():
         lambda: em.uuid_transfer(U, "${system(id)}"),
         lambda: em.uuid_transfer(U, "1000\nexit"),
         lambda: em.uuid_transfer(U, 'sip:a"b@x'),
+        lambda: em.uuid_transfer(U, "sip:a@x,system:reboot"),  # an inline dialplan splits on commas
+        lambda: em.uuid_transfer(U, "sip:a@x;x=$$1"),
         lambda: em.uuid_broadcast(U, "/spool/../etc/passwd"),
         lambda: em.uuid_broadcast(U, "relative.r8"),
         lambda: em.uuid_broadcast(U, "/spool/a b.r8"),

@@ -237,3 +237,29 @@ def test_no_20_ms_top_up_while_the_first_file_plays():
     out = s.handle(tts(40))
     writes = [a for a in out if isinstance(a, WriteSegment)]
     assert [len(w.pcm) // 16 for w in writes] == [60]  # 20 + 40 ms, whole ptimes, in one file
+
+
+def test_a_missing_fallback_prompt_still_hangs_up():
+    # Seen on a real 1.10.12: a missing file gets no PLAYBACK_* events, only
+    # CHANNEL_EXECUTE_COMPLETE "FILE NOT FOUND"; the call must not wait for it forever.
+    s = CallSession(U, settings(fallback_action="play", fallback_file="/sounds/missing.wav"))
+    s.handle(CallerInfoReady("1", "a", "2", 8000))
+    s.handle(ConnectorFailed("timeout"))
+    acts = s.handle(em.ExecuteComplete(U, None, "playback", "/sounds/missing.wav", "FILE NOT FOUND"))
+    assert HangupCall(U) in acts and s.errors["playback_failed"] == 1
+
+
+def test_a_tts_file_that_cannot_be_played_clears_its_marks():
+    s = active()
+    acts = s.handle(tts(100)) + s.handle(cp.MarkRequest("m1")) + s.handle(TimerFired("tts_idle"))
+    pending = [a.path for a in acts if isinstance(a, PlayFile)]
+    plays, out = list(pending), []
+    while pending:  # each failure refills the queue with what is buffered
+        more = s.handle(em.ExecuteComplete(U, "support", "playback", pending.pop(0), "FILE NOT FOUND"))
+        pending += [a.path for a in more if isinstance(a, PlayFile)]
+        plays += [a.path for a in more if isinstance(a, PlayFile)]
+        out += more
+    assert {"type": "mark", "name": "m1", "status": "cleared"} in sent(out)
+    assert sum(isinstance(a, DeleteFile) for a in out) == len(plays) and s.errors["playback_failed"] == len(plays)
+    # A file that played says FILE PLAYED, after its PLAYBACK_STOP: nothing more happens.
+    assert s.handle(em.ExecuteComplete(U, "support", "playback", plays[0], "FILE PLAYED")) == []

@@ -147,6 +147,14 @@ async def test_bot_hangs_up_after_its_answer_has_played():
         await cleaned_up(s)
 
 
+async def test_bot_dtmf_reaches_the_caller():
+    async with RealStack(BIN, connector_options=bot(send_dtmf="42", hangup_after_playback=True)) as s:
+        call = await s.place_call(SUPPORT)
+        await asyncio.wait_for(call.hungup.wait(), 30)
+        assert "".join(d for d, _ in call.dtmf_heard) == "42", call.dtmf_heard
+        await cleaned_up(s)
+
+
 async def test_caller_dtmf_and_hangup_reach_the_connector():
     async with RealStack(BIN, connector_options=bot(answer_delay_ms=60_000)) as s:
         call = await s.place_call(SUPPORT)

@@ -122,3 +122,117 @@ def test_check_command_lists_routes_and_reports_errors(tmp_path, capsys):
     bad.write_text(BASE.replace('"+15551234567"', '"555"'))
     assert main(["check", "--config", str(bad)]) == 1
     assert f'{bad}:11: routes[0].number: expected E.164' in capsys.readouterr().err
+
+
+# --- trunks -----------------------------------------------------------------------------
+
+TRUNK = BASE + """\
+trunks:
+  - name: twilio
+    proxy: example.pstn.twilio.com
+    username: vf
+    password_env: TW_PW
+    acl_cidrs: [54.172.60.0/30, 54.244.51.0/30]
+"""
+
+
+def test_example_config_has_the_twilio_trunk():
+    (t,) = load_config(str(EXAMPLE)).trunks
+    assert t.name == "twilio" and t.proxy == "example.pstn.twilio.com" and t.register is False
+    assert t.password_env == "VOICEFORK_TWILIO_PASSWORD" and t.transport == "udp"
+    assert t.caller_id_number == "+15551234567"
+    assert t.acl_cidrs[:2] == ("54.172.60.0/30", "54.244.51.0/30") and len(t.acl_cidrs) == 8
+
+
+def test_trunk_loads_and_cidrs_are_normalised():
+    text = TRUNK.replace("[54.172.60.0/30, 54.244.51.0/30]", "[54.172.60.0/30, 192.0.2.7, '2001:DB8::/32']")
+    (t,) = parse_config(text.replace("username: vf", "username: vf\n    transport: tls\n    register: yes"), "cfg.yaml").trunks
+    assert t.acl_cidrs == ("54.172.60.0/30", "192.0.2.7/32", "2001:db8::/32")
+    assert t.transport == "tls" and t.register is True and t.line == 17
+
+
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        ("proxy: example.pstn.twilio.com", "proxy: sip:example.pstn.twilio.com",
+         'cfg.yaml:18: trunks[0].proxy: expected a host or host:port like example.pstn.twilio.com (no sip: prefix), got "sip:example.pstn.twilio.com"'),
+        ("proxy: example.pstn.twilio.com", "proxy: example.pstn.twilio.com:70000",
+         'cfg.yaml:18: trunks[0].proxy: expected a port 1..65535, got "example.pstn.twilio.com:70000"'),
+        ("proxy: example.pstn.twilio.com", "proxy: '[1::2::3]:5060'",
+         'cfg.yaml:18: trunks[0].proxy: expected an IPv6 address in brackets, got "[1::2::3]:5060"'),
+        ("[54.172.60.0/30,", "[54.172.60.1/30,",
+         'cfg.yaml:21: trunks[0].acl_cidrs[0]: expected a CIDR like 54.172.60.0/30, got "54.172.60.1/30" (54.172.60.1/30 has host bits set)'),
+        ("[54.172.60.0/30,", "[twilio,",
+         "cfg.yaml:21: trunks[0].acl_cidrs[0]: expected a CIDR like 54.172.60.0/30, got \"twilio\" ('twilio' does not appear to be an IPv4 or IPv6 network)"),
+        ("[54.172.60.0/30,", "[0.0.0.0/0,",
+         "cfg.yaml:21: trunks[0].acl_cidrs[0]: \"0.0.0.0/0\" would allow every address; list the carrier's signalling ranges"),
+        ("54.244.51.0/30]", "54.172.60.0/30]", 'cfg.yaml:21: trunks[0].acl_cidrs[1]: duplicate CIDR "54.172.60.0/30"'),
+        ("    acl_cidrs: [54.172.60.0/30, 54.244.51.0/30]\n", "    acl_cidrs: []\n",
+         "cfg.yaml:21: trunks[0].acl_cidrs: expected at least one CIDR (inbound calls from the trunk come from these)"),
+        ("    acl_cidrs: [54.172.60.0/30, 54.244.51.0/30]\n", "", "cfg.yaml:17: trunks[0].acl_cidrs: required key is missing"),
+        ("password_env: TW_PW", "password_env: hunter2",
+         'cfg.yaml:20: trunks[0].password_env: expected an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself), got "hunter2"'),
+        ("    password_env: TW_PW\n", "",
+         "cfg.yaml:17: trunks[0].password_env: required with username (digest credentials need the password)"),
+        ("    username: vf\n", "", "cfg.yaml:17: trunks[0].username: required with password_env (digest credentials need the user)"),
+        ("username: vf", "username: vf\n    transport: sctp", 'cfg.yaml:20: trunks[0].transport: expected udp, tcp or tls, got "sctp"'),
+        ("username: vf", "username: vf\n    caller_id_number: 555-1234",
+         'cfg.yaml:20: trunks[0].caller_id_number: expected E.164 like +15551234567, got "555-1234"'),
+        ("username: vf", "username: vf\n    pasword: x", "cfg.yaml:20: trunks[0].pasword: unknown key (did you mean 'password_env'?)"),
+        ("  - name: twilio", "  - name: Twilio", 'cfg.yaml:17: trunks[0].name: expected a trunk name of a-z, 0-9, _ and -, got "Twilio"'),
+        ("  - name: twilio", "  - name: ../../etc", 'cfg.yaml:17: trunks[0].name: expected a trunk name of a-z, 0-9, _ and -, got "../../etc"'),
+        ("proxy: example.pstn.twilio.com", "proxy: ex${x}", "cfg.yaml:18: trunks[0].proxy: must not contain \"${\" or control characters, got 'ex${x}'"),
+    ],
+)
+def test_trunk_errors_name_file_line_and_key_path(old, new, expected):
+    assert old in TRUNK
+    assert errors(TRUNK.replace(old, new, 1)) == [expected]
+
+
+def test_trunk_shape_errors():
+    assert errors(BASE + "trunks: {twilio: {}}\n") == ['cfg.yaml:16: trunks: expected a list of trunks, got a mapping']
+    reg = TRUNK.replace("    username: vf\n    password_env: TW_PW\n", "    register: true\n")
+    assert errors(reg) == ["cfg.yaml:19: trunks[0].register: register: true needs username and password_env (FreeSWITCH skips the gateway otherwise)"]
+    twice = TRUNK + TRUNK[TRUNK.index("  - name: twilio"):]
+    assert errors(twice) == ['cfg.yaml:22: trunks[1].name: duplicate trunk name "twilio"']
+
+
+def test_public_url_must_not_carry_capture_references():
+    # the URL lands in the fork action's data, where the dialplan replaces $1.. with captures
+    got = errors(BASE.replace("ws://127.0.0.1:8099", "ws://h$1:8099"))
+    assert got == ['cfg.yaml:4: fork_server.public_url: must not contain "$" (FreeSWITCH substitutes $1.. in dialplan actions), got "ws://h$1:8099"']
+
+
+def test_libyaml_and_pure_python_loaders_give_the_same_config():
+    from fs_dialplan import loader
+
+    fast = parse_config(EXAMPLE.read_text(), "cfg.yaml")
+    saved = loader._YAML_LOADER
+    loader._YAML_LOADER = __import__("yaml").SafeLoader
+    try:
+        slow = parse_config(EXAMPLE.read_text(), "cfg.yaml")
+        broken = errors(TRUNK.replace("54.172.60.0/30,", "54.172.60.1/30,"))
+    finally:
+        loader._YAML_LOADER = saved
+    assert fast == slow
+    assert broken == errors(TRUNK.replace("54.172.60.0/30,", "54.172.60.1/30,"))
+
+
+def test_a_route_can_override_a_default_greeting_with_none():
+    text = BASE.replace("routes:\n", "defaults:\n  greeting: /tmp/hello.wav\nroutes:\n") + (
+        '  - {name: quiet, number: "+15557654321", connector: bot, greeting: none}\n')
+    text = text.replace("playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n", "") + "playback:\n  spool_dir: /tmp/s\n  freeswitch_spool_dir: /tmp/s\n"
+    support, quiet = parse_config(text, "cfg.yaml").routes
+    assert support.greeting == "/tmp/hello.wav" and quiet.greeting is None
+
+
+@pytest.mark.parametrize(
+    "line,expected",
+    [
+        ("  esl_listen_ip: 0.0.0.0 1", 'cfg.yaml:3: freeswitch.esl_listen_ip: expected an IP address like 127.0.0.1, got "0.0.0.0 1"'),
+        ("  esl_listen_ip: 1.2.3", 'cfg.yaml:3: freeswitch.esl_listen_ip: expected an IP address like 127.0.0.1, got "1.2.3"'),
+        ("  esl_acl: lan acl", 'cfg.yaml:3: freeswitch.esl_acl: expected an ACL list name like loopback.auto, got "lan acl"'),
+    ],
+)
+def test_event_socket_values_that_land_in_the_xml_are_checked_where_they_are_written(line, expected):
+    assert errors(BASE.replace("  esl_password_env: ESL_PW\n", f"  esl_password_env: ESL_PW\n{line}\n")) == [expected]

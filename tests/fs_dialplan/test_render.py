@@ -15,7 +15,7 @@ from fs_dialplan.render import DIALPLAN_FILE, render
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-ENV = {"VOICEFORK_ESL_PASSWORD": "esl-golden", "VOICEFORK_FORK_PASSWORD": "fork-golden"}
+ENV = {"VOICEFORK_ESL_PASSWORD": "esl-golden", "VOICEFORK_FORK_PASSWORD": "fork-golden", "VOICEFORK_TWILIO_PASSWORD": "twilio-golden"}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,99 @@ def test_any_greeting_renders_inert_or_is_refused(value):
         return
     root = ET.fromstring(files[DIALPLAN_FILE])
     played = [a.get("data") for a in root.iter("action") if a.get("application") == "playback"]
+    if value in ("none", "null"):  # the config's words for "no greeting"
+        assert played == []
+        return
     assert played == [value]  # round-trips exactly through the XML escaping
     assert files[DIALPLAN_FILE].count("${") == 3  # only ours: ${uuid_audio_fork(, ${uuid} twice
     assert not re.search(r"[\s'\"]", value)
+
+
+# --- trunks: gateways and the ACL ---------------------------------------------------------
+
+from fs_dialplan.render import ACL_FILE, verify  # noqa: E402
+
+GATEWAY = "sip_profiles/external/twilio.xml"
+
+
+def test_gateway_is_rendered_with_the_password_from_the_environment(example):
+    root = ET.fromstring(render(example, ENV)[GATEWAY])
+    (gw,) = root.findall("gateway")
+    params = {p.get("name"): p.get("value") for p in gw.iter("param")}
+    assert gw.get("name") == "twilio"
+    assert params["proxy"] == "example.pstn.twilio.com" and params["password"] == "twilio-golden"
+    assert params["register"] == "false" and params["register-transport"] == "udp"
+    # From carries the trunk's number; calls in through the gateway land in public, dialled number
+    assert params["caller-id-in-from"] == "false" and params["from-user"] == "+15551234567"
+    assert params["context"] == "public" and params["extension"] == "auto_to_user"
+
+
+def test_acl_lists_every_trunk_cidr_and_denies_the_rest(example):
+    root = ET.fromstring(render(example, ENV)[ACL_FILE])
+    (lst,) = root.iter("list")
+    assert lst.get("name") == "voicefork_trunks" and lst.get("default") == "deny"
+    assert [n.get("cidr") for n in lst] == list(example.trunks[0].acl_cidrs)
+    assert {n.get("type") for n in lst} == {"allow"}
+
+
+def test_trunk_password_is_never_defaulted_and_checked_like_every_secret(example):
+    env = {k: v for k, v in ENV.items() if k != "VOICEFORK_TWILIO_PASSWORD"}
+    with pytest.raises(RenderError, match="VOICEFORK_TWILIO_PASSWORD is not set"):
+        render(example, env)
+    for bad in ("a b", "x${y}", "x$${y}", "p$1", "q'uote", 'q"uote', "back\\slash", "new\nline"):
+        with pytest.raises(RenderError):
+            render(example, {**ENV, "VOICEFORK_TWILIO_PASSWORD": bad})
+    files = render(example, {**ENV, "VOICEFORK_TWILIO_PASSWORD": "<&>p4ss"})  # markup is escaped, not refused
+    params = {p.get("name"): p.get("value") for p in ET.fromstring(files[GATEWAY]).iter("param")}
+    assert params["password"] == "<&>p4ss"
+
+
+def test_registering_tls_trunk_without_caller_id():
+    text = BASE.format(greeting="none") + """trunks:
+  - {name: carrier-a, proxy: "sip.example.net:5061", transport: tls, register: true, username: "+4420", password_env: T,
+     realm: example.net, acl_cidrs: ["2001:db8::/48", 198.51.100.0/24]}
+  - {name: carrier-b, proxy: 203.0.113.9, acl_cidrs: [203.0.113.9/32]}
+"""
+    files = render(parse_config(text, "<test>"), {"E": "e1", "F": "f1", "T": "t1"})
+    a = [(p.get("name"), p.get("value")) for p in ET.fromstring(files["sip_profiles/external/carrier-a.xml"]).iter("param")]
+    assert a == [("proxy", "sip.example.net:5061"), ("realm", "example.net"), ("username", "+4420"), ("password", "t1"),
+                 ("register", "true"), ("register-transport", "tls"), ("caller-id-in-from", "true"),
+                 ("context", "public"), ("extension", "auto_to_user")]
+    b = {p.get("name"): p.get("value") for p in ET.fromstring(files["sip_profiles/external/carrier-b.xml"]).iter("param")}
+    assert "username" not in b and "password" not in b and b["register"] == "false"
+    cidrs = [n.get("cidr") for n in ET.fromstring(files[ACL_FILE]).iter("node")]
+    assert cidrs == ["2001:db8::/48", "198.51.100.0/24", "203.0.113.9/32"]
+    assert "carrier-a, carrier-b" in files["README.txt"]
+
+
+@pytest.mark.parametrize(
+    "path,old,new,message",
+    [
+        (GATEWAY, 'value="example.pstn.twilio.com"', 'value="evil.example.com"', "gateway params"),
+        (GATEWAY, '<param name="context" value="public"/>', '<param name="context" value="default"/>', "gateway params"),
+        (GATEWAY, '<gateway name="twilio">', '<gateway name="twilio2">', "exactly one <gateway"),
+        (ACL_FILE, '      <node type="allow" cidr="54.244.51.0/30"/><!-- twilio -->\n', "", "nodes"),
+        (ACL_FILE, 'default="deny"', 'default="allow"', "default='deny'"),
+        (DIALPLAN_FILE, "mono 16k", "mono 8k", "data of action"),
+        (DIALPLAN_FILE, '<action application="park"/>', '<action application="park"/><action application="bridge" data="x"/>', "actions"),
+        (DIALPLAN_FILE, 'expression="^\\+15551234567$"', 'expression="^\\+1555"', "condition"),
+        ("autoload_configs/event_socket.conf.xml", 'value="127.0.0.1"', 'value="0.0.0.0"', "params"),
+        ("autoload_configs/modules.conf.xml", 'module="mod_audio_fork"', 'module="mod_other"', "loads"),
+    ],
+)
+def test_verify_catches_a_tampered_tree(example, path, old, new, message):
+    files = render(example, ENV)
+    verify(example, files, ENV)  # the real output passes
+    assert old in files[path]
+    with pytest.raises(RenderError, match=re.escape(message)):
+        verify(example, {**files, path: files[path].replace(old, new, 1)}, ENV)
+
+
+def test_comment_text_cannot_end_an_xml_comment(tmp_path):
+    cfg = tmp_path / "a--b$${x}<c>.yaml"
+    cfg.write_text((ROOT / "config" / "voicefork.yaml").read_text())
+    files = render(load_config(str(cfg)), ENV)
+    for rel, text in files.items():
+        if rel.endswith(".xml"):
+            ET.fromstring(text)
+            assert "$${" not in text and "a--b" not in text

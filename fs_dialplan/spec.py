@@ -1,0 +1,200 @@
+"""The config's shape, once: allowed keys, required keys, patterns, ranges and enums.
+
+The loader (:mod:`fs_dialplan.loader`) validates against these tables and the JSON Schema
+(:mod:`fs_dialplan.schema`, ``just schema``) is generated from them, so the two cannot
+drift. Patterns are written in the common subset of Python ``re`` and ECMA-262 regex (what
+JSON Schema's ``pattern`` uses). Cross-field rules (a default connector, numbers that must
+not repeat, a valid regex, CIDR host bits) live in the loader only; the schema is a guide
+for editors, the loader is the authority.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+__all__ = ["Key", "TOP", "FREESWITCH", "AUTH", "FORK_SERVER", "CONNECTOR", "FALLBACK",
+           "ROUTE_DEFAULTS", "ROUTE", "TRUNK", "PLAYBACK", "enum_pattern"]
+
+E164 = r"^\+[1-9][0-9]{6,14}$"
+NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # route and trunk names: URL path, file name, dialplan
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+LANG = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+USERNAME = r"^[A-Za-z0-9_.-]{1,64}$"
+SIP_USER = r"^[A-Za-z0-9_.+-]{1,64}$"
+ABS_PATH = r"^/[A-Za-z0-9_./-]*$"
+ABS_FILE = r"^/[A-Za-z0-9_./-]+$"
+# A transfer target: a dialplan extension, or a SIP URI the fork server bridges to inline
+# (uuid_transfer <uuid> bridge:sofia/external/<uri> inline). An inline dialplan splits on
+# commas into applications, so the URI is kept to user@host[:port][;transport=...]: no comma,
+# quote, space, brace, pipe or "$" can reach it. One definition, used by the loader, the
+# connector protocol and the ESL command builder.
+EXTENSION_TARGET = r"[0-9A-Za-z*#+_.-]{1,64}"
+SIP_TARGET = r"[sS][iI][pP][sS]?:[A-Za-z0-9_.+%*~!-]{1,64}@[A-Za-z0-9.-]{1,190}(:[0-9]{1,5})?(;transport=(udp|tcp|tls))?"
+TARGET = rf"^({EXTENSION_TARGET}|{SIP_TARGET})$"
+DURATION = r"^[0-9]+(\.[0-9]+)?\s*(ms|s|m)?$"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOST = rf"^({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])$"
+HOST_PORT = rf"^({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?$"
+CIDR = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"  # shape only; the loader checks it with ipaddress
+
+# Never in a config string: C0 and C1 controls and DEL, line/paragraph separators, and U+FFFE/U+FFFF
+# (not XML 1.0 characters). The loader also refuses lone surrogates (not encodable).
+UNSAFE_CHARS = r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]"
+
+ENV_EXPECT = "an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself)"
+
+
+def enum_pattern(values: tuple[str, ...]) -> str:
+    return "^(" + "|".join(v.replace(".", r"\.") for v in values) + ")$"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One config key. ``kind``: str | int | seconds | bool | rate | map | list | names | json."""
+
+    help: str
+    kind: str = "str"
+    required: bool = False
+    pattern: str | None = None
+    expected: str | None = None  # the "expected ..." wording of the loader's error
+    lo: float | None = None
+    hi: float | None = None
+    step: int | None = None  # a multiple of this (ptimes)
+    enum: tuple[str, ...] = ()
+    keys: Mapping[str, "Key"] | None = None  # kind=map: a fixed set of sub-keys
+    items: "Key | None" = None  # kind=list: each item; kind=names: each value of a named map
+    min_items: int = 0
+    literal: str | None = None  # a scalar accepted in place of the mapping (auth: none)
+    none_words: tuple[str, ...] = ()  # scalars that mean "not set" (greeting: none)
+    json_types: tuple[str, ...] = ("string",)  # what a YAML editor may see for a str key
+
+
+def _section(**keys: Key) -> Mapping[str, Key]:
+    return MappingProxyType(keys)
+
+
+FREESWITCH = _section(
+    esl_host=Key("Where the fork server reaches FreeSWITCH's Event Socket."),
+    esl_port=Key("Event Socket port.", "int", lo=1, hi=65535),
+    esl_password_env=Key("NAME of the env var holding the ESL password (no literal, no default).", required=True,
+                         pattern=ENV_NAME, expected=ENV_EXPECT),
+    esl_listen_ip=Key("The address the rendered event_socket.conf.xml binds to (loopback by default).",
+                      pattern=r"^[0-9A-Fa-f:.]+$", expected="an IP address like 127.0.0.1"),
+    esl_acl=Key("apply-inbound-acl of the Event Socket (an ACL list name; empty: none).", pattern=r"^[A-Za-z0-9_.-]*$",
+                expected="an ACL list name like loopback.auto"),
+    temp_dir=Key("FreeSWITCH's temp dir (in-band playAudio files land here)."),
+)
+
+AUTH = _section(
+    username=Key("Basic-auth user FreeSWITCH presents on the media socket.", required=True, pattern=USERNAME,
+                 expected="a user name of letters, digits, _ . -"),
+    password_env=Key("NAME of the env var holding the media-socket password.", required=True, pattern=ENV_NAME,
+                     expected=ENV_EXPECT),
+)
+
+FORK_SERVER = _section(
+    # URL patterns are for the schema; the loader parses URLs (urlsplit) with the same rules.
+    public_url=Key("ws(s)://host:port at which FreeSWITCH reaches the fork server (no path).", required=True,
+                   pattern=r"^wss?://[^\s'\"\\/?#$]+/?$", expected="a ws:// or wss:// URL"),
+    listen_host=Key("Address the fork server listens on."),
+    listen_port=Key("Port the fork server listens on.", "int", lo=0, hi=65535),
+    auth=Key("Basic auth on the media socket; `none` disables it.", "map", required=True, keys=AUTH, literal="none"),
+    max_metadata_bytes=Key("Largest fork metadata frame accepted.", "int", lo=256, hi=65536),
+    drain_timeout=Key("On SIGTERM, how long live calls may run on.", "seconds", lo=0, hi=3600),
+)
+
+CONNECTOR = _section(
+    url=Key("ws:// or wss:// URL of the voice connector.", required=True, pattern=r"^wss?://[^\s'\"\\]+$",
+            expected="a ws:// or wss:// URL"),
+    headers=Key("Extra HTTP headers on the connector handshake.", "names", items=Key("Header value.")),
+    token_env=Key("NAME of the env var with a bearer token for the connector.", pattern=ENV_NAME, expected=ENV_EXPECT),
+    connect_timeout=Key("Give up connecting after this long; then the route's fallback runs.", "seconds", lo=0.05, hi=60),
+    ping_interval=Key("WebSocket ping interval.", "seconds", lo=1, hi=300),
+    reconnect_attempts=Key("Reconnects after a mid-call drop.", "int", lo=0, hi=10),
+    send_queue=Key("Caller audio buffered for a slow connector (oldest dropped).", "seconds", lo=0.1, hi=30),
+)
+
+FALLBACK_ACTIONS = ("hangup", "play", "transfer")
+FALLBACK = _section(
+    action=Key("What to do when the connector cannot be reached.", enum=FALLBACK_ACTIONS,
+               expected="hangup, play or transfer"),
+    file=Key("File to play (action: play).", pattern=ABS_FILE, expected="an absolute file path without spaces"),
+    target=Key("Extension or sip: URI to transfer to (action: transfer).", pattern=TARGET,
+               expected="an extension or a sip: URI", json_types=("string", "integer")),
+)
+
+RATES = {"8k": 8000, "8000": 8000, "16k": 16000, "16000": 16000}
+TRUE_WORDS = ("true", "yes", "on")  # the loader compares lower-cased
+FALSE_WORDS = ("false", "no", "off")
+
+ROUTE_DEFAULTS = _section(
+    connector=Key("Name of a connector under `connectors`."),
+    rate=Key("Fork sample rate: 8k or 16k.", "rate", enum=tuple(RATES), expected="8k or 16k"),
+    language=Key("BCP-47 language tag passed to the connector.", pattern=LANG,
+                 expected="a BCP-47 language tag like en-US"),
+    greeting=Key("none, or a file FreeSWITCH plays while the connector connects.", pattern=ABS_FILE,
+                 expected="none or an absolute file path without spaces", none_words=("none", "null", "")),
+    max_duration=Key("Hang up after this long (sched_hangup).", "seconds", lo=1, hi=86400),
+    fallback=Key("What happens when the connector is unreachable.", "map", keys=FALLBACK),
+    recording=Key("Record the call.", "bool"),
+)
+
+ROUTE = _section(
+    name=Key("Route name: a-z, 0-9, _ and - (it goes into the URL and the dialplan).", required=True, pattern=NAME,
+             expected="a route name of a-z, 0-9, _ and - (it goes into the URL)"),
+    number=Key("Exact E.164 number, quoted: \"+15551234567\" (give number or pattern).", pattern=E164,
+               expected="E.164 like +15551234567"),
+    pattern=Key("Regular expression on destination_number (give number or pattern).",
+                expected="a regular expression"),
+    metadata=Key("Free-form data passed to the connector in `start`; never rendered into the dialplan.", "json"),
+    **ROUTE_DEFAULTS,
+)
+
+TRANSPORTS = ("udp", "tcp", "tls")
+TRUNK = _section(
+    name=Key("Gateway name (sofia/gateway/<name>/...; also the file name).", required=True, pattern=NAME,
+             expected="a trunk name of a-z, 0-9, _ and -"),
+    proxy=Key("host[:port] the gateway sends to, e.g. the trunk's termination URI example.pstn.twilio.com.",
+              required=True, pattern=HOST_PORT, expected="a host or host:port like example.pstn.twilio.com (no sip: prefix)"),
+    realm=Key("Digest realm, if the carrier needs one (default: the proxy).", pattern=HOST,
+              expected="a host name like sip.example.com"),
+    username=Key("Digest user (e.g. of a Twilio credential list); needs password_env.", pattern=SIP_USER,
+                 expected="a SIP user of letters, digits, _ . + -"),
+    password_env=Key("NAME of the env var holding the trunk password; needs username.", pattern=ENV_NAME,
+                     expected=ENV_EXPECT),
+    register=Key("Register with the carrier (Twilio Elastic SIP Trunking does not).", "bool"),
+    transport=Key("SIP transport to the carrier: udp, tcp or tls.", enum=TRANSPORTS, expected="udp, tcp or tls"),
+    acl_cidrs=Key("Signalling CIDRs inbound calls come from; the external profile refuses all others.", "list",
+                  required=True, min_items=1,
+                  items=Key("CIDR like 54.172.60.0/30.", pattern=CIDR, expected="a CIDR like 54.172.60.0/30")),
+    caller_id_number=Key("E.164 number sent as the From user on calls out through the trunk.", pattern=E164,
+                         expected="E.164 like +15551234567"),
+)
+
+PLAYBACK_COMMANDS = ("sendmsg", "uuid_broadcast")
+PLAYBACK_TRANSPORTS = ("file", "inband")
+PLAYBACK = _section(
+    spool_dir=Key("Spool directory as the fork server sees it.", required=True),
+    freeswitch_spool_dir=Key("The same directory as FreeSWITCH sees it.", required=True, pattern=ABS_PATH,
+                             expected="an absolute path without spaces"),
+    command=Key("sendmsg (gap-free) or uuid_broadcast.", enum=PLAYBACK_COMMANDS, expected="sendmsg or uuid_broadcast"),
+    transport=Key("file, or inband (playAudio over the fork socket).", enum=PLAYBACK_TRANSPORTS,
+                  expected="file or inband"),
+    first_segment_ms=Key("First TTS segment of an utterance, ms.", "int", lo=40, hi=120, step=20),
+    segment_ms=Key("Later TTS segments, ms.", "int", lo=40, hi=5000, step=20),
+    lead_ms=Key("uuid_broadcast lead trimmed at each cut, ms.", "int", lo=20, hi=1000, step=20),
+    max_spool_bytes_per_call=Key("Spool limit per call.", "int", lo=64 << 10, hi=1 << 30),
+)
+
+TOP = _section(
+    freeswitch=Key("FreeSWITCH's Event Socket.", "map", required=True, keys=FREESWITCH),
+    fork_server=Key("The fork server as FreeSWITCH reaches it.", "map", required=True, keys=FORK_SERVER),
+    connectors=Key("Named voice-connector endpoints.", "names", required=True, items=Key("A connector.", "map", keys=CONNECTOR)),
+    defaults=Key("Route settings every route gets unless it says otherwise.", "map", keys=ROUTE_DEFAULTS),
+    routes=Key("Which number goes to which connector; first match wins.", "list", required=True,
+               items=Key("A route.", "map", keys=ROUTE)),
+    trunks=Key("SIP trunks: gateways and the signalling ACL.", "list", items=Key("A trunk.", "map", keys=TRUNK)),
+    playback=Key("Where TTS segments are written and how they are played.", "map", required=True, keys=PLAYBACK),
+)
