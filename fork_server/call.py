@@ -70,7 +70,7 @@ _EVENT_QUEUE_MAX = 4096  # events per call waiting for the session; far above an
 _CONNECTOR_EVENTS_MAX = _EVENT_QUEUE_MAX // 2
 # A mid-call reconnect happens while the caller may hear nothing: all attempts together get this
 # long from the drop, so the route fallback starts inside the 2 s silence bar (issue 6).
-_RECONNECT_BUDGET_S = 1.5
+_RECONNECT_BUDGET_S = 1.2
 
 
 _ERROR_TEXT = {
