@@ -61,6 +61,14 @@ bench: bootstrap
 serve config=config *args: bootstrap
     {{py}} -m fork_server --config {{config}} {{args}}
 
+# The full chaos churn (issue 6): calls starting and ending for 10 minutes at 100 concurrent; prints tasks, fds, threads, RSS and spool figures (CI runs 30 s at 50).
+chaos seconds="600" concurrent="100": bootstrap
+    {{py}} -m testbed.churn --seconds {{seconds}} --concurrent {{concurrent}}
+
+# Property tests and fuzzing with a large budget (5000 examples each; CI runs 100).
+fuzz *args: bootstrap
+    HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q tests/chaos/test_fuzz.py tests/fork_server tests/fs_dialplan -k "fuzz or property or hypothesis or any_" {{args}}
+
 # The test suite (unit, property, integration, end to end, chaos).
 test *args: bootstrap
     {{py}} -m pytest -q {{args}}

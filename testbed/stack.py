@@ -235,7 +235,10 @@ class Stack:
             self._tmp.cleanup()
 
     def spool_files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.spool)) for p in self.spool.rglob("*") if p.is_file())
+        # os.walk, not rglob: a call's directory may vanish while it is being listed.
+        return sorted(
+            os.path.relpath(os.path.join(d, f), self.spool) for d, _, files in os.walk(self.spool) for f in files
+        )
 
     def number_of(self, route: str) -> str:
         r = self.config.route(route)
