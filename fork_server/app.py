@@ -54,6 +54,8 @@ def _secret(env: Mapping[str, str], name: str, what: str) -> str:
     value = env.get(name)
     if not value:
         raise LocalUsageError(f"{what}: environment variable {name} is not set")
+    if value == "ClueCon":  # REF: FreeSWITCH's well-known default ESL password; never run with it
+        raise LocalUsageError(f"{what}: environment variable {name} holds FreeSWITCH's default password ClueCon")
     return value
 
 

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from . import connector_protocol as cp
 from .errors import ConnectorProtocolError
+from .redact import WS_LOGGER
 
 __all__ = ["ConnectorLink"]
 
@@ -89,6 +90,7 @@ class ConnectorLink:
                     write_limit=_WRITE_LIMIT,
                     proxy=None,
                     user_agent_header="voicefork",
+                    logger=WS_LOGGER,  # its DEBUG lines hold the Bearer token: redacted there
                 ),
                 self._connect_timeout,
             )

@@ -24,6 +24,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .redact import WS_LOGGER
+
 __all__ = ["BasicCredentials", "IntakeServer", "FORK_SUBPROTOCOL", "check_basic_auth"]
 
 FORK_SUBPROTOCOL = "audio.drachtio.org"
@@ -104,6 +106,7 @@ class IntakeServer:
             ping_timeout=20,
             close_timeout=2,
             server_header="voicefork",
+            logger=WS_LOGGER,  # its DEBUG lines hold the Authorization header: redacted there
         )
         return self.server.sockets[0].getsockname()[1]
 

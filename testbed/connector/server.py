@@ -189,6 +189,7 @@ class ConnectorServer:
             ping_interval=None,  # the fork server pings; we answer
             close_timeout=2,
             server_header="voicefork-testbed-connector",
+            logger=logging.getLogger("testbed.connector.websockets"),  # apart from the fork server's
         )
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("connector (%s) listening on %s", self.mode, self.url())

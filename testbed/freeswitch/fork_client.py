@@ -34,6 +34,7 @@ from .fork_args import ForkCommand
 __all__ = ["ForkBug"]
 
 log = logging.getLogger("testbed.freeswitch.fork")
+_WS_LOG = logging.getLogger("testbed.freeswitch.fork.websockets")
 
 SUBPROTOCOL = "audio.drachtio.org"
 MAX_SERVER_MESSAGE = 16 << 20  # REF: a 1.28 MB playAudio worked
@@ -179,6 +180,7 @@ class ForkBug:
                 max_size=MAX_SERVER_MESSAGE,
                 open_timeout=5,
                 create_connection=_ForkConnection,
+                logger=_WS_LOG,  # the switch's own log, apart from the fork server's
             )
         except InvalidStatus:
             self._done = True
