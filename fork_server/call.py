@@ -278,7 +278,7 @@ class Call:
                 self.metrics.errors.labels("esl_command").inc()
                 self.log.error("> esl %s failed: %s", type(action).__name__, exc)
                 never_sent = isinstance(exc, EslUnavailable) and not isinstance(exc, EslLostInFlight)
-                if never_sent and self.session.state is State.FALLBACK and type(action) in _FALLBACK_ACTIONS:
+                if never_sent and self.session.state in (State.FALLBACK, State.ENDING) and type(action) in _FALLBACK_ACTIONS:
                     self._retry_when_esl_is_back(action)
                 elif type(action) is PlayFile and not isinstance(exc, EslLostInFlight):
                     # Surely not queued on the switch: the session must not wait for it or call it
@@ -487,7 +487,8 @@ class Call:
                 self.log.error("could not remove spool dir %s: %s", directory, exc)
 
 
-# What the route fallback sends; resent once ESL is back (see Call._retry_when_esl_is_back).
+# What ends or moves a call (the route fallback, the connector's hangup or transfer); resent once
+# ESL is back (see Call._retry_when_esl_is_back).
 _FALLBACK_ACTIONS = frozenset({HangupCall, TransferCall, StopFork, PlayFile, QueueHangup})
 
 _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
