@@ -52,10 +52,15 @@ render config=config out="build/fs-conf": bootstrap
 schema out="build/voicefork.schema.json": bootstrap
     {{py}} -m fs_dialplan schema --out {{out}}
 
-# Benchmarks that print numbers: the resampler against soxr, and rendering 10,000 routes.
-bench: bootstrap
-    {{py}} -m testbed.bench_resample
+# Benchmarks that print numbers (no pass/fail): the resampler against soxr, rendering 10,000 routes, and
+# the caller-audio hot path in one process, and capacity: N calls through the fork server against a bare
+# websockets relay (`just bench --quick` for CI; other args go to `python -m testbed.bench.capacity`,
+# e.g. `just bench --calls 100,500 --workers 2 --esl asyncio`).
+bench *args: bootstrap
+    {{py}} -m testbed.bench_resample {{ if args =~ '--quick' { "2" } else { "" } }}
     {{py}} -m testbed.bench_render 10000
+    {{py}} -m testbed.bench.hotpath
+    {{py}} -m testbed.bench.capacity {{args}}
 
 # Run the fork server with the example config.
 serve config=config *args: bootstrap

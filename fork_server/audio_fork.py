@@ -260,6 +260,24 @@ class ForkIntake:
         self.state = new
         return [ForkText(text)]
 
+    def receive_audio(self, data: bytes) -> bytes | None:
+        """Hot path for the common frame: the PCM of a non-empty, even, in-limit ``bytes`` frame
+        while streaming with no odd byte carried, counted as :meth:`receive_binary` counts it.
+        Anything else returns None and must go through :meth:`receive_binary` (same frame)."""
+        size = len(data)
+        if (
+            self.state is not ForkState.STREAMING
+            or type(data) is not bytes
+            or not size
+            or size & 1
+            or size > self.max_frame_bytes
+            or self._carry
+        ):
+            return None
+        self.frames_in += 1
+        self.bytes_in += size
+        return data
+
     def receive_binary(self, data: bytes) -> list[Event]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise LocalUsageError(f"receive_binary: expected bytes, got {type(data).__name__}")

@@ -16,7 +16,6 @@ import os
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import esl_messages as em
@@ -112,7 +111,7 @@ class Call:
     def __init__(
         self,
         session: CallSession,
-        fork: ServerConnection,
+        fork: Any,  # fork_server.intake.ForkConnection (WsConnection)
         intake: ForkIntake,
         connector: ConnectorTarget,
         esl: Any,
@@ -179,10 +178,11 @@ class Call:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._session_loop(), name=f"session-{self.uuid}")
-                reader = tg.create_task(self._fork_reader(), name=f"fork-{self.uuid}")
+                # Hot path: fork messages arrive by callback from the socket read, no task switch.
+                self.fork.set_receiver(self._on_fork_message, self._on_fork_closed)
                 self._perform_now(self.session.start())
                 await self._done.wait()
-                reader.cancel()
+                self.fork.set_receiver(None, None)
                 if self._retrier is not None:
                     self._retrier.cancel()
                 if self._connecting is not None:
@@ -197,42 +197,48 @@ class Call:
 
     # ------------------------------------------------------------------ fork side
 
-    async def _fork_reader(self) -> None:
-        session, link_frames = self.session, self.metrics.frames_in
-        code: int | None = None
+    def _on_fork_message(self, message: bytes | str) -> None:
+        """One fork WebSocket message, called from the socket read (REF "Frame order")."""
         try:
-            async for message in self.fork:
-                try:
-                    if isinstance(message, bytes):
-                        events = self.intake.receive_binary(message)
-                    else:
-                        events = self.intake.receive_text(message)
-                except ForkProtocolError as exc:
-                    self.metrics.errors.labels("fork_protocol").inc()
-                    self.log.error("< fork: %s", exc)
-                    self.post(ForkFailed(str(exc)))  # the channel stays up: its fallback runs
-                    await self.fork.close(1008, "protocol error")
-                    break
-                for ev in events:
-                    if type(ev) is CallerAudio:
-                        link_frames.inc()
-                        t0 = time.perf_counter()
-                        frames = session.caller_audio(ev.pcm)
-                        if frames and self._link is not None:
-                            self._link.send_audio(frames)
-                            self.metrics.frames_out.inc(len(frames))
-                        self.metrics.relay_latency.observe(time.perf_counter() - t0)
-                    elif type(ev) is ForkDrained:
-                        # REF "Close": after graceful-shutdown the server must close.
-                        self.log.info("< fork drained (graceful-shutdown); closing")
-                        await self.fork.close(1000)
-                    else:
-                        self.log.info("< fork text %.80r", getattr(ev, "text", ev))
-        except ConnectionClosed:
-            pass
-        finally:
-            code = self.fork.close_code
-        self.post(ForkClosed(code))
+            if type(message) is bytes:
+                pcm = self.intake.receive_audio(message)
+                if pcm is not None:
+                    self._caller_audio(pcm)
+                    return
+                events = self.intake.receive_binary(message)
+            else:
+                events = self.intake.receive_text(message)  # type: ignore[arg-type]
+        except ForkProtocolError as exc:
+            self.metrics.errors.labels("fork_protocol").inc()
+            self.log.error("< fork: %s", exc)
+            self.post(ForkFailed(str(exc)))  # the channel stays up: its fallback runs
+            self.fork.set_receiver(None, self._on_fork_closed)
+            self.fork.close_now(1008, "protocol error")
+            return
+        for ev in events:
+            if type(ev) is CallerAudio:
+                self._caller_audio(ev.pcm)
+            elif type(ev) is ForkDrained:
+                # REF "Close": after graceful-shutdown the server must close.
+                self.log.info("< fork drained (graceful-shutdown); closing")
+                self.fork.close_now(1000)
+            else:
+                self.log.info("< fork text %.80r", getattr(ev, "text", ev))
+
+    def _caller_audio(self, pcm: bytes) -> None:
+        m = self.metrics
+        m.frames_in.inc()
+        sample = m.sample_relay()
+        t0 = time.perf_counter() if sample else 0.0
+        frames = self.session.caller_audio(pcm)
+        if frames and self._link is not None:
+            self._link.send_audio(frames)
+            m.frames_out.inc(len(frames))
+        if sample:
+            m.relay_latency.observe(time.perf_counter() - t0)
+
+    def _on_fork_closed(self) -> None:
+        self.post(ForkClosed(self.fork.close_code))
 
     # ------------------------------------------------------------------ the session loop
 

@@ -13,12 +13,11 @@ import socket
 from collections import deque
 from typing import Any, Awaitable, Callable, Mapping
 
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from . import connector_protocol as cp
 from .errors import ConnectorProtocolError
-from .redact import WS_LOGGER
+from .wsconn import WsConnection as ClientConnection, connect  # lean websockets client (issue 5)
 
 __all__ = ["ConnectorLink"]
 
@@ -30,7 +29,7 @@ _MAX_MESSAGE = cp.MAX_BINARY_BYTES + 16
 # fall minutes behind before the queue ever dropped anything. Linux doubles SO_SNDBUF: 8 KiB,
 # 0.25 s of caller audio (still 80 KB/s at 100 ms RTT, 2.5x what a call sends).
 _SNDBUF = 4 * 1024
-_WRITE_LIMIT = 4 * 1024  # websockets' own buffer above the socket's
+_WRITE_LIMIT = 4 * 1024  # the transport's own buffer above the socket's
 _LOG_FIRST_JUNK = 5  # malformed messages logged one by one; after that every 100th, with the count
 _LOG_JUNK_EVERY = 100
 
@@ -80,17 +79,13 @@ class ConnectorLink:
                 connect(
                     self.url,
                     additional_headers=self._headers,
-                    subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                    compression=None,
+                    subprotocols=[SUBPROTOCOL],  # no compression, no proxy
                     open_timeout=self._connect_timeout,
                     ping_interval=self._ping,
                     ping_timeout=2 * self._ping,
                     close_timeout=2,
                     max_size=_MAX_MESSAGE,
-                    write_limit=_WRITE_LIMIT,
-                    proxy=None,
                     user_agent_header="voicefork",
-                    logger=WS_LOGGER,  # its DEBUG lines hold the Bearer token: redacted there
                 ),
                 self._connect_timeout,
             )
@@ -98,7 +93,10 @@ class ConnectorLink:
             raise
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
             raise ConnectorProtocolError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
-        sock = self._ws.transport.get_extra_info("socket")
+        transport = self._ws.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(_WRITE_LIMIT)  # send_audio() queues (and drops) above it
+        sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
@@ -125,6 +123,10 @@ class ConnectorLink:
 
     def send_audio(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
         out = self._out
+        ws = self._ws
+        # Hot path (issue 5): nothing queued ahead and the socket takes it: write now, no task switch.
+        if not out and ws is not None and not self._closing and ws.writable and ws.send_many_now(frames):
+            return
         for frame in frames:
             out.append(frame)
         self._audio_in_queue += len(frames)
@@ -225,5 +227,5 @@ class ConnectorLink:
         for t in self._tasks:
             t.cancel()
         self._tasks = []
-        if self._ws is not None and self._ws.transport is not None:
-            self._ws.transport.abort()
+        if self._ws is not None:
+            self._ws.abort()

@@ -109,6 +109,9 @@ class EslClient:
         self._was_up = False
         self._threads: list[threading.Thread] = []
         self.reconnects = 0
+        # Worker processes (issue 5): every worker gets every event; this drops the ones for
+        # other workers' calls in the event thread, before they wake the event loop.
+        self.event_filter: Callable[[em.EslEvent], bool] | None = None
 
     @property
     def up(self) -> bool:
@@ -280,13 +283,26 @@ class EslClient:
                 e = con.recvEventTimed(200)
                 if e is None:
                     continue
-                headers: dict[str, str] = {}
-                name = e.firstHeader()
-                while name:
-                    headers[name] = e.getHeader(name) or ""
-                    name = e.nextHeader()
-                parsed = em.parse_event(headers, e.getBody())
+                parsed = em.parse_event(_EventHeaders(e), e.getBody())
                 if parsed is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._on_event, parsed)
+                    if self.event_filter is None or self.event_filter(parsed):
+                        self._loop.call_soon_threadsafe(self._on_event, parsed)
             self._set_state(self._evt_up, False)
             con.disconnect()
+
+
+class _EventHeaders:
+    """The headers of a python-ESL event, read on demand.
+
+    parse_event reads a handful of headers; copying all of them (a real event has 50-150)
+    cost three SWIG calls each and held the GIL against the event loop (issue 5 profile).
+    """
+
+    __slots__ = ("_e",)
+
+    def __init__(self, e: Any) -> None:
+        self._e = e
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._e.getHeader(name)
+        return default if value is None else value

@@ -10,28 +10,32 @@ refusal is reported by FreeSWITCH as ``connect_failed`` "HS: ws upgrade response
 from __future__ import annotations
 
 import asyncio
-
 import base64
 import binascii
 import hmac
 import http
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from .redact import WS_LOGGER
+from .wsconn import WsConnection
 
-__all__ = ["BasicCredentials", "IntakeServer", "FORK_SUBPROTOCOL", "check_basic_auth"]
+__all__ = ["BasicCredentials", "IntakeServer", "ForkConnection", "FORK_SUBPROTOCOL", "check_basic_auth"]
 
 FORK_SUBPROTOCOL = "audio.drachtio.org"
 _CALL_PATH = re.compile(r"^/calls/([a-z0-9][a-z0-9_-]{0,62})/?(?:\?.*)?$")
 # Merged frames under load can hold a whole buffer: 5 s (MOD_AUDIO_FORK_BUFFER_SECS max) of 16k mono = 160 KB.
 MAX_FORK_MESSAGE = 1 << 20
+_OPEN_TIMEOUT_S = 10.0  # websockets' default: a client that never finishes its handshake is dropped
+_BACKLOG = 1024  # a burst of new calls must not overflow the accept queue
+_log = logging.getLogger("voicefork.intake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +71,88 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str, extra: Ma
     return Response(status.value, status.phrase, headers, body)
 
 
+class ForkConnection(WsConnection):
+    """The server side of one fork WebSocket (or one ops HTTP request) on the intake port.
+
+    websockets' own :class:`~websockets.server.ServerProtocol` does the handshake, framing,
+    limits and close handshake; :class:`~fork_server.wsconn.WsConnection` feeds it from
+    ``data_received``, so a caller frame reaches the call's callback with no task switch.
+    """
+
+    def __init__(self, server: "IntakeServer") -> None:
+        protocol = ServerProtocol(
+            select_subprotocol=_select_subprotocol,
+            max_size=MAX_FORK_MESSAGE,
+            logger=WS_LOGGER,  # its DEBUG lines hold the Authorization header: redacted there
+        )
+        # Keepalive as before: ping every 20 s, 20 s for the pong (REF: libwebsockets answers pings).
+        super().__init__(protocol, ping_interval=20, ping_timeout=20, close_timeout=2, max_queue=64)
+        self.server = server
+        self.route: str | None = None
+        self._open_timer: asyncio.TimerHandle | None = None
+        self.handler: asyncio.Task[None] | None = None
+        self._answered = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        self._open_timer = self.loop.call_later(_OPEN_TIMEOUT_S, self._open_timeout)
+
+    def _open_timeout(self) -> None:
+        if self.handler is None:
+            self.abort()
+
+    def _handshake_event(self, event: Any) -> None:
+        if not isinstance(event, Request) or self._answered:
+            return
+        self._answered = True
+        try:
+            response = self.server._process_request(self, event)
+        except Exception:  # noqa: BLE001 - as websockets: an ops endpoint bug is a 500, not a dead server
+            _log.exception("intake: request handler failed")
+            response = _response(http.HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error\n", "text/plain")
+        if response is None:
+            response = self.protocol.accept(event)  # type: ignore[attr-defined]
+        response.headers["Server"] = "voicefork"
+        # Request and Response are not kept on the connection: ~5 KB a call for nothing.
+        self.protocol.send_response(response)  # type: ignore[attr-defined]
+        self._send_data()
+        if response.status_code == 101 and self.open:
+            if self._open_timer is not None:
+                self._open_timer.cancel()
+            self._arm_ping()
+            self.handler = self.loop.create_task(self.server._handle(self))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._open_timer is not None:
+            self._open_timer.cancel()
+        self.server.connections.discard(self)
+        super().connection_lost(exc)
+
+
+def _select_subprotocol(protocol: ServerProtocol, offered: Any) -> Any:
+    return FORK_SUBPROTOCOL if FORK_SUBPROTOCOL in offered else None
+
+
 class IntakeServer:
-    """Owns the websockets server; hands accepted call sockets to ``on_call(ws, route_name)``."""
+    """Owns the listening socket; hands accepted call sockets to ``on_call(conn, route_name)``.
+
+    ``reuse_port`` sets SO_REUSEPORT, so several worker processes can listen on one port and
+    the kernel spreads the new connections between them (a call lives in one process).
+    """
 
     def __init__(
         self,
         *,
         routes: set[str],
         credentials: BasicCredentials | None,
-        on_call: Callable[[ServerConnection, str], Awaitable[None]],
+        on_call: Callable[[ForkConnection, str], Awaitable[None]],
         healthy: Callable[[], bool],
         metrics_body: Callable[[], tuple[bytes, str]],
         calls_body: Callable[[], list[dict[str, Any]]],
         accepting: Callable[[], bool],
         on_reject: Callable[[str], None],
+        reuse_port: bool = False,
     ) -> None:
         self._routes = routes
         self._credentials = credentials
@@ -90,31 +162,20 @@ class IntakeServer:
         self._calls_body = calls_body
         self._accepting = accepting
         self._on_reject = on_reject
-        self.server: Server | None = None
+        self.reuse_port = reuse_port
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[ForkConnection] = set()
+        self._listening = False
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await serve(
-            self._handler,
-            host,
-            port,
-            process_request=self._process_request,
-            select_subprotocol=self._select_subprotocol,
-            compression=None,  # mod_audio_fork does not negotiate it; it would only cost CPU
-            max_size=MAX_FORK_MESSAGE,
-            max_queue=64,
-            ping_interval=20,
-            ping_timeout=20,
-            close_timeout=2,
-            server_header="voicefork",
-            logger=WS_LOGGER,  # its DEBUG lines hold the Authorization header: redacted there
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ForkConnection(self), host, port, backlog=_BACKLOG, reuse_port=self.reuse_port or None
         )
+        self._listening = True
         return self.server.sockets[0].getsockname()[1]
 
-    @staticmethod
-    def _select_subprotocol(connection: ServerConnection, offered: Any) -> Any:
-        return FORK_SUBPROTOCOL if FORK_SUBPROTOCOL in offered else None
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ForkConnection, request: Request) -> Response | None:
         path = request.path
         if path == "/healthz":
             ok = self._healthy()
@@ -146,22 +207,33 @@ class IntakeServer:
             if not check_basic_auth(header, self._credentials):
                 self._on_reject("auth_failed")
                 return _response(http.HTTPStatus.FORBIDDEN, b"forbidden\n", "text/plain")
-        connection.voicefork_route = m.group(1)  # type: ignore[attr-defined]
+        connection.route = m.group(1)
         return None
 
-    async def _handler(self, connection: ServerConnection) -> None:
-        await self._on_call(connection, connection.voicefork_route)  # type: ignore[attr-defined]
+    async def _handle(self, connection: ForkConnection) -> None:
+        try:
+            await self._on_call(connection, connection.route)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - as websockets: log, close 1011, keep serving
+            _log.exception("intake: call handler failed")
+            await connection.close(1011, "internal error")
+            return
+        # As websockets: when the handler returns, the connection is closed (1000).
+        await connection.close()
 
     def stop_accepting(self) -> None:
         """Close the listening socket; live calls keep their connections."""
-        if self.server is not None:
-            self.server.close(close_connections=False)
+        if self.server is not None and self._listening:
+            self._listening = False
+            self.server.close()
 
     async def close(self) -> None:
-        if self.server is not None:
-            # After stop_accepting() a second Server.close() is a no-op in websockets, so the
-            # live connections are closed here one by one (1001: going away).
-            self.server.close(close_connections=True)
-            conns = list(self.server.connections)
-            await asyncio.gather(*(c.close(1001, "server shutdown") for c in conns), return_exceptions=True)
-            await self.server.wait_closed()
+        if self.server is None:
+            return
+        self.stop_accepting()
+        # Live connections are closed here one by one (1001: going away), then their handlers end.
+        conns = list(self.connections)
+        await asyncio.gather(*(c.close(1001, "server shutdown") for c in conns), return_exceptions=True)
+        handlers = [c.handler for c in conns if c.handler is not None and not c.handler.done()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
+        self.server = None

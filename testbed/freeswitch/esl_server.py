@@ -21,6 +21,7 @@ event queue exceeds 100 000 events is disconnected with a log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid as uuidlib
 from typing import Callable, Mapping, Protocol
@@ -41,9 +42,15 @@ class EslCore(Protocol):
     def subscribe(self, listener: Callable[[Mapping[str, str], "str | None"], None]) -> Callable[[], None]: ...
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _quoted(value: str) -> str:
+    # Cached: most header values repeat per channel, and the benchmark sends thousands a second.
+    return quote(value, safe="")
+
+
 def serialize_event(headers: Mapping[str, str], body: str | None) -> bytes:
     """One event in ``text/event-plain`` framing, outer header included."""
-    text = "".join(f"{k}: {quote(str(v), safe='')}\n" for k, v in headers.items())
+    text = "".join(f"{k}: {_quoted(str(v))}\n" for k, v in headers.items())
     if body:
         raw = body.encode()
         data = text.encode() + b"Content-Length: %d\n\n" % len(raw) + raw

@@ -1,0 +1,350 @@
+"""An Event Socket client on the event loop itself (no threads), the same interface as EslClient.
+
+Why (issue 5, measured with ``just bench``): python-ESL runs on two threads, and at 200 calls
+they used ~22 % of a core (~160 us per event, ~210 us per command), most of it handing the
+GIL back and forth with the event loop; python-ESL's own C parse is ~36 us an event. This
+client speaks mod_event_socket's framing (the same the emulator in
+``testbed/freeswitch/esl_server.py`` serves, from mod_event_socket.c) from ``data_received``:
+
+* on connect ``Content-Type: auth/request``; ``auth <pw>`` → ``command/reply`` ``+OK accepted``
+  or ``-ERR invalid`` and a disconnect notice;
+* ``api <cmd> <args>`` → ``api/response`` with ``Content-Length``; ``sendmsg <uuid>`` + header
+  lines → ``command/reply``; ``event plain <names>`` and ``filter <h> <v>`` → ``command/reply``;
+  replies come in the order of the commands, so commands are pipelined on one connection;
+* events: ``Content-Length`` + ``text/event-plain``, the event as URL-encoded ``Name: value``
+  lines, its body after its own ``Content-Length``.
+
+Same semantics as :class:`~fork_server.esl_client.EslClient`: two connections (commands,
+events) that reconnect with jittered exponential backoff; a command issued while the link is
+down waits for it up to ``command_timeout`` then raises ``EslUnavailable``; a connection lost
+with commands in flight fails them (not retried: playback is not idempotent); a command with
+no answer within ``command_timeout`` fails and the connection is dropped (its replies can no
+longer be matched). Limits: a header block ≤ 64 KiB, a body ≤ 4 MiB, ≤ 10 000 commands
+waiting; a peer over them is disconnected.
+
+Selected with ``voicefork-server --esl asyncio``; python-ESL stays the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from typing import Any, Callable, Mapping
+from urllib.parse import unquote
+
+from . import esl_messages as em
+from .errors import EslCommandError, EslUnavailable, LocalUsageError
+from .spool import valid_uuid
+
+__all__ = ["AsyncEslClient", "EslReader"]
+
+_MAX_HEAD = 64 * 1024
+_MAX_BODY = 4 << 20
+_QUEUE_MAX = 10_000
+
+
+class EslReader:
+    """mod_event_socket framing, sans-I/O: ``feed(bytes)`` → ``[(headers, body), ...]``.
+
+    ``headers`` are the outer ones (Content-Type, Reply-Text, ...), not URL-decoded (they are
+    not encoded on the wire); ``body`` is bytes or None. Raises ValueError over a limit.
+    """
+
+    __slots__ = ("_buf", "_head", "_need")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._head: dict[str, str] | None = None
+        self._need = 0
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, str], bytes | None]]:
+        buf = self._buf
+        buf += data
+        out: list[tuple[dict[str, str], bytes | None]] = []
+        while True:
+            if self._head is None:
+                end = buf.find(b"\n\n")
+                if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise ValueError("ESL header block over 64 KiB")
+                    break
+                head = _parse_lines(bytes(buf[:end]).decode("utf-8", "replace"), decode=False)
+                del buf[: end + 2]
+                n = _content_length(head)
+                if n is None:
+                    out.append((head, None))
+                    continue
+                self._head, self._need = head, n
+            if len(buf) < self._need:
+                break
+            body = bytes(buf[: self._need])
+            del buf[: self._need]
+            out.append((self._head, body))
+            self._head = None
+        return out
+
+
+def _content_length(head: Mapping[str, str]) -> int | None:
+    raw = head.get("Content-Length")
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"bad Content-Length {raw[:20]!r}") from None
+    if not 0 <= n <= _MAX_BODY:
+        raise ValueError(f"ESL body of {n} bytes over the limit")
+    return n
+
+
+def _parse_lines(text: str, *, decode: bool) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, sep, value = line.partition(": ")
+        if sep:
+            headers[name] = unquote(value) if decode and "%" in value else value
+    return headers
+
+
+def parse_plain_event(raw: bytes) -> tuple[dict[str, str], str | None]:
+    """A ``text/event-plain`` payload: URL-decoded headers, then the event's own body if any."""
+    text = raw.decode("utf-8", "replace")
+    head, sep, rest = text.partition("\n\n")
+    headers = _parse_lines(head, decode=True)
+    body = None
+    if "Content-Length" in headers and sep:
+        try:
+            n = int(headers["Content-Length"])
+        except ValueError:
+            n = -1
+        body = rest.encode()[:n].decode("utf-8", "replace") if n >= 0 else rest
+    return headers, body
+
+
+class _Link(asyncio.Protocol):
+    """One ESL connection: auth, then replies in order (commands) or events."""
+
+    def __init__(self, client: "AsyncEslClient", kind: str) -> None:
+        self.client, self.kind = client, kind
+        self.reader = EslReader()
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[tuple[asyncio.Future[tuple[dict[str, str], bytes | None]], str]] = deque()
+        self.authed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, text: str, what: str) -> asyncio.Future[tuple[dict[str, str], bytes | None]]:
+        fut: asyncio.Future[tuple[dict[str, str], bytes | None]] = asyncio.get_running_loop().create_future()
+        self.pending.append((fut, what))
+        self.transport.write(text.encode())  # type: ignore[union-attr]
+        return fut
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except ValueError as exc:
+            self.client.log.error("ESL %s link: %s; dropping it", self.kind, exc)
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        for head, body in messages:
+            ctype = head.get("Content-Type", "")
+            if ctype == "auth/request":
+                self.transport.write(f"auth {self.client._password}\n\n".encode())  # type: ignore[union-attr]
+            elif ctype == "text/event-plain":
+                if body is not None:
+                    self.client._event(body)
+            elif ctype == "text/disconnect-notice":
+                self.transport.close()  # type: ignore[union-attr]
+            elif ctype in ("command/reply", "api/response"):
+                if not self.authed.done():
+                    ok = head.get("Reply-Text", "").startswith("+OK")
+                    self.authed.set_result(ok)
+                    if not ok:
+                        self.transport.close()  # type: ignore[union-attr]
+                    continue
+                if self.pending:
+                    fut, _ = self.pending.popleft()
+                    if not fut.done():
+                        fut.set_result((head, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.authed.done():
+            self.authed.set_result(False)
+        while self.pending:
+            fut, what = self.pending.popleft()
+            if not fut.done():
+                fut.set_exception(EslUnavailable(f"connection lost during {what}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class AsyncEslClient:
+    """Drop-in for :class:`~fork_server.esl_client.EslClient` (same constructor and methods)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        *,
+        on_event: Callable[[em.EslEvent], None],
+        event_names: list[str],
+        filters: list[tuple[str, str]],
+        logger: logging.Logger,
+        on_state: Callable[[bool], None] | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        command_timeout: float = 5.0,
+    ) -> None:
+        self._addr = (host, port)
+        self._password = password
+        self._on_event = on_event
+        self._event_names = " ".join(event_names)
+        self._filters = list(filters)
+        self.log = logger
+        self._on_state = on_state
+        self._backoff = (backoff_initial, backoff_max)
+        self.command_timeout = command_timeout
+        self.event_filter: Callable[[em.EslEvent], bool] | None = None
+        self.reconnects = 0
+        self._cmd: _Link | None = None
+        self._evt: _Link | None = None
+        self._cmd_up = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._waiting = 0
+        self._was_up = False
+
+    @property
+    def up(self) -> bool:
+        return self._cmd is not None and self._evt is not None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._keep(kind), name=f"esl-{kind}") for kind in ("commands", "events")]
+
+    async def wait_up(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.up and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return self.up
+
+    async def close(self) -> None:
+        self._stopping = True
+        for link in (self._cmd, self._evt):
+            if link is not None and link.transport is not None:
+                link.transport.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    # ---------------------------------------------------------------- connections
+
+    def _set(self, kind: str, link: _Link | None) -> None:
+        if kind == "commands":
+            self._cmd = link
+            self._cmd_up.set() if link is not None else self._cmd_up.clear()
+        else:
+            self._evt = link
+        if self.up != self._was_up:
+            self._was_up = self.up
+            if self._on_state is not None:
+                self._on_state(self.up)
+
+    async def _keep(self, kind: str) -> None:
+        attempt = 0
+        while not self._stopping:
+            link = await self._connect(kind)
+            if link is None:
+                lo, hi = self._backoff
+                await asyncio.sleep(min(hi, lo * 2**attempt) * random.uniform(0.5, 1.0))
+                attempt += 1
+                continue
+            if attempt and kind == "commands":
+                self.reconnects += 1
+            attempt = 0
+            self._set(kind, link)
+            try:
+                await link.lost
+            finally:
+                self._set(kind, None)
+
+    async def _connect(self, kind: str) -> _Link | None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await asyncio.wait_for(
+                loop.create_connection(lambda: _Link(self, kind), *self._addr), self.command_timeout
+            )
+            if not await asyncio.wait_for(asyncio.shield(link.authed), self.command_timeout):
+                link.transport.close()
+                return None
+            if kind == "events":
+                await asyncio.wait_for(link.send(f"event plain {self._event_names}\n\n", "event"), self.command_timeout)
+                for header, value in self._filters:
+                    await asyncio.wait_for(link.send(f"filter {header} {value}\n\n", "filter"), self.command_timeout)
+            return link
+        except (OSError, TimeoutError, EslUnavailable):
+            return None
+
+    def _event(self, raw: bytes) -> None:
+        headers, body = parse_plain_event(raw)
+        parsed = em.parse_event(headers, body)
+        if parsed is not None and (self.event_filter is None or self.event_filter(parsed)):
+            self._on_event(parsed)
+
+    # ---------------------------------------------------------------- commands
+
+    async def _submit(self, text: str, what: str) -> tuple[dict[str, str], bytes | None]:
+        if self._waiting >= _QUEUE_MAX:
+            raise EslUnavailable("command queue full")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.command_timeout
+        self._waiting += 1
+        try:
+            while self._cmd is None:
+                left = deadline - loop.time()
+                if left <= 0 or self._stopping:
+                    raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})")
+                try:
+                    await asyncio.wait_for(self._cmd_up.wait(), left)
+                except TimeoutError:
+                    raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})") from None
+            link = self._cmd
+            fut = link.send(text, what)
+            try:
+                return await asyncio.wait_for(fut, max(deadline - loop.time(), 0.001))
+            except TimeoutError:
+                # Its reply may still come and would be matched to the next command: drop the link.
+                if link.transport is not None:
+                    link.transport.abort()
+                raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})") from None
+        finally:
+            self._waiting -= 1
+
+    async def api(self, cmdline: str) -> str:
+        if "\n" in cmdline or "\r" in cmdline:
+            raise LocalUsageError(f"unsafe api command {cmdline[:60]!r}")
+        self.log.debug("> api %s", cmdline)
+        _, body = await self._submit(f"api {cmdline}\n\n", "api")
+        reply = (body or b"").decode("utf-8", "replace")
+        if reply.startswith("-ERR") or reply.startswith("-USAGE"):
+            raise EslCommandError(cmdline, reply)
+        return reply
+
+    async def execute_playback(self, cmd: em.PlaybackCommand) -> None:
+        await self.sendmsg(cmd.uuid, cmd.headers())
+
+    async def sendmsg(self, uuid: str, headers: Mapping[str, str]) -> None:
+        if not valid_uuid(uuid) or any(ch in kv for k, v in headers.items() for kv in (k, v) for ch in "\r\n\0"):
+            raise LocalUsageError(f"unsafe sendmsg to {uuid!r}")  # a newline would start a new command
+        text = f"sendmsg {uuid}\n" + "".join(f"{k}: {v}\n" for k, v in headers.items()) + "\n"
+        head, _ = await self._submit(text, "sendmsg")
+        reply = head.get("Reply-Text", "")
+        if not reply.startswith("+OK"):
+            raise EslCommandError("sendmsg " + headers.get("execute-app-name", ""), reply)

@@ -1,0 +1,133 @@
+"""The asyncio ESL client (``--esl asyncio``) against the same minimal peer as the python-ESL
+adapter's tests, and its framing parser on bytes alone (whole, byte by byte, trailing data)."""
+
+import asyncio
+import logging
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fork_server import esl_messages as em
+from fork_server.errors import EslCommandError, EslUnavailable, LocalUsageError
+from fork_server.esl_async import AsyncEslClient, EslReader, parse_plain_event
+from mini_esl import MiniEsl
+from testbed.freeswitch.esl_server import serialize_event
+
+U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+
+
+async def started(peer, events, password="pw", **kw):
+    client = AsyncEslClient(
+        "127.0.0.1", peer.port, password, on_event=events.append, event_names=["PLAYBACK_START"],
+        filters=[("variable_voicefork_route", "support")], logger=logging.getLogger("t"), **kw,
+    )
+    await client.start()
+    return client
+
+
+async def test_api_sendmsg_and_events_round_trip():
+    peer, events = MiniEsl(), []
+    await peer.start()
+    client = await started(peer, events)
+    try:
+        assert await client.wait_up(5)
+        assert (await client.api(em.uuid_getvar(U, "write_rate"))).startswith("+OK uuid_getvar")
+        with pytest.raises(EslCommandError):
+            await client.api("bad command")
+        replies = await asyncio.gather(*(client.api(f"status {i}") for i in range(50)))  # pipelined, in order
+        assert replies == [f"+OK status {i}\n" for i in range(50)]
+        await client.execute_playback(em.PlaybackCommand(U, "/spool/a_b/1.r8"))
+        sendmsg = next((c for c in peer.commands if c.startswith("sendmsg")), repr(peer.commands))
+        assert f"sendmsg {U}" in sendmsg and "event-lock: true" in sendmsg and "execute-app-name: playback" in sendmsg
+        assert any(c.startswith("event plain PLAYBACK_START") for c in peer.commands)
+        assert any(c.startswith("filter variable_voicefork_route support") for c in peer.commands)
+        peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/x y.r8"})
+        for _ in range(100):
+            if events:
+                break
+            await asyncio.sleep(0.02)
+        assert events == [em.PlaybackStarted(U, None, "/spool/x y.r8")]
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_wrong_password_stays_down_and_commands_fail_cleanly():
+    peer, events = MiniEsl(), []
+    await peer.start()
+    client = await started(peer, events, password="nope", command_timeout=0.5)
+    try:
+        assert not await client.wait_up(0.5)
+        with pytest.raises(EslUnavailable):
+            await client.api(em.uuid_dump(U))
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_a_lost_link_goes_down_backs_off_and_reconnects():
+    peer, states = MiniEsl(), []
+    await peer.start()
+    client = await started(peer, [], on_state=states.append, backoff_initial=0.05)
+    try:
+        assert await client.wait_up(5)
+        for w in list(peer.event_writers):
+            w.transport.abort()
+        peer.server.close()  # no listener for a moment: the client backs off
+        await asyncio.sleep(0.2)
+        assert states[0] is True and False in states
+        peer.server = await asyncio.start_server(peer.client, "127.0.0.1", peer.port)
+        assert await client.wait_up(5)
+        assert (await client.api("status")).startswith("+OK")
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_sendmsg_and_api_refuse_newlines_before_anything_is_sent():
+    client = AsyncEslClient("127.0.0.1", 1, "pw", on_event=print, event_names=[], filters=[], logger=logging.getLogger("t"))
+    with pytest.raises(LocalUsageError):
+        await client.sendmsg(U, {"execute-app-arg": "/a\n\napi system id"})
+    with pytest.raises(LocalUsageError):
+        await client.sendmsg("x\nexit", {})
+    with pytest.raises(LocalUsageError):
+        await client.api("status\n\napi system id")
+
+
+def _wire():
+    ev = serialize_event({"Event-Name": "CUSTOM", "Event-Subclass": "mod_audio_fork::play_audio", "Unique-ID": U,
+                          "Playback-File-Path": "/tmp/a b%.r8"}, '{"file":"/tmp/x.r8"}')
+    return (b"Content-Type: auth/request\n\n"
+            + b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n"
+            + b"Content-Type: api/response\nContent-Length: 4\n\n+OK\n" + ev)
+
+
+def test_reader_whole_bytewise_and_trailing_data():
+    whole = EslReader().feed(_wire())
+    r, bytewise = EslReader(), []
+    for i in range(len(_wire())):
+        bytewise += r.feed(_wire()[i : i + 1])
+    assert whole == bytewise and len(whole) == 4
+    assert whole[1][0]["Reply-Text"] == "+OK accepted" and whole[2][1] == b"+OK\n"
+    headers, body = parse_plain_event(whole[3][1])
+    assert headers["Playback-File-Path"] == "/tmp/a b%.r8" and headers["Event-Subclass"] == "mod_audio_fork::play_audio"
+    assert body == '{"file":"/tmp/x.r8"}'
+    r = EslReader()
+    assert len(r.feed(_wire() + b"Content-Type: command/rep")) == 4  # the partial block waits
+    assert r.feed(b"ly\nReply-Text: +OK\n\n") == [({"Content-Type": "command/reply", "Reply-Text": "+OK"}, None)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000))
+def test_reader_never_raises_anything_but_value_error(data):
+    try:
+        EslReader().feed(data)
+    except ValueError:
+        pass
+
+
+def test_reader_limits():
+    with pytest.raises(ValueError):
+        EslReader().feed(b"x" * (70 * 1024))
+    with pytest.raises(ValueError):
+        EslReader().feed(b"Content-Length: 99999999999\n\n")

@@ -1,0 +1,95 @@
+"""``voicefork-server --workers 2``: two processes on one port (SO_REUSEPORT), a call lives in
+one worker, one worker only runs the fallback of a fork that reached none, SIGTERM drains both."""
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid as uuidlib
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+pytest.importorskip("ESL")
+
+from mini_esl import MiniEsl  # noqa: E402
+from test_sigterm_drain import AUTH, ROOT, free_port, write_config  # noqa: E402
+from testbed.connector.server import ConnectorServer  # noqa: E402
+
+
+async def until(pred, timeout, what):
+    for _ in range(int(timeout / 0.05)):
+        if pred():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_two_workers_share_the_port_split_the_calls_and_drain_on_sigterm(tmp_path):
+    esl = MiniEsl("pw")
+    await esl.start()
+    esl.on_api = lambda cmd: "Caller-Caller-ID-Number: %2B15550001111\nvariable_write_rate: 8000\n" if cmd.startswith("uuid_dump") else None
+    bot = ConnectorServer("sink", store_audio=True)
+    await bot.start()
+    port = free_port()
+    cfg = tmp_path / "voicefork.yaml"
+    write_config(cfg, esl.port, port, bot.url("/bot"), tmp_path / "spool", "5s")
+    env = {**os.environ, "T_ESL_PW": "pw", "T_FORK_PW": "fork-secret"}
+    log_path = tmp_path / "server.log"
+    log_file = open(log_path, "wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fork_server", "--config", str(cfg), "--workers", "2", cwd=ROOT, env=env,
+        stderr=log_file,
+    )
+    log_file.close()
+    try:
+        await until(lambda: len(esl.event_writers) == 2, 15, "both workers' ESL event connections")
+        for _ in range(200):
+            try:
+                async with connect(f"ws://127.0.0.1:{port}/healthz"):
+                    pass
+            except InvalidStatus:
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        uuids = [str(uuidlib.uuid4()) for _ in range(12)]
+        forks = []
+        for u in uuids:
+            fork = await connect(f"ws://127.0.0.1:{port}/calls/support", subprotocols=["audio.drachtio.org"],
+                                 additional_headers=AUTH, compression=None)
+            await fork.send(json.dumps({"route": "support", "uuid": u}, separators=(",", ":")))
+            forks.append(fork)
+        for i in range(25):
+            for j, fork in enumerate(forks):
+                await fork.send(bytes([j]) * 640)
+            await asyncio.sleep(0.02)
+        records = [await bot.wait_call(u, timeout=5) for u in uuids]
+        await until(lambda: all(len(r.audio()) >= 20 * 640 for r in records), 5, "caller audio at the connector")
+        for j, r in enumerate(records):
+            assert set(r.audio()) == {j}  # each call's own frames, unmixed
+
+        # A fork that reached no worker: exactly one worker runs its route fallback.
+        orphan = str(uuidlib.uuid4())
+        esl.emit({"Event-Name": "CUSTOM", "Event-Subclass": "mod_audio_fork::connect_failed", "Unique-ID": orphan,
+                  "variable_voicefork_route": "support"})
+        await until(lambda: any(f"uuid_kill {orphan}" in c for c in esl.commands), 5, "the orphan's fallback")
+        await asyncio.sleep(0.5)
+        assert sum(f"uuid_kill {orphan}" in c for c in esl.commands) == 1
+
+        for fork in forks:
+            await fork.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        log = log_path.read_text()
+        opened = [line for line in log.splitlines() if "< fork open" in line]
+        assert len(opened) == 12
+        assert {line.split()[3] for line in opened} == {"w0", "w1"}, "SO_REUSEPORT spread 12 calls over both workers"
+        assert log.count("draining:") == 2
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await bot.close()
+        await esl.close()
