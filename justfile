@@ -66,6 +66,14 @@ bench *args: bootstrap
 serve config=config *args: bootstrap
     {{py}} -m fork_server --config {{config}} {{args}}
 
+# The full chaos churn (issue 6): calls starting and ending for 10 minutes at 100 concurrent; prints tasks, fds, threads, RSS and spool figures (CI runs 30 s at 50).
+chaos seconds="600" concurrent="100": bootstrap
+    {{py}} -m testbed.churn --seconds {{seconds}} --concurrent {{concurrent}}
+
+# Fuzzing (issue 6) with a large budget: 5000 examples per property (CI runs 100); about 3 minutes.
+fuzz *args: bootstrap
+    HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q -p no:cacheprovider tests/chaos/test_fuzz.py tests/chaos/test_security.py {{args}}
+
 # The test suite (unit, property, integration, end to end, chaos).
 test *args: bootstrap
     {{py}} -m pytest -q {{args}}

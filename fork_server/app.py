@@ -55,6 +55,8 @@ def _secret(env: Mapping[str, str], name: str, what: str) -> str:
     value = env.get(name)
     if not value:
         raise LocalUsageError(f"{what}: environment variable {name} is not set")
+    if value == "ClueCon":  # REF: FreeSWITCH's well-known default ESL password; never run with it
+        raise LocalUsageError(f"{what}: environment variable {name} holds FreeSWITCH's default password ClueCon")
     return value
 
 
@@ -253,6 +255,10 @@ class App:
         return self.orphan_events and isinstance(event, em.ForkEvent) and event.name == "connect_failed"
 
     def _on_esl_event(self, event: Any) -> None:
+        if isinstance(event, em.ForkEvent) and event.name == "disconnect" and event.route:
+            # REF "Close": after a server-side close the bug stays attached and the next start
+            # on the channel fails until `stop` is run; so it is run, whatever the call's state.
+            self._spawn(self._detach_fork(event.uuid))
         call = self.calls.get(event.uuid)
         if call is not None:
             call.post(event)
@@ -267,6 +273,19 @@ class App:
             task = asyncio.get_running_loop().create_task(self._fallback_without_call(event.uuid, route, event.body))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _detach_fork(self, uuid: str) -> None:
+        clog = CallLogger(self.log, {"uuid": uuid})
+        try:
+            await self.esl.api(em.uuid_audio_fork_stop(uuid))
+            clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop (the bug stays attached otherwise)")
+        except EslError as exc:
+            clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop: %s", exc)
 
     async def _fallback_without_call(self, uuid: str, route: Route, body: Any) -> None:
         """mod_audio_fork could not reach us for one of our routes: run its fallback (REF "Events")."""

@@ -21,7 +21,14 @@ from websockets.exceptions import ConnectionClosed
 from . import esl_messages as em
 from .audio_fork import CallerAudio, ForkDrained, ForkIntake
 from .connector_link import ConnectorLink
-from .errors import ConnectorProtocolError, EslError, ForkProtocolError, LocalUsageError
+from .errors import (
+    ConnectorProtocolError,
+    EslError,
+    EslLostInFlight,
+    EslUnavailable,
+    ForkProtocolError,
+    LocalUsageError,
+)
 from .metrics import Metrics
 from .session import (
     ArmTimer,
@@ -37,13 +44,17 @@ from .session import (
     DeleteFile,
     Finished,
     ForkClosed,
+    ForkFailed,
     HangupCall,
     LookupCaller,
+    PlaybackFailed,
     PlayFile,
+    QueueHangup,
     SendAudioToConnector,
     SendDtmfToCaller,
     SendToConnector,
     SendToFork,
+    State,
     StopFork,
     TimerFired,
     TransferCall,
@@ -53,6 +64,22 @@ from .session import (
 __all__ = ["Call", "ConnectorTarget", "CallLogger"]
 
 _EVENT_QUEUE_MAX = 4096  # events per call waiting for the session; far above any real burst
+# The connector may fill only this much of it: past that its link stops reading (TCP pushes
+# back on the connector), so a flood of connector messages never crowds out the switch's events.
+_CONNECTOR_EVENTS_MAX = _EVENT_QUEUE_MAX // 2
+# A mid-call reconnect happens while the caller may hear nothing: all attempts together get this
+# long from the drop, so the route fallback starts inside the 2 s silence bar (issue 6).
+_RECONNECT_BUDGET_S = 1.2
+
+
+_ERROR_TEXT = {
+    "spool_full": "TTS dropped: the call's spool is full (playback.max_spool_bytes_per_call)",
+    "connector_lost": "connector connection lost",
+    "fork_buffer_overrun": "< mod_audio_fork::buffer_overrun: FreeSWITCH dropped caller audio",
+    "fork_disconnect": "< mod_audio_fork::disconnect",
+    "inband_bad_file": "< play_audio event with a file outside the switch's temp dir: refused",
+    "tts_after_end": "connector audio after the call was ending: dropped",
+}
 
 
 class CallLogger(logging.LoggerAdapter):
@@ -101,11 +128,19 @@ class Call:
         self.log = CallLogger(logger, {"uuid": session.uuid})
         self.started = time.monotonic()
         self._events: asyncio.Queue[Any] = asyncio.Queue(_EVENT_QUEUE_MAX)
+        self._room = asyncio.Event()  # set while the connector may post
+        self._room.set()
         self._link: ConnectorLink | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._done = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._made_dirs: set[str] = set()
+        self._connector_lost_at: float | None = None
+        self._link_dropped = 0  # caller frames a slow connector's link dropped
+        self._errors_counted: dict[str, int] = {}
+        self._retry_queue: list[Any] = []
+        self._retrier: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -116,6 +151,13 @@ class Call:
         except asyncio.QueueFull:
             self.metrics.errors.labels("event_queue_full").inc()
             self.log.error("event queue full; dropped %s", type(event).__name__)
+
+    async def post_from_connector(self, event: Any) -> None:
+        """Queue a connector event, waiting while the connector's share of the queue is used."""
+        while self._events.qsize() >= _CONNECTOR_EVENTS_MAX:
+            self._room.clear()
+            await self._room.wait()
+        self.post(event)
 
     def info(self) -> dict[str, Any]:
         s = self.session
@@ -141,6 +183,10 @@ class Call:
                 self._perform_now(self.session.start())
                 await self._done.wait()
                 self.fork.set_receiver(None, None)
+                if self._retrier is not None:
+                    self._retrier.cancel()
+                if self._connecting is not None:
+                    self._connecting.cancel()  # a hangup mid-connect must not wait for the connector
         finally:
             for handle in self._timers.values():
                 handle.cancel()
@@ -165,6 +211,7 @@ class Call:
         except ForkProtocolError as exc:
             self.metrics.errors.labels("fork_protocol").inc()
             self.log.error("< fork: %s", exc)
+            self.post(ForkFailed(str(exc)))  # the channel stays up: its fallback runs
             self.fork.set_receiver(None, self._on_fork_closed)
             self.fork.close_now(1008, "protocol error")
             return
@@ -198,13 +245,28 @@ class Call:
     async def _session_loop(self) -> None:
         while not self._done.is_set():
             event = await self._events.get()
+            if not self._room.is_set() and self._events.qsize() < _CONNECTOR_EVENTS_MAX // 2:
+                self._room.set()
             try:
                 actions = self.session.handle(event)
             except LocalUsageError:
                 self.metrics.errors.labels("session_bug").inc()
                 self.log.exception("session rejected %s", type(event).__name__)
                 continue
+            if self.session.errors != self._errors_counted:
+                self._count_errors()
             await self._perform(actions)
+
+    def _count_errors(self) -> None:
+        """Session error counts go to the metrics as they happen, not at the end of the call, and
+        the first of each kind on a call is logged (issue 6); the call's last line has the totals."""
+        for kind, n in self.session.errors.items():
+            old = self._errors_counted.get(kind, 0)
+            if n > old:
+                self.metrics.errors.labels(kind).inc(n - old)
+                self._errors_counted[kind] = n
+                if not old and kind != "connector_malformed":  # that one the link logs itself
+                    self.log.warning("%s (first on this call; voicefork_errors{kind=%s})", _ERROR_TEXT.get(kind, kind), kind)
 
     def _perform_now(self, actions: list[Any]) -> None:
         """Start actions from outside the session loop (the first LookupCaller)."""
@@ -221,9 +283,44 @@ class Call:
                 # Reported on the call (REF: no command silently lost): counted and logged.
                 self.metrics.errors.labels("esl_command").inc()
                 self.log.error("> esl %s failed: %s", type(action).__name__, exc)
+                never_sent = isinstance(exc, EslUnavailable) and not isinstance(exc, EslLostInFlight)
+                if never_sent and self.session.state in (State.FALLBACK, State.ENDING) and type(action) in _FALLBACK_ACTIONS:
+                    self._retry_when_esl_is_back(action)
+                elif type(action) is PlayFile and not isinstance(exc, EslLostInFlight):
+                    # Surely not queued on the switch: the session must not wait for it or call it
+                    # played. Lost in flight it may still play, so it stays queued (and its file).
+                    self.post(PlaybackFailed(action.path))
             except OSError as exc:
                 self.metrics.errors.labels("spool_io").inc()
                 self.log.error("spool I/O for %s failed: %s", type(action).__name__, exc)
+
+    def _retry_when_esl_is_back(self, action: Any) -> None:
+        """The route fallback could not reach the switch: ESL is down (or never came up). Only
+        ESL can end or move the call, so its commands are sent again, in order, once ESL is
+        up, for as long as the call lasts (issue 6: a caller must not stay parked for good)."""
+        if self._tg is None or self._done.is_set():
+            return
+        self.log.warning("> %s waits for ESL to come back", type(action).__name__)
+        self._retry_queue.append(action)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = self._tg.create_task(self._retry_loop(), name=f"esl-retry-{self.uuid}")
+
+    async def _retry_loop(self) -> None:
+        while self._retry_queue and not self._done.is_set():
+            action = self._retry_queue[0]
+            await self.esl.wait_up(1.0)
+            if not self.esl.up:
+                continue
+            try:
+                await _ACTIONS[type(action)](self, action)
+                self.log.info("> %s sent after ESL came back", type(action).__name__)
+            except EslLostInFlight:
+                pass  # it may have run; never sent twice
+            except EslUnavailable:
+                continue
+            except EslError as exc:
+                self.log.error("> esl %s failed after ESL came back: %s", type(action).__name__, exc)
+            self._retry_queue.pop(0)
 
     # ------------------------------------------------------------------ actions
 
@@ -242,19 +339,29 @@ class Call:
         self.post(CallerInfoReady(info.number, info.name, info.destination, info.write_rate))
 
     async def _connect(self, action: ConnectConnector) -> None:
-        self._tg.create_task(self._connect_task(action.resumed))  # type: ignore[union-attr]
+        self._connecting = self._tg.create_task(self._connect_task(action.resumed))  # type: ignore[union-attr]
 
     async def _connect_task(self, resumed: bool) -> None:
         c = self.connector
+        # The caller's wait is counted from the call's start (caller lookup included) or from
+        # the drop, so the fallback runs within connect_timeout of the fork opening, and
+        # within the reconnect budget of a mid-call drop (issue 6).
+        if resumed:
+            lost = self._connector_lost_at if self._connector_lost_at is not None else time.monotonic()
+            timeout = min(c.connect_timeout_s, _RECONNECT_BUDGET_S - (time.monotonic() - lost))
+        else:
+            timeout = c.connect_timeout_s - (time.monotonic() - self.started)
+        timeout = max(0.05, timeout)
         link = ConnectorLink(
             c.url,
             headers=c.headers,
-            connect_timeout_s=c.connect_timeout_s,
+            connect_timeout_s=timeout,
             ping_interval_s=c.ping_interval_s,
             max_queued_frames=c.max_queued_frames,
-            on_event=self.post,
-            on_lost=lambda code, reason: self.post(ConnectorClosed(code, reason)),
+            on_event=self.post_from_connector,
+            on_lost=self._on_connector_lost,
             log=self.log,
+            on_dropped=self._on_frames_dropped,
         )
         t0 = time.monotonic()
         try:
@@ -263,9 +370,22 @@ class Call:
             self.log.warning("> connector %s (%.0f ms)", exc, (time.monotonic() - t0) * 1000)
             self.post(ConnectorFailed(str(exc)))
             return
+        if self._done.is_set():  # the call ended while we were connecting
+            link.abort()
+            return
         self._link = link
+        self._connector_lost_at = None
         self.log.info("> connector %s up in %.1f ms%s", c.url, (time.monotonic() - t0) * 1000, " (resumed)" if resumed else "")
         self.post(ConnectorUp())
+
+    def _on_frames_dropped(self, n: int) -> None:
+        self._link_dropped += n
+        self.metrics.frames_dropped.inc(n)  # live, not at the end of the call (issue 6)
+
+    def _on_connector_lost(self, code: int | None, reason: str) -> None:
+        if self._connector_lost_at is None:
+            self._connector_lost_at = time.monotonic()
+        self.post(ConnectorClosed(code, reason))
 
     async def _send_text(self, action: SendToConnector) -> None:
         if self._link is not None:
@@ -279,7 +399,6 @@ class Call:
     async def _close_connector(self, action: CloseConnector) -> None:
         link, self._link = self._link, None
         if link is not None:
-            self.metrics.frames_dropped.inc(link.dropped_frames)
             self._tg.create_task(link.close())  # type: ignore[union-attr]
 
     async def _write_segment(self, action: WriteSegment) -> None:
@@ -317,6 +436,9 @@ class Call:
     async def _dtmf(self, action: SendDtmfToCaller) -> None:
         await self.esl.api(em.uuid_send_dtmf(action.uuid, action.digits))
 
+    async def _queue_hangup(self, action: QueueHangup) -> None:
+        await self.esl.sendmsg(action.uuid, em.execute_headers("hangup", "NORMAL_CLEARING"))
+
     async def _stop_fork(self, action: StopFork) -> None:
         await self.esl.api(em.uuid_audio_fork_stop(action.uuid))
 
@@ -348,13 +470,12 @@ class Call:
             s.barge_ins,
             s.marks_played,
             s.marks_cleared,
-            s.dropped_frames,
+            s.dropped_frames + self._link_dropped,
             dict(s.errors) or "{}",
         )
+        self.metrics.frames_dropped.inc(s.dropped_frames)  # pre-start overflow; the links' drops are counted live
         self.metrics.calls.labels(s.outcome).inc()
         self.metrics.tts_bytes.inc(s.tts_bytes)
-        for kind, n in s.errors.items():
-            self.metrics.errors.labels(kind).inc(n)
         if self._link is not None:
             await self._link.close()
             self._link = None
@@ -372,6 +493,10 @@ class Call:
                 self.log.error("could not remove spool dir %s: %s", directory, exc)
 
 
+# What ends or moves a call (the route fallback, the connector's hangup or transfer); resent once
+# ESL is back (see Call._retry_when_esl_is_back).
+_FALLBACK_ACTIONS = frozenset({HangupCall, TransferCall, StopFork, PlayFile, QueueHangup})
+
 _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
     LookupCaller: Call._lookup,
     ConnectConnector: Call._connect,
@@ -386,6 +511,7 @@ _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
     TransferCall: Call._transfer,
     SendDtmfToCaller: Call._dtmf,
     StopFork: Call._stop_fork,
+    QueueHangup: Call._queue_hangup,
     DeleteFile: Call._delete,
     ArmTimer: Call._arm,
     Finished: Call._finished,

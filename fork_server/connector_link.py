@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -23,10 +24,21 @@ __all__ = ["ConnectorLink"]
 SUBPROTOCOL = cp.SUBPROTOCOL
 _MAX_TEXT_QUEUE = 256  # control messages are few; a peer that never reads them is dead
 _MAX_MESSAGE = cp.MAX_BINARY_BYTES + 16
+# Below the bounded queue, keep the socket's own buffers small: the kernel autotunes a send
+# buffer to MiBs (~2 min of caller audio), so a connector reading slower than real time would
+# fall minutes behind before the queue ever dropped anything. Linux doubles SO_SNDBUF: 8 KiB,
+# 0.25 s of caller audio (still 80 KB/s at 100 ms RTT, 2.5x what a call sends).
+_SNDBUF = 4 * 1024
+_WRITE_LIMIT = 4 * 1024  # the transport's own buffer above the socket's
+_LOG_FIRST_JUNK = 5  # malformed messages logged one by one; after that every 100th, with the count
+_LOG_JUNK_EVERY = 100
 
 
 class ConnectorLink:
-    """Connect, pump both directions, report events and loss through callbacks."""
+    """Connect, pump both directions, report events and loss through callbacks.
+
+    ``on_event`` is awaited for every event read: it may wait (back-pressure to the connector).
+    """
 
     def __init__(
         self,
@@ -36,9 +48,10 @@ class ConnectorLink:
         connect_timeout_s: float,
         ping_interval_s: float,
         max_queued_frames: int,
-        on_event: Callable[[Any], None],
+        on_event: Callable[[Any], Awaitable[None]],
         on_lost: Callable[[int | None, str], None],
         log: logging.LoggerAdapter,
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.url = url
         self._headers = dict(headers)
@@ -46,6 +59,7 @@ class ConnectorLink:
         self._ping = ping_interval_s
         self._on_event = on_event
         self._on_lost = on_lost
+        self._on_dropped = on_dropped
         self._log = log
         self._ws: ClientConnection | None = None
         self._parser = cp.ConnectorParser()
@@ -56,6 +70,7 @@ class ConnectorLink:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped_frames = 0
+        self.malformed = 0
 
     async def open(self) -> None:
         """Connect within the timeout; raises ConnectorProtocolError on any failure."""
@@ -78,12 +93,26 @@ class ConnectorLink:
             raise
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
             raise ConnectorProtocolError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
+        transport = self._ws.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(_WRITE_LIMIT)  # send_audio() queues (and drops) above it
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+            except OSError as exc:  # not fatal: only the latency bound after a stall is lost
+                self._log.warning("> connector socket: cannot set SO_SNDBUF: %s", exc)
         self._parser = cp.ConnectorParser()
         self._closing = False
         self._tasks = [
             asyncio.create_task(self._reader(), name="connector-reader"),
             asyncio.create_task(self._writer(), name="connector-writer"),
         ]
+
+    @property
+    def queued_frames(self) -> int:
+        """Caller audio frames waiting to be written (at most ``max_queued_frames``)."""
+        return self._audio_in_queue
 
     def send_text(self, text: str) -> None:
         if len(self._out) - self._audio_in_queue >= _MAX_TEXT_QUEUE:
@@ -107,6 +136,11 @@ class ConnectorLink:
         self._wake.set()
 
     def _drop_oldest_audio(self, n: int) -> None:
+        if not self.dropped_frames:
+            self._log.warning("> connector is not reading: dropping the oldest caller audio (%d frames queued)",
+                              self._audio_in_queue)
+        if self._on_dropped is not None:
+            self._on_dropped(n)
         kept: deque[bytes | str] = deque()
         out = self._out
         while out and n:
@@ -152,7 +186,11 @@ class ConnectorLink:
                 else:
                     events = self._parser.receive_binary(message)
                 for ev in events:
-                    self._on_event(ev)
+                    if type(ev) is cp.Malformed:
+                        self._junk(ev)
+                    # Awaited: while the call is behind, this stops reading, so a flooding
+                    # connector is pushed back through TCP instead of filling the call's queue.
+                    await self._on_event(ev)
         except ConnectionClosed:
             pass
         finally:
@@ -160,6 +198,12 @@ class ConnectorLink:
                 code, reason = ws.close_code, ws.close_reason or ""
             if not self._closing:
                 self._on_lost(code, reason or "connection closed")
+
+    def _junk(self, ev: cp.Malformed) -> None:
+        self.malformed += 1
+        n = self.malformed
+        if n <= _LOG_FIRST_JUNK or n % _LOG_JUNK_EVERY == 0:
+            self._log.warning("< connector sent a malformed message (%d so far): %s", n, ev.reason)
 
     async def close(self) -> None:
         """Send what is queued (stop last), then close with 1000."""
@@ -178,8 +222,10 @@ class ConnectorLink:
             await self._ws.close()
 
     def abort(self) -> None:
-        """Drop everything now (call teardown after the fork is gone)."""
+        """Drop everything now (call teardown after the fork is gone), the socket included."""
         self._closing = True
         for t in self._tasks:
             t.cancel()
         self._tasks = []
+        if self._ws is not None:
+            self._ws.abort()

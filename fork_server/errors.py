@@ -10,6 +10,7 @@
           ├── ConnectorProtocolError
           └── EslError
                ├── EslUnavailable   no ESL connection right now
+               │    └── EslLostInFlight  sent, then the connection died: the switch may have run it
                └── EslCommandError  the switch answered -ERR
 
 Local errors are bugs on our side; remote errors are counted and handled per call,
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectorProtocolError",
     "EslError",
     "EslUnavailable",
+    "EslLostInFlight",
     "EslCommandError",
 ]
 
@@ -78,6 +80,10 @@ class EslError(RemoteError):
 
 class EslUnavailable(EslError):
     """There is no ESL connection right now (down, reconnecting, or never up)."""
+
+
+class EslLostInFlight(EslUnavailable):
+    """The command went out, then the connection died before the reply: it may have run."""
 
 
 class EslCommandError(EslError):

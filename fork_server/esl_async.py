@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from . import esl_messages as em
-from .errors import EslCommandError, EslUnavailable, LocalUsageError
+from .errors import EslCommandError, EslLostInFlight, EslUnavailable, LocalUsageError
 from .spool import valid_uuid
 
 __all__ = ["AsyncEslClient", "EslReader"]
@@ -177,7 +177,7 @@ class _Link(asyncio.Protocol):
         while self.pending:
             fut, what = self.pending.popleft()
             if not fut.done():
-                fut.set_exception(EslUnavailable(f"connection lost during {what}"))
+                fut.set_exception(EslLostInFlight(f"connection lost during {what}"))  # it may have run
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -196,8 +196,8 @@ class AsyncEslClient:
         filters: list[tuple[str, str]],
         logger: logging.Logger,
         on_state: Callable[[bool], None] | None = None,
-        backoff_initial: float = 0.2,
-        backoff_max: float = 5.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 0.5,  # as EslClient: a local switch, and every second back is a second of silence
         command_timeout: float = 5.0,
     ) -> None:
         self._addr = (host, port)
@@ -262,6 +262,11 @@ class AsyncEslClient:
         while not self._stopping:
             link = await self._connect(kind)
             if link is None:
+                if kind == "events" and attempt % 30 == 0 and not self._stopping:  # as EslClient: one clear line
+                    self.log.error(
+                        "ESL %s:%s unreachable or refusing our password (attempt %d); /healthz is 503 until it is up; retrying",
+                        self._addr[0], self._addr[1], attempt + 1,
+                    )
                 lo, hi = self._backoff
                 await asyncio.sleep(min(hi, lo * 2**attempt) * random.uniform(0.5, 1.0))
                 attempt += 1
@@ -323,7 +328,7 @@ class AsyncEslClient:
                 # Its reply may still come and would be matched to the next command: drop the link.
                 if link.transport is not None:
                     link.transport.abort()
-                raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})") from None
+                raise EslLostInFlight(f"no answer within {self.command_timeout:.1f} s ({what})") from None  # sent: may have run
         finally:
             self._waiting -= 1
 

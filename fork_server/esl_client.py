@@ -9,9 +9,14 @@ mod_event_socket serves every inbound connection on its own thread, so they run 
 parallel on the switch too. A call awaits each command before its next one, so its own
 commands stay in order whichever connection carries them.
 
-Every connection reconnects with jittered exponential backoff. A command issued while no
-command connection is up waits up to ``command_timeout`` and then raises
-``EslUnavailable``: it is reported to the caller, never dropped silently.
+Every connection reconnects with jittered exponential backoff, capped at 0.5 s: the switch is
+local and a refused connect costs nothing, while every second of delay after it is back is a
+second the callers hear nothing (issue 6). A command issued while no command connection is up
+waits up to ``command_timeout`` and then raises ``EslUnavailable``: it is reported to the
+caller, never dropped silently. An idle command connection is checked for a hang-up before
+each command (python-ESL notices only when a command fails), so a command is not handed to a
+dead connection; one lost in flight is sent again only when that is harmless (uuid_kill,
+uuid_break, uuid_dump, ...), never a playback.
 """
 
 from __future__ import annotations
@@ -21,16 +26,44 @@ import concurrent.futures
 import logging
 import queue
 import random
+import select
 import threading
 from typing import Any, Callable, Mapping
 
 from . import esl_messages as em
-from .errors import EslCommandError, EslUnavailable, LocalUsageError
+from .errors import EslCommandError, EslLostInFlight, EslUnavailable, LocalUsageError
 from .spool import valid_uuid
 
 __all__ = ["EslClient"]
 
 _QUEUE_MAX = 10_000  # commands waiting for the command thread
+
+
+# API commands that may be sent again when the connection died with no reply: a second run
+# changes nothing (the channel is already killed, broken, dumped, stopped).
+_IDEMPOTENT_API = ("uuid_kill ", "uuid_break ", "uuid_dump ", "uuid_getvar ", "uuid_exists ", "status")
+
+
+def _idempotent(kind: str, payload: Any) -> bool:
+    if kind != "api" or not isinstance(payload, str):
+        return False
+    if payload.startswith("uuid_audio_fork ") and payload.split(" ")[2:3] == ["stop"]:
+        return True
+    return payload.startswith(_IDEMPOTENT_API)
+
+
+def _dead(con: Any) -> bool:
+    """An idle command connection receives nothing unless the switch closed it (EOF, or a
+    disconnect notice) or it broke, so readable means dead. python-ESL's ``connected()`` would
+    only find out on the next command, which would then be lost."""
+    try:
+        fd = con.socketDescriptor()
+        if fd < 0:
+            return True
+        readable, _, broken = select.select([fd], [], [fd], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable or broken)
 
 
 def _load_esl() -> Any:
@@ -51,8 +84,8 @@ class EslClient:
         filters: list[tuple[str, str]],
         logger: logging.Logger,
         on_state: Callable[[bool], None] | None = None,
-        backoff_initial: float = 0.2,
-        backoff_max: float = 5.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 0.5,
         command_timeout: float = 5.0,
         command_connections: int = 4,
     ) -> None:
@@ -158,6 +191,7 @@ class EslClient:
 
     def _command_thread(self, flag: threading.Event) -> None:
         attempt = 0
+        carry: tuple[str, Any, Any, bool] | None = None  # a command for the next connection
         while not self._stop.is_set():
             con = self._connect()
             if con is None:
@@ -169,20 +203,42 @@ class EslClient:
             attempt = 0
             self._set_state(flag, True)
             while not self._stop.is_set() and con.connected():
-                try:
-                    kind, payload, fut = self._commands.get(timeout=0.2)
-                except queue.Empty:
-                    continue
+                if carry is not None:
+                    (kind, payload, fut, retried), carry = carry, None
+                else:
+                    try:
+                        kind, payload, fut = self._commands.get(timeout=0.2)
+                    except queue.Empty:
+                        if _dead(con):  # noticed while idle, not by the next command
+                            break
+                        continue
+                    retried = False
                 if fut.cancelled():
                     continue
+                if _dead(con):
+                    carry = (kind, payload, fut, retried)  # never sent: it goes out on the next connection
+                    break
                 reply = self._run(con, kind, payload)
-                if reply is None:  # connection lost mid-command: not retried (playback is not idempotent)
-                    fut.set_exception(EslUnavailable(f"connection lost during {kind}"))
+                if reply is None:
+                    if not retried and _idempotent(kind, payload):
+                        carry = (kind, payload, fut, True)  # lost in flight; safe to send again
+                    else:  # sendmsg playback is not idempotent: reported, never silently lost
+                        fut.set_exception(EslLostInFlight(f"connection lost during {kind}"))
                     break
                 fut.set_result(reply)
             self._set_state(flag, False)
             con.disconnect()
+        if carry is not None and not carry[2].done():
+            carry[2].set_exception(EslUnavailable("ESL client closed"))
         self._fail_pending()
+
+    def _log_unreachable(self, attempt: int) -> None:
+        # One clear line when the switch cannot be reached, then one every ~30 attempts.
+        if attempt % 30 == 0 and not self._stop.is_set():
+            self.log.error(
+                "ESL %s:%s unreachable or refusing our password (attempt %d); /healthz is 503 until it is up; retrying",
+                self._addr[0], self._addr[1], attempt + 1,
+            )
 
     @staticmethod
     def _run(con: Any, kind: str, payload: Any) -> str | None:
@@ -214,6 +270,7 @@ class EslClient:
         while not self._stop.is_set():
             con = self._connect()
             if con is None:
+                self._log_unreachable(attempt)
                 self._backoff_sleep(attempt)
                 attempt += 1
                 continue

@@ -297,11 +297,19 @@ class CallerInfo:
     write_rate: int
 
 
+_MAX_CALLER_FIELD = 4096  # kept longer than the 256 of `start`, which then marks the cut with "…"
+
+
 def caller_info(dump: Mapping[str, str]) -> CallerInfo:
     rate = _int(dump.get("variable_write_rate")) or _int(dump.get("write_rate")) or 8000
+
+    def field(name: str) -> str:
+        value = dump.get(name, "")
+        return value[:_MAX_CALLER_FIELD] if isinstance(value, str) else ""
+
     return CallerInfo(
-        number=_field(dump, "Caller-Caller-ID-Number"),
-        name=_field(dump, "Caller-Caller-ID-Name"),
-        destination=_field(dump, "Caller-Destination-Number"),
+        number=field("Caller-Caller-ID-Number"),
+        name=field("Caller-Caller-ID-Name"),
+        destination=field("Caller-Destination-Number"),
         write_rate=rate,
     )

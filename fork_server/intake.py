@@ -24,6 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from .redact import WS_LOGGER
 from .wsconn import WsConnection
 
 __all__ = ["BasicCredentials", "IntakeServer", "ForkConnection", "FORK_SUBPROTOCOL", "check_basic_auth"]
@@ -82,7 +83,7 @@ class ForkConnection(WsConnection):
         protocol = ServerProtocol(
             select_subprotocol=_select_subprotocol,
             max_size=MAX_FORK_MESSAGE,
-            logger=logging.getLogger("websockets.server"),
+            logger=WS_LOGGER,  # its DEBUG lines hold the Authorization header: redacted there
         )
         # Keepalive as before: ping every 20 s, 20 s for the pong (REF: libwebsockets answers pings).
         super().__init__(protocol, ping_interval=20, ping_timeout=20, close_timeout=2, max_queue=64)

@@ -42,8 +42,10 @@ __all__ = [
     "ConnectorFailed",
     "ConnectorClosed",
     "ForkClosed",
+    "ForkFailed",
     "Shutdown",
     "TimerFired",
+    "PlaybackFailed",
     # actions
     "LookupCaller",
     "ConnectConnector",
@@ -58,6 +60,7 @@ __all__ = [
     "TransferCall",
     "SendDtmfToCaller",
     "StopFork",
+    "QueueHangup",
     "DeleteFile",
     "ArmTimer",
     "Finished",
@@ -117,6 +120,14 @@ class ForkClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class ForkFailed:
+    """The fork sent something off-spec and we close it: the call cannot go on, but the
+    channel is still up (a server-side close leaves it parked), so the route fallback runs."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     pass
 
@@ -124,6 +135,13 @@ class Shutdown:
 @dataclass(frozen=True, slots=True)
 class TimerFired:
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackFailed:
+    """The switch never took this file's playback command (ESL lost it): it will not play."""
+
+    path: str
 
 
 # --- actions
@@ -205,6 +223,14 @@ class StopFork:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueHangup:
+    """sendmsg execute hangup with event-lock: the switch hangs up once what is queued has
+    played (the fallback prompt), with no need for us to see its PLAYBACK_STOP."""
+
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteFile:
     local_path: str
 
@@ -259,13 +285,15 @@ def _table() -> dict[State, dict[type, Any]]:
     ending = {ForkClosed: S.ENDED, em.HangupComplete: S.ENDED}
     late_connector = {ev: IGNORE for ev in connector_events}
     late_connector.update({ConnectorUp: IGNORE, ConnectorFailed: IGNORE, ConnectorClosed: IGNORE})
-    playback = {ev: STAY for ev in esl_events}
+    playback = {ev: STAY for ev in (*esl_events, PlaybackFailed)}
     t: dict[State, dict[type, Any]] = {
         S.LOOKUP: {
             CallerInfoReady: S.CONNECTING,
             CallerInfoFailed: S.FALLBACK,
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: IGNORE,
+            PlaybackFailed: IGNORE,
             **{ev: IGNORE for ev in esl_events},
             **ending,
         },
@@ -274,6 +302,7 @@ def _table() -> dict[State, dict[type, Any]]:
             ConnectorFailed: S.FALLBACK,
             ConnectorClosed: S.FALLBACK,
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: STAY,
             **playback,
             **ending,
@@ -283,6 +312,7 @@ def _table() -> dict[State, dict[type, Any]]:
             ConnectorClosed: STAY,  # handler picks RECONNECTING or FALLBACK
             ConnectorFailed: STAY,
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: STAY,
             **playback,
             **ending,
@@ -293,19 +323,22 @@ def _table() -> dict[State, dict[type, Any]]:
             ConnectorClosed: STAY,
             **{ev: IGNORE for ev in connector_events},
             Shutdown: S.FALLBACK,
+            ForkFailed: S.FALLBACK,
             TimerFired: STAY,
             **playback,
             **ending,
         },
-        S.FALLBACK: {**late_connector, Shutdown: IGNORE, TimerFired: STAY, **playback, **ending},
-        S.ENDING: {**late_connector, Shutdown: STAY, TimerFired: STAY, **playback, **ending},
+        S.FALLBACK: {**late_connector, Shutdown: IGNORE, ForkFailed: IGNORE, TimerFired: STAY, **playback, **ending},
+        S.ENDING: {**late_connector, Shutdown: STAY, ForkFailed: IGNORE, TimerFired: STAY, **playback, **ending},
         S.ENDED: {
             **late_connector,
             **{ev: IGNORE for ev in esl_events},
             ForkClosed: IGNORE,
+            ForkFailed: IGNORE,
             em.HangupComplete: IGNORE,
             Shutdown: IGNORE,
             TimerFired: IGNORE,
+            PlaybackFailed: IGNORE,
             CallerInfoReady: IGNORE,
             CallerInfoFailed: IGNORE,
         },
@@ -413,7 +446,6 @@ class CallSession:
         self.marks_cleared = 0
         self._reconnects_left = settings.reconnect_attempts
         self._pending_end: HangupRequest | TransferRequest | None = None  # type: ignore[name-defined]
-        self._fallback_hangup_path: str | None = None
         self._connector_connected = False
         self._tts_idle = False  # the idle timer fired with enough queued: flush when it runs low
 
@@ -452,7 +484,20 @@ class CallSession:
             actions += self._enter(target, event)
         if handler is not None and self.state is not State.ENDED:
             actions += handler(self, event)
+        if self._queue and self.state is not State.ENDED and (
+            type(event) in _PLAYBACK_PROGRESS or any(type(a) is PlayFile for a in actions)
+        ):
+            actions.append(self._watchdog())
         return actions
+
+    def _watchdog(self) -> ArmTimer:
+        """(Re)arm the playback watchdog: if the switch reports no playback progress for as long
+        as everything queued takes to play, plus slack, its PLAYBACK_* events were lost (an ESL
+        outage) and the queue is taken as played (issue 6: never wait for them forever)."""
+        ms = [item.ms for item in self._queue]
+        if 0 in ms:  # a fallback prompt: its length is unknown here
+            return ArmTimer(_WATCHDOG, _WATCHDOG_UNKNOWN_S)
+        return ArmTimer(_WATCHDOG, sum(ms) / 1000 + _WATCHDOG_SLACK_S)
 
     def _move(self, target: State) -> None:
         """A move a handler decides (it depends on a guard, e.g. reconnects left)."""
@@ -507,15 +552,20 @@ class CallSession:
         if isinstance(event, Shutdown) and self._connector_open():
             self._connector_connected = False
             acts += [SendToConnector(cp.stop("shutdown")), CloseConnector()]
-        if isinstance(event, CallerInfoFailed):
-            # Without ESL nothing can be played or transferred: ending the fork is all we can do.
-            return acts + [StopFork(self.uuid)]
+        # CallerInfoFailed (no ESL) too: the fallback's commands wait in the adapter until ESL
+        # is back, since nothing else can end or move the call (REF: no mod_audio_fork message
+        # hangs up, transfers or plays).
         if s.fallback_action == "transfer" and s.fallback_target:
             return acts + [TransferCall(self.uuid, s.fallback_target), StopFork(self.uuid)]
+        if isinstance(event, ForkFailed):
+            self.outcome = "fork_error"
+            if s.fallback_action != "transfer":  # (a transfer stops the fork anyway)
+                acts.append(StopFork(self.uuid))  # we close it: the bug would stay attached (REF "Close")
         if s.fallback_action == "play" and s.fallback_file:
-            self._fallback_hangup_path = s.fallback_file
             self._queue.append(_Item(path=s.fallback_file, local_path=None, ms=0, size=0))
-            return acts + [PlayFile(self.uuid, s.fallback_file, "sendmsg")]
+            # Queued behind the prompt on the switch (event-lock): the hangup happens after it
+            # has played even if we never see its PLAYBACK_STOP, or the fork is gone by then.
+            return acts + [PlayFile(self.uuid, s.fallback_file, "sendmsg"), QueueHangup(self.uuid)]
         return acts + [HangupCall(self.uuid)]
 
     def _connector_open(self) -> bool:
@@ -766,14 +816,29 @@ class CallSession:
                 else:
                     self.marks_cleared += 1
                 acts.append(SendToConnector(cp.mark(name, status)))
-            if item.path == self._fallback_hangup_path:
-                acts.append(HangupCall(self.uuid))
         if self.state is State.ENDING and self._pending_end is not None and not self._queue:
             if not self._awaiting_file and (self._planner is None or self._planner.buffered_ms == 0):
                 pending, self._pending_end = self._pending_end, None
                 acts += self._end_now(pending)
                 return acts
         return acts + self._refill() + self._flush_if_idle_and_low()
+
+    def _on_playback_failed(self, ev: PlaybackFailed) -> list[Any]:
+        i = self._find(ev.path)
+        if i is None:
+            return []
+        item = self._queue[i]
+        del self._queue[i]
+        acts: list[Any] = []
+        if item.local_path:
+            acts.append(DeleteFile(item.local_path))
+            self._spool_bytes -= item.size
+        self.marks_cleared += len(item.marks)
+        acts += [SendToConnector(cp.mark(name, "cleared")) for name in item.marks]  # not heard: not "played"
+        if self.state is State.ENDING and self._pending_end is not None and not self._queue and not self._awaiting_file:
+            pending, self._pending_end = self._pending_end, None
+            return acts + self._end_now(pending)
+        return acts + self._refill()
 
     def _on_dtmf(self, ev: em.Dtmf) -> list[Any]:
         if self.state is not State.ACTIVE:
@@ -820,6 +885,8 @@ class CallSession:
         return [PlayFile(self.uuid, path, self.settings.playback_command)]
 
     def _on_timer(self, ev: TimerFired) -> list[Any]:
+        if ev.name == _WATCHDOG:
+            return self._on_watchdog()
         if ev.name != "tts_idle" or self._planner is None:
             return []
         # The connector paused: whatever is buffered must not wait for more audio.
@@ -839,6 +906,14 @@ class CallSession:
             self._tts_idle = False
             return self._flush_all()
         return []
+
+    def _on_watchdog(self) -> list[Any]:
+        if not self._queue:
+            return []
+        self._count("playback_events_lost")
+        last = self._queue[-1]
+        # As if the last file had stopped: files play in order, so everything before it too.
+        return self._on_playback_stopped(em.PlaybackStopped(self.uuid, self.settings.route, last.path or "", "done", None))
 
     # ---------------------------------------------------------------- playback helpers
 
@@ -901,6 +976,10 @@ class CallSession:
 
 
 _MISSING = object()
+_WATCHDOG = "playback_watchdog"
+_WATCHDOG_SLACK_S = 2.0  # REF: PLAYBACK_START comes 20-40 ms after the command, STOP at the file's end
+_WATCHDOG_UNKNOWN_S = 60.0
+_PLAYBACK_PROGRESS = frozenset({em.PlaybackStarted, em.PlaybackStopped})
 
 # Imported names used in annotations above.
 HangupRequest = cp.HangupRequest
@@ -924,4 +1003,5 @@ _HANDLERS = {
     em.ExecuteComplete: CallSession._on_execute_complete,
     em.ForkEvent: CallSession._on_fork_event,
     TimerFired: CallSession._on_timer,
+    PlaybackFailed: CallSession._on_playback_failed,
 }

@@ -44,6 +44,8 @@ try:
 except ImportError:  # pragma: no cover - the wheels ship the C speedups
     from websockets.utils import apply_mask
 
+from .redact import WS_LOGGER
+
 __all__ = ["WsConnection", "connect"]
 
 Message = str | bytes
@@ -495,7 +497,7 @@ async def connect(
         uri,
         subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols else None,
         max_size=max_size,
-        logger=logging.getLogger("websockets.client"),
+        logger=WS_LOGGER,  # its DEBUG lines hold the request headers, Authorization too: redacted there
     )
     loop = asyncio.get_running_loop()
     ctx = ssl_module.create_default_context() if uri.secure else None

@@ -211,8 +211,15 @@ def _opt(fields: dict[str, yaml.Node], key: str, parse: Callable[[yaml.Node], An
     return default if value is None else value
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def parse_config(text: str, file: str = "<config>") -> Config:
     ctx = _Ctx(file)
+    bad = _SURROGATE.search(text)
+    if bad is not None:  # libyaml would raise UnicodeEncodeError, not a ConfigError (found by fuzzing)
+        line = text.count("\n", 0, bad.start()) + 1
+        raise ConfigError([ConfigIssue(file, line, "", "not valid text: a lone UTF-16 surrogate")])
     try:
         root = yaml.compose(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
@@ -402,7 +409,10 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
                 except re.error as exc:
                     ctx.error(f["pattern"], f"{path}.pattern", f"invalid regular expression: {exc}")
         if "metadata" in f:
-            meta = yaml.safe_load(yaml.serialize(f["metadata"]))
+            try:
+                meta = yaml.safe_load(yaml.serialize(f["metadata"]))
+            except yaml.YAMLError:  # e.g. an empty value whose round trip is no document (found by fuzzing)
+                meta = None
             if not isinstance(meta, dict):
                 ctx.error(f["metadata"], f"{path}.metadata", f"expected a mapping, got {_kind(f['metadata'])}")
             else:
@@ -545,5 +555,11 @@ def _trunks(ctx: _Ctx, node: yaml.Node) -> tuple[Trunk, ...]:
 
 
 def load_config(path: str) -> Config:
-    with open(path, encoding="utf-8") as f:
-        return parse_config(f.read(), path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a ConfigError naming the line, not a traceback
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([ConfigIssue(path, line, "", f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}")]) from None
+    return parse_config(text, path)

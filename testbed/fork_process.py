@@ -5,7 +5,8 @@ emulator, the connector and the fork server share one event loop and one GIL, an
 test then measures that sharing more than the fork server. :class:`testbed.stack.Stack` with
 ``fork_server="process"`` starts this module, which loads the same YAML, applies the same
 wiring as the in-process stack (:func:`testbed.stack.wire`), binds port 0 and prints
-``LISTENING <port>`` on stdout. Secrets come from the environment. SIGTERM drains and exits.
+``LISTENING <port>`` on stdout. Secrets come from the environment. SIGTERM drains and exits;
+SIGUSR1 prints ``TASKS <n>`` (its asyncio tasks) on stdout.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The churn test (testbed.churn) counts this process's asyncio tasks: SIGUSR1 prints them.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(f"TASKS {len(asyncio.all_tasks())}", flush=True))
     await stop.wait()
     await app.drain(args.drain)
     await app.stop()

@@ -91,6 +91,7 @@ class Stack:
         connector_url_override: str | None = None,
         logger: logging.Logger | None = None,
         fork_server: str = "inprocess",
+        esl_up_at_start: bool = True,
     ) -> None:
         if fork_server not in ("inprocess", "process"):
             raise ValueError(f"fork_server must be inprocess or process, got {fork_server!r}")
@@ -103,6 +104,7 @@ class Stack:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.workdir = Path(workdir) if workdir else None
         self.connector_url_override = connector_url_override
+        self.esl_up_at_start = esl_up_at_start  # False: the switch's Event Socket refuses connections at start
         self.logger = logger or logging.getLogger("voicefork")
         self.env = stack_env(self.base)
         self.rendered: dict[str, str] = {}
@@ -131,6 +133,8 @@ class Stack:
         await self.switch.start()
         self.esl = EslServer(self.switch, self.env[self.base.freeswitch.esl_password_env])
         await self.esl.start()
+        if not self.esl_up_at_start:
+            await self.esl.stop_listening()
         self.connector = ConnectorServer(self.connector_mode, **self.connector_options)
         await self.connector.start()
 
@@ -152,6 +156,8 @@ class Stack:
         self.rendered = render(self.config, self.env)
         write_tree(self.rendered, self.conf_dir)
         self.switch.load_dialplan(self.conf_dir / "dialplan" / "public")
+        if not self.esl_up_at_start:
+            return
         if self.app is not None and not await self.app.esl.wait_up(5.0):
             raise RuntimeError("the fork server did not get its ESL link to the emulated switch")
         if self.app is None and not await self._wait_healthy(5.0):
@@ -229,7 +235,10 @@ class Stack:
             self._tmp.cleanup()
 
     def spool_files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.spool)) for p in self.spool.rglob("*") if p.is_file())
+        # os.walk, not rglob: a call's directory may vanish while it is being listed.
+        return sorted(
+            os.path.relpath(os.path.join(d, f), self.spool) for d, _, files in os.walk(self.spool) for f in files
+        )
 
     def number_of(self, route: str) -> str:
         r = self.config.route(route)

@@ -5,12 +5,15 @@ nothing from ``fork_server``, so it checks the fork server's side of the protoco
 Run it with ``python -m testbed.connector``.
 """
 
+from . import chaos as _chaos  # noqa: F401 - registers mode "chaos"
+from .chaos import ChaosOptions
 from .modes import EchoOptions, ModeOptions, ScriptOptions, SinkOptions, make_options
 from .recording import AudioFrame, CallRecord, DtmfEvent, MarkEvent, Sent, VadEvent
 from .server import ConnectorServer
 
 __all__ = [
     "AudioFrame",
+    "ChaosOptions",
     "CallRecord",
     "ConnectorServer",
     "DtmfEvent",

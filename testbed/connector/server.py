@@ -19,6 +19,7 @@ import hmac
 import http
 import json
 import logging
+import socket
 import time
 from typing import Any, Coroutine, Sequence
 
@@ -72,6 +73,16 @@ class _CallIO:
         rec.touch()
         return True
 
+    async def send_raw(self, data: str | bytes, *, text: bool | None = None) -> bool:
+        """Send anything, unchecked (the chaos mode's garbage); ``text=True`` sends bytes as a
+        text frame even if they are not UTF-8."""
+        try:
+            await self.ws.send(data, text=text)
+        except ConnectionClosed:
+            return False
+        self.record.touch()
+        return True
+
     async def send_audio(self, pcm: bytes) -> bool:
         t = time.monotonic()
         try:
@@ -108,6 +119,12 @@ class ConnectorServer:
     ``store_audio``: keep every caller frame and every TTS send on the record (default: all
     modes but ``sink``). Other keywords are the mode's options (see :mod:`.modes`), or pass
     ``options=`` a ready options object.
+
+    Faults of the whole server, for the chaos suite; attributes a test may change at any time:
+    ``refuse_status`` (every handshake is answered with this HTTP status), ``handshake_delay_s``
+    (the handshake answer waits this long: a connector that accepts TCP but hangs). ``rcvbuf``
+    (constructor only) sets SO_RCVBUF on every accepted socket, so a connector that stops
+    reading pushes back on the fork server within a few KB instead of the kernel's megabytes.
     """
 
     def __init__(
@@ -120,6 +137,7 @@ class ConnectorServer:
         subprotocol: str | None = p.SUBPROTOCOL,
         store_audio: bool | None = None,
         options: ModeOptions | None = None,
+        rcvbuf: int | None = None,
         **option_kw: Any,
     ) -> None:
         if mode not in MODES:
@@ -141,7 +159,12 @@ class ConnectorServer:
         self._shared = self.behaviour_type.prepare(self.options)
         self.connections: list[CallRecord] = []  # every accepted connection, in order
         self.calls: dict[str, CallRecord] = {}  # uuid -> latest connection for that call
-        self.rejected = 0  # handshakes refused (auth)
+        self.rejected = 0  # handshakes refused (auth, or refuse_status)
+        self.refuse_status: int | None = None
+        self.handshake_delay_s = 0.0
+        self.handshakes = 0  # handshake requests seen, refused or not
+        self._rcvbuf = rcvbuf
+        self._closing: asyncio.Event | None = None
         self._server: Server | None = None
         self._changed: asyncio.Event | None = None
 
@@ -149,10 +172,16 @@ class ConnectorServer:
     async def start(self) -> "ConnectorServer":
         if self._server is not None:
             raise RuntimeError("already started")
+        where: dict[str, Any] = {"host": self.host, "port": self._port}
+        if self._rcvbuf is not None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)  # accepted sockets inherit it
+            sock.bind((self.host, self._port))
+            where = {"sock": sock}
         self._server = await serve(
             self._handle,
-            self.host,
-            self._port,
+            **where,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             compression=None,
@@ -160,6 +189,7 @@ class ConnectorServer:
             ping_interval=None,  # the fork server pings; we answer
             close_timeout=2,
             server_header="voicefork-testbed-connector",
+            logger=logging.getLogger("testbed.connector.websockets"),  # apart from the fork server's
         )
         self._port = self._server.sockets[0].getsockname()[1]
         logger.info("connector (%s) listening on %s", self.mode, self.url())
@@ -168,6 +198,8 @@ class ConnectorServer:
     async def close(self) -> None:
         if self._server is None:
             return
+        if self._closing is not None:
+            self._closing.set()
         self._server.close()
         await self._server.wait_closed()
         self._server = None
@@ -222,7 +254,19 @@ class ConnectorServer:
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[str]) -> str | None:
         return self.subprotocol if self.subprotocol is not None and self.subprotocol in offered else None
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.handshakes += 1
+        if self.handshake_delay_s > 0:
+            if self._closing is None:
+                self._closing = asyncio.Event()
+            try:  # close() ends the wait, so a hung handshake does not hold up the teardown
+                await asyncio.wait_for(self._closing.wait(), self.handshake_delay_s)
+            except TimeoutError:
+                pass
+        if self.refuse_status is not None:
+            self.rejected += 1
+            self._touch()
+            return connection.respond(http.HTTPStatus(self.refuse_status), "refused (chaos)\n")
         if self._token is None:
             return None
         header = request.headers.get("Authorization", "")

@@ -124,6 +124,9 @@ class EslServer:
         self._server: asyncio.base_events.Server | None = None
         self._listeners: set[_Listener] = set()
         self.commands: list[str] = []  # every command line received, for tests
+        # Chaos tests: a slow switch. A command line starting with a key is answered that many
+        # seconds late (the connection's later commands wait behind it, as on the real socket).
+        self.reply_delay_s: dict[str, float] = {}
 
     @property
     def port(self) -> int:
@@ -134,17 +137,35 @@ class EslServer:
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for lst in list(self._listeners):
-                lst.writer.transport.abort()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for lst in list(self._listeners):
+            lst.writer.transport.abort()
+        if server is not None:
+            await server.wait_closed()
 
     def drop_connections(self) -> None:
         """Cut every client connection (an ESL outage, for chaos tests); the port stays open."""
         for lst in list(self._listeners):
             lst.writer.transport.abort()
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    async def stop_listening(self) -> None:
+        """FreeSWITCH went away (chaos tests): live connections are cut with no notice and new
+        ones are refused (connection refused) until :meth:`resume_listening`."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.drop_connections()
+
+    async def resume_listening(self) -> None:
+        """The switch is back, on the same port."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._client, self.host, self._port, limit=MAX_BLOCK)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lst = _Listener(self, reader, writer)
@@ -171,6 +192,9 @@ class EslServer:
                 if not cmd.strip():
                     continue
                 self.commands.append(cmd)
+                delay = max((d for k, d in self.reply_delay_s.items() if cmd.startswith(k)), default=0.0)
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 out = self._command(lst, cmd, headers, body)
                 if out is None:  # close after the queued replies
                     lst.queue.put_nowait(b"Content-Type: text/disconnect-notice\nContent-Length: %d\n\n" % len(DISCONNECT) + DISCONNECT.encode())

@@ -34,6 +34,7 @@ from .fork_args import ForkCommand
 __all__ = ["ForkBug"]
 
 log = logging.getLogger("testbed.freeswitch.fork")
+_WS_LOG = logging.getLogger("testbed.freeswitch.fork.websockets")
 
 SUBPROTOCOL = "audio.drachtio.org"
 MAX_SERVER_MESSAGE = 16 << 20  # REF: a 1.28 MB playAudio worked
@@ -92,6 +93,7 @@ class ForkBug:
         self.bytes_sent = 0
         self.frames_dropped = 0
         self.close_code: int | None = None
+        self._stalled_until = 0.0
         self._done = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"fork-{cmd.uuid}")
 
@@ -133,6 +135,11 @@ class ForkBug:
         self.graceful = True
         self._queue_control(b"")
 
+    def stall(self, seconds: float) -> None:
+        """Chaos tests: the service thread sends nothing for ``seconds`` (the fork server or
+        the network is not keeping up), so the buffer fills and ``buffer_overrun`` fires (REF)."""
+        self._stalled_until = asyncio.get_running_loop().time() + seconds
+
     def hangup(self) -> None:
         """The channel hung up: close 1000, empty reason, no final text (REF)."""
         self._queue_control(None)
@@ -173,6 +180,7 @@ class ForkBug:
                 max_size=MAX_SERVER_MESSAGE,
                 open_timeout=5,
                 create_connection=_ForkConnection,
+                logger=_WS_LOG,  # the switch's own log, apart from the fork server's
             )
         except InvalidStatus:
             self._done = True
@@ -207,9 +215,12 @@ class ForkBug:
 
     async def _send_loop(self) -> None:
         assert self.ws is not None
+        loop = asyncio.get_running_loop()
         while not self.closed_by_server:
             await self._wake.wait()
             self._wake.clear()
+            if (wait := self._stalled_until - loop.time()) > 0:
+                await asyncio.sleep(wait)
             audio: list[bytes] = []
             while self._pending:
                 item = self._pending.popleft()

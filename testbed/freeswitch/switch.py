@@ -179,6 +179,7 @@ class EmulatedSwitch:
         self.errors: list[str] = []  # things FreeSWITCH would log at ERR level
         self.crashed: str | None = None
         self.api_log: list[tuple[float, str]] = []
+        self.sendmsg_log: list[tuple[float, str, dict[str, str]]] = []  # (time, uuid, headers) as received
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -230,13 +231,19 @@ class EmulatedSwitch:
         codec: str = "PCMU",
         ptime_ms: int | None = None,
         caller_sends_rtp: bool = True,
+        variables: Mapping[str, str] | None = None,
     ) -> Channel:
-        """An inbound INVITE: route it through the rendered dialplan and run the extension."""
+        """An inbound INVITE: route it through the rendered dialplan and run the extension.
+
+        ``variables`` are channel variables the INVITE brought (e.g. ``sip_h_X-Foo`` from SIP
+        headers): caller-controlled, like the caller ID."""
         self._alive()
         ch = Channel(
             self, destination, caller_id_number, caller_id_name, codec,
             ptime_ms or self.timings.ptime_ms, caller_sends_rtp,
         )
+        if variables:
+            ch.vars.update(variables)
         self.channels[ch.uuid] = ch
         self._emit("CHANNEL_CREATE", ch)
         routed = self.dialplan.route({"destination_number": destination})
@@ -495,6 +502,7 @@ class EmulatedSwitch:
 
     def sendmsg(self, uuid: str, headers: Mapping[str, str], body: str | None = None) -> str:
         self._alive()
+        self.sendmsg_log.append((self.now(), uuid, dict(headers)))
         ch = self._channel(uuid.strip())
         if ch is None:
             return f"-ERR invalid session id [{uuid.strip()}]"
@@ -764,6 +772,11 @@ class EmulatedSwitch:
         headers = self._headers(name, ch, extra)
         for listener in list(self.listeners):
             listener(headers, body)
+
+    def inject_event(self, ch: Channel, name: str, extra: Mapping[str, str] | None = None, body: str | None = None) -> None:
+        """Chaos tests: an event as a buggy or hostile switch would send it, with the channel's
+        real headers plus ``extra`` (CUSTOM: give ``Event-Subclass`` in ``extra``)."""
+        self._emit(name, ch, extra, body)
 
     def _emit_custom(self, ch: Channel, subclass: str, body: str | None) -> None:
         # Source: responseHandler adds the channel's data (switch_channel_event_set_data).

@@ -18,6 +18,7 @@ pytest.importorskip("ESL")
 
 from mini_esl import MiniEsl  # noqa: E402
 from testbed.connector.server import ConnectorServer  # noqa: E402
+from testbed.figures import record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 U = "7c1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
@@ -83,6 +84,7 @@ async def server(tmp_path):
                 await asyncio.sleep(0.05)
         return proc, port
 
+    start.esl = esl
     yield start, bot
     for p in procs:
         if p.returncode is None:
@@ -142,3 +144,87 @@ async def test_sigterm_ends_calls_left_at_the_drain_timeout(server):
     feeder.cancel()
     await asyncio.gather(feeder, return_exceptions=True)
     await fork.close()
+
+
+async def test_sigterm_with_50_live_calls_cuts_none_before_the_drain_timeout(server):
+    # 50 live calls, SIGTERM, drain_timeout 3 s. Half the callers hang up 1 s later: those end
+    # as hangups. No call is cut before the timeout: the other 25 keep streaming until it, and
+    # are then ended with "shutdown" (their route fallback: uuid_kill, which this test's switch
+    # answers by closing the fork, as FreeSWITCH would). The process then exits 0.
+    import uuid as uuidlib
+
+    start, bot = server
+    loop = asyncio.get_running_loop()
+    forks: dict[str, object] = {}
+
+    def api(cmd):
+        if cmd.startswith("uuid_dump"):
+            return "Caller-Caller-ID-Number: %2B15550001111\nvariable_write_rate: 8000\n"
+        if cmd.startswith("uuid_kill "):
+            fork = forks.get(cmd.split()[1])
+            if fork is not None:
+                loop.create_task(fork.close())
+        return None
+
+    start.esl.on_api = api
+    proc, port = await start("3s")
+    errlog = bytearray()
+
+    async def drain_stderr():  # 50 calls log a lot: an unread pipe would block the server
+        while chunk := await proc.stderr.read(65536):
+            errlog.extend(chunk)
+
+    reader = asyncio.create_task(drain_stderr())
+    uuids = [str(uuidlib.uuid4()) for _ in range(50)]
+    for u in uuids:
+        fork = await connect(f"ws://127.0.0.1:{port}/calls/support", subprotocols=["audio.drachtio.org"],
+                             additional_headers=AUTH, compression=None)
+        await fork.send(json.dumps({"route": "support", "uuid": u}, separators=(",", ":")))
+        forks[u] = fork
+
+    async def feed():  # every live fork sends 20 ms of audio every 20 ms
+        while True:
+            for fork in list(forks.values()):
+                try:
+                    await fork.send(bytes(640))
+                except Exception:  # noqa: BLE001 - a closed fork just stops
+                    pass
+            await asyncio.sleep(0.02)
+
+    feeder = asyncio.create_task(feed())
+    records = [await bot.wait_call(u, timeout=10) for u in uuids]
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    t_term = loop.time()
+    await asyncio.sleep(0.3)
+    refused = False
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/calls/support", additional_headers=AUTH):
+            pass
+    except (InvalidStatus, OSError):
+        refused = True
+    await asyncio.sleep(max(0.0, t_term + 1.0 - loop.time()))
+    leaving, staying = uuids[:25], uuids[25:]
+    for u in leaving:
+        await forks.pop(u).close()
+    counts = [r.frame_count for r in records[25:]]
+    await asyncio.sleep(max(0.0, t_term + 2.8 - loop.time()))
+    flowing = sum(1 for r, c in zip(records[25:], counts) if r.frame_count >= c + 60 and not r.closed)
+    code = await asyncio.wait_for(proc.wait(), 15)
+    t_exit = loop.time()
+    feeder.cancel()
+    await asyncio.gather(feeder, return_exceptions=True)
+    await reader
+    for r in records:
+        await r.wait_stopped(timeout=5)
+    by_caller = sum(1 for r in records[:25] if r.stop_reason == "hangup")
+    at_timeout = sum(1 for r in records[25:] if r.stop_reason == "shutdown" and r.stop_at - t_term >= 2.9)
+    early = [round(r.stop_at - t_term, 2) for r in records[25:] if r.stop_at - t_term < 2.9]
+    record("SIGTERM with 50 live calls (drain 3 s)", 50, by_caller + at_timeout,
+           hung_up_by_caller=by_caller, ended_at_timeout=at_timeout, cut_early=len(early),
+           exit_after_s=round(t_exit - t_term, 2), exit_code=code)
+    for fork in forks.values():
+        await fork.close()
+    assert refused and code == 0
+    assert flowing == 25 and by_caller == 25 and at_timeout == 25, early
+    assert "draining: 50 live calls" in errlog.decode()
