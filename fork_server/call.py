@@ -23,6 +23,7 @@ from .audio_fork import CallerAudio, ForkDrained, ForkIntake
 from .connector_link import ConnectorLink
 from .errors import (
     ConnectorProtocolError,
+    EslCommandError,
     EslError,
     EslLostInFlight,
     EslUnavailable,
@@ -331,6 +332,18 @@ class Call:
         try:
             dump = em.parse_dump(await self.esl.api(em.uuid_dump(uuid)))
             info = em.caller_info(dump)
+        except EslCommandError as exc:
+            if "no such channel" in exc.reply.lower():
+                # The channel ended before its fork opened (seen on a real 1.10.12: the socket is
+                # then never closed by FreeSWITCH). Nothing can be played or transferred: end the
+                # call by closing the fork, which ends the session (ForkClosed).
+                self.log.warning("< esl: channel already gone (%s); closing its fork", exc.reply.strip())
+                self.metrics.errors.labels("channel_gone").inc()
+                self.fork.close_now(1000, "channel gone")
+                return
+            self.log.error("< esl caller lookup failed: %s", exc)
+            self.post(CallerInfoFailed(str(exc)))
+            return
         except EslError as exc:
             self.log.error("< esl caller lookup failed: %s", exc)
             self.post(CallerInfoFailed(str(exc)))

@@ -205,3 +205,36 @@ async def test_graceful_shutdown_is_closed_by_the_fork_server():
         record("mod_audio_fork graceful-shutdown", 1, int(r.stop_reason == "hangup" and ch.alive))
         assert r.stop_reason == "hangup" and ch.alive
         ch.hangup()
+
+
+async def test_a_fork_for_a_channel_that_is_already_gone_is_closed_by_us():
+    # Seen on a real 1.10.12 (REF is silent): a call hung up ~20 ms after `start` still got its
+    # fork opened afterwards, and FreeSWITCH never closed that socket. The caller lookup then
+    # answers "-ERR No such channel!"; nobody else would ever end such a call.
+    import base64
+    import uuid as uuidlib
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with stack(options=bot()) as s:
+        loop = asyncio.get_running_loop()
+        user = s.config.fork_server.auth.username
+        auth = base64.b64encode(f"{user}:{s.env[s.config.fork_server.auth.password_env]}".encode()).decode()
+        gone = str(uuidlib.uuid4())
+        async with connect(f"ws://127.0.0.1:{s.fork_port}/calls/support", subprotocols=["audio.drachtio.org"],
+                           additional_headers={"Authorization": f"Basic {auth}"}) as ws:
+            await ws.send('{"route":"support","uuid":"%s"}' % gone)
+            t0 = loop.time()
+
+            async def stream():  # like mod_audio_fork, keep streaming until the server closes
+                while True:
+                    await ws.send(bytes(640))
+                    await asyncio.sleep(0.02)
+
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(stream(), 5)
+            closed_after = loop.time() - t0
+        await until(lambda: gone not in s.app.calls, 2, "the call to end")
+        assert closed_after < 1.0 and not s.connector.connections  # no connector leg for a dead call
+        record("fork for a channel already gone", 1, 1, closed_after_s=round(closed_after, 3))
