@@ -382,6 +382,9 @@ class WsConnection(asyncio.Protocol):
             self.logger.warning("keepalive ping timeout; closing")
             self.protocol.fail(1011, "keepalive ping timeout")
             self._send_data()
+            # A peer that answers no ping will not answer the close either: waiting the close
+            # timeout for it only lengthens the caller's silence (2 s of the 5.1 s measured).
+            self.abort()
             return
         if self._pong_due is None:
             self._ping_payload = struct.pack("!I", int.from_bytes(os.urandom(4), "big"))
