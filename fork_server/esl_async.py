@@ -31,7 +31,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 from urllib.parse import unquote
 
 from . import esl_messages as em

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .speech import CALLER_BARGEIN, CALLER_QUESTION, load_wav, write_wav
 from .stack import EXAMPLE_CONFIG, Stack

@@ -20,7 +20,6 @@ import logging
 import random
 import re
 import struct
-import time
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -2,7 +2,6 @@
 dialplan, the fork server is the real App, the connector is the reference one in ``chaos`` mode."""
 
 import asyncio
-import time
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ ticks), so "no gap", "one frame" and "60 ms" are counted, not guessed from wall 
 """
 
 import asyncio
-import os
 import time
 
 import numpy as np

@@ -1,5 +1,6 @@
-"""The asyncio ESL client (``--esl asyncio``) against the same minimal peer as the python-ESL
-adapter's tests, and its framing parser on bytes alone (whole, byte by byte, trailing data)."""
+"""The asyncio ESL client (``--esl asyncio``): what only it does, against the minimal peer, and
+its framing parser on bytes alone (whole, byte by byte, trailing data). The behaviour it shares
+with the python-ESL adapter is tested for both in test_esl_client.py."""
 
 import asyncio
 import logging
@@ -7,8 +8,7 @@ import logging
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fork_server import esl_messages as em
-from fork_server.errors import EslCommandError, EslUnavailable, LocalUsageError
+from fork_server.errors import LocalUsageError
 from fork_server.esl_async import AsyncEslClient, EslReader, parse_plain_event
 from mini_esl import MiniEsl
 from testbed.freeswitch.esl_server import serialize_event
@@ -23,46 +23,6 @@ async def started(peer, events, password="pw", **kw):
     )
     await client.start()
     return client
-
-
-async def test_api_sendmsg_and_events_round_trip():
-    peer, events = MiniEsl(), []
-    await peer.start()
-    client = await started(peer, events)
-    try:
-        assert await client.wait_up(5)
-        assert (await client.api(em.uuid_getvar(U, "write_rate"))).startswith("+OK uuid_getvar")
-        with pytest.raises(EslCommandError):
-            await client.api("bad command")
-        replies = await asyncio.gather(*(client.api(f"status {i}") for i in range(50)))  # pipelined, in order
-        assert replies == [f"+OK status {i}\n" for i in range(50)]
-        await client.execute_playback(em.PlaybackCommand(U, "/spool/a_b/1.r8"))
-        sendmsg = next((c for c in peer.commands if c.startswith("sendmsg")), repr(peer.commands))
-        assert f"sendmsg {U}" in sendmsg and "event-lock: true" in sendmsg and "execute-app-name: playback" in sendmsg
-        assert any(c.startswith("event plain PLAYBACK_START") for c in peer.commands)
-        assert any(c.startswith("filter variable_voicefork_route support") for c in peer.commands)
-        peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/x y.r8"})
-        for _ in range(100):
-            if events:
-                break
-            await asyncio.sleep(0.02)
-        assert events == [em.PlaybackStarted(U, None, "/spool/x y.r8")]
-    finally:
-        await client.close()
-        await peer.close()
-
-
-async def test_wrong_password_stays_down_and_commands_fail_cleanly():
-    peer, events = MiniEsl(), []
-    await peer.start()
-    client = await started(peer, events, password="nope", command_timeout=0.5)
-    try:
-        assert not await client.wait_up(0.5)
-        with pytest.raises(EslUnavailable):
-            await client.api(em.uuid_dump(U))
-    finally:
-        await client.close()
-        await peer.close()
 
 
 async def test_a_lost_link_goes_down_backs_off_and_reconnects():

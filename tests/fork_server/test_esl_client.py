@@ -1,8 +1,9 @@
-"""The python-ESL adapter on loopback, against a minimal ESL peer written here.
+"""The ESL adapters on loopback, against a minimal ESL peer written here: the python-ESL one
+(the default) and, where the behaviour is shared, the asyncio one (``--esl asyncio``).
 
 The peer frames replies as FreeSWITCH's mod_event_socket does (auth/request, command/reply
 with Reply-Text, api/response with Content-Length, text/event-plain with URL-encoded
-header values). The full emulator comes with issue 4.
+header values).
 """
 
 import asyncio
@@ -14,14 +15,16 @@ pytest.importorskip("ESL")
 
 from fork_server import esl_messages as em  # noqa: E402
 from fork_server.errors import EslCommandError, EslUnavailable  # noqa: E402
+from fork_server.esl_async import AsyncEslClient  # noqa: E402
 from fork_server.esl_client import EslClient  # noqa: E402
 from mini_esl import MiniEsl  # noqa: E402
 
 U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+both_clients = pytest.mark.parametrize("cls", [EslClient, AsyncEslClient], ids=["python-esl", "asyncio"])
 
 
-async def started(peer, events, password="pw", **kw):
-    client = EslClient(
+async def started(peer, events, password="pw", cls=EslClient, **kw):
+    client = cls(
         "127.0.0.1", peer.port, password, on_event=events.append, event_names=["PLAYBACK_START"],
         filters=[("variable_voicefork_route", "support")], logger=logging.getLogger("t"), **kw,
     )
@@ -29,18 +32,22 @@ async def started(peer, events, password="pw", **kw):
     return client
 
 
-async def test_api_sendmsg_and_events_round_trip():
+@both_clients
+async def test_api_sendmsg_and_events_round_trip(cls):
     peer, events = MiniEsl(), []
     await peer.start()
-    client = await started(peer, events)
+    client = await started(peer, events, cls=cls)
     try:
         assert await client.wait_up(5)
         assert (await client.api(em.uuid_getvar(U, "write_rate"))).startswith("+OK uuid_getvar")
         with pytest.raises(EslCommandError):
             await client.api("bad command")
-        await client.execute_playback(em.PlaybackCommand(U, "/spool/a b/1.r8".replace(" ", "_")))
+        replies = await asyncio.gather(*(client.api(f"status {i}") for i in range(50)))  # concurrent, each its own reply
+        assert replies == [f"+OK status {i}\n" for i in range(50)]
+        await client.execute_playback(em.PlaybackCommand(U, "/spool/a_b/1.r8"))
         sendmsg = next((c for c in peer.commands if c.startswith("sendmsg")), repr(peer.commands))
         assert f"sendmsg {U}" in sendmsg and "event-lock: true" in sendmsg and "execute-app-name: playback" in sendmsg
+        assert any(c.startswith("event plain PLAYBACK_START") for c in peer.commands)
         assert any(c.startswith("filter variable_voicefork_route support") for c in peer.commands)
         peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/x y.r8"})
         for _ in range(100):
@@ -53,10 +60,11 @@ async def test_api_sendmsg_and_events_round_trip():
         await peer.close()
 
 
-async def test_wrong_password_stays_down_and_commands_fail_cleanly():
+@both_clients
+async def test_wrong_password_stays_down_and_commands_fail_cleanly(cls):
     peer, events = MiniEsl(), []
     await peer.start()
-    client = await started(peer, events, password="nope", command_timeout=0.5)
+    client = await started(peer, events, password="nope", cls=cls, command_timeout=0.5)
     try:
         assert not await client.wait_up(0.5)
         with pytest.raises(EslUnavailable):
