@@ -71,6 +71,10 @@ _CONNECTOR_EVENTS_MAX = _EVENT_QUEUE_MAX // 2
 # A mid-call reconnect happens while the caller may hear nothing: all attempts together get this
 # long from the drop, so the route fallback starts inside the 2 s silence bar (issue 6).
 _RECONNECT_BUDGET_S = 1.2
+# connect_timeout is the caller's longest wait, up to the fallback *starting*: the handshake
+# gets this much less (at most a fifth of the timeout), kept for sending the fallback over ESL
+# on a busy box (a CI run measured 147 ms from giving up to the switch seeing the command).
+_FALLBACK_LEAD_S = 0.25
 
 
 _ERROR_TEXT = {
@@ -363,7 +367,8 @@ class Call:
             lost = self._connector_lost_at if self._connector_lost_at is not None else time.monotonic()
             timeout = min(c.connect_timeout_s, _RECONNECT_BUDGET_S - (time.monotonic() - lost))
         else:
-            timeout = c.connect_timeout_s - (time.monotonic() - self.started)
+            lead = min(_FALLBACK_LEAD_S, c.connect_timeout_s / 5)
+            timeout = c.connect_timeout_s - lead - (time.monotonic() - self.started)
         timeout = max(0.05, timeout)
         link = ConnectorLink(
             c.url,

@@ -91,8 +91,11 @@ class ConnectorLink:
             )
         except asyncio.CancelledError:
             raise
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
-            raise ConnectorProtocolError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
+        except TimeoutError as exc:
+            raise ConnectorProtocolError(
+                f"cannot connect to {self.url}: no handshake within {self._connect_timeout:.2f} s") from exc
+        except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            raise ConnectorProtocolError(f"cannot connect to {self.url}: {str(exc) or type(exc).__name__}") from exc
         transport = self._ws.transport
         if transport is not None:
             transport.set_write_buffer_limits(_WRITE_LIMIT)  # send_audio() queues (and drops) above it

@@ -47,13 +47,16 @@ async def test_connector_down_at_call_start_runs_the_route_fallback_in_time(tmp_
             calls.append((s.switch.place_call(number), kind, loop.time()))
         await until(lambda: all(_fallback_command_at(s, ch) for ch, _, _ in calls), connect_timeout + 3, "fallbacks")
         waited = [_fallback_command_at(s, ch) - t0 for ch, _, t0 in calls]
-        # The bar: the fallback runs within the configured connect timeout (2 s by default),
-        # counted from the call's placement on the switch (its INVITE); 100 ms allowed for the
-        # fork to open and for the fallback command to cross ESL (6 calls share one loop here).
-        survived = sum(1 for t in waited if t <= connect_timeout + 0.1)
+        # The bar: the fallback command reaches the switch within the configured connect timeout
+        # (2 s by default), counted from the call's placement on the switch (its INVITE). The fork
+        # server gives the handshake up to 250 ms less, for the fork to open and the fallback to
+        # cross ESL (6 calls share one loop here; a CI run once took 147 ms for that).
+        survived = sum(1 for t in waited if t <= connect_timeout)
         record(f"connector down at start ({fault}, connect_timeout {connect_timeout:g} s)", len(calls), survived,
                worst_wait_s=round(max(waited), 3))
         assert survived == len(calls), f"fallback after {waited} s"
+        if fault == "handshake_hangs":  # and the connector had its time: no early give-up
+            assert min(waited) >= connect_timeout - 0.26, waited
         for ch, kind, _ in calls:
             if kind == "play":
                 await asyncio.wait_for(ch.hungup.wait(), 5)  # prompt, then hangup
@@ -74,8 +77,8 @@ async def test_connect_timeout_counts_from_the_call_start_even_when_the_caller_l
         ch = s.switch.place_call(SUPPORT)
         await asyncio.wait_for(ch.hungup.wait(), 5)
         waited = _fallback_command_at(s, ch) - t0
-        record("connector down at start, slow caller lookup (1.2 s)", 1, int(waited <= 1.6), wait_s=round(waited, 3))
-        assert waited <= 1.6
+        record("connector down at start, slow caller lookup (1.2 s)", 1, int(waited <= 1.5), wait_s=round(waited, 3))
+        assert waited <= 1.5
 
 
 # ------------------------------------------------------------------ connector drops mid-call
@@ -152,7 +155,8 @@ async def test_connector_drop_mid_call_without_a_reconnect_runs_the_fallback_wit
         loop = asyncio.get_running_loop()
         kinds = [(SUPPORT, "hangup"), (SALES, "transfer"), (UK, "play")] * 2
         chans = [(s.switch.place_call(number), kind) for number, kind in kinds]
-        await until(lambda: len(s.connector.connections) >= len(chans), 5, "all calls connected")
+        # Started, not only accepted: a leg's uuid is known from its start message.
+        await until(lambda: all(ch.uuid in s.connector.calls for ch, _ in chans), 5, "all calls started")
         if fault == "connector_gone":
             await asyncio.sleep(1.0)
             dropped_at = loop.time()
