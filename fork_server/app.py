@@ -226,6 +226,7 @@ class App:
             connector.connect_timeout_s,
             connector.ping_interval_s,
             connector.send_queue_ms,
+            connector.ping_timeout_s,
         )
         session = CallSession(meta.uuid, self._settings(route))
         call = Call(session, ws, intake, target, self.esl, self.metrics, self.log)

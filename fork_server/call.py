@@ -71,6 +71,8 @@ _CONNECTOR_EVENTS_MAX = _EVENT_QUEUE_MAX // 2
 # A mid-call reconnect happens while the caller may hear nothing: all attempts together get this
 # long from the drop, so the route fallback starts inside the 2 s silence bar (issue 6).
 _RECONNECT_BUDGET_S = 1.2
+# ...but a reconnect always gets this long, even after a slow half-open detection.
+_MIN_RECONNECT_S = 0.3
 # connect_timeout is the caller's longest wait, up to the fallback *starting*: the handshake
 # gets this much less (at most a fifth of the timeout), kept for sending the fallback over ESL
 # on a busy box (a CI run measured 147 ms from giving up to the switch seeing the command).
@@ -104,11 +106,13 @@ class ConnectorTarget:
         connect_timeout_s: float,
         ping_interval_s: float,
         send_queue_ms: int,
+        ping_timeout_s: float | None = None,
     ) -> None:
         self.url = url
         self.headers = dict(headers)
         self.connect_timeout_s = connect_timeout_s
         self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s if ping_timeout_s is not None else 2 * ping_interval_s
         self.max_queued_frames = max(5, send_queue_ms // 20)
 
 
@@ -136,6 +140,7 @@ class Call:
         self._room = asyncio.Event()  # set while the connector may post
         self._room.set()
         self._link: ConnectorLink | None = None
+        self._lost_link: ConnectorLink | None = None  # lost, until the next leg is up
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._done = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -236,9 +241,13 @@ class Call:
         sample = m.sample_relay()
         t0 = time.perf_counter() if sample else 0.0
         frames = self.session.caller_audio(pcm)
-        if frames and self._link is not None:
-            self._link.send_audio(frames)
-            m.frames_out.inc(len(frames))
+        if frames:
+            link = self._link
+            if link is not None and link is not self._lost_link:
+                link.send_audio(frames)
+                m.frames_out.inc(len(frames))
+            elif link is not None:  # lost, and the session has not heard yet: keep for the next leg
+                self.session.undelivered(frames)
         if sample:
             m.relay_latency.observe(time.perf_counter() - t0)
 
@@ -369,15 +378,17 @@ class Call:
         else:
             lead = min(_FALLBACK_LEAD_S, c.connect_timeout_s / 5)
             timeout = c.connect_timeout_s - lead - (time.monotonic() - self.started)
-        timeout = max(0.05, timeout)
+        timeout = min(c.connect_timeout_s, max(_MIN_RECONNECT_S if resumed else 0.05, timeout))
         link = ConnectorLink(
             c.url,
             headers=c.headers,
             connect_timeout_s=timeout,
             ping_interval_s=c.ping_interval_s,
+            ping_timeout_s=c.ping_timeout_s,
             max_queued_frames=c.max_queued_frames,
+            max_replay_frames=self.session.settings.prestart_buffer_ms // 20,
             on_event=self.post_from_connector,
-            on_lost=self._on_connector_lost,
+            on_lost=lambda code, reason: self._on_connector_lost(link, code, reason),
             log=self.log,
             on_dropped=self._on_frames_dropped,
         )
@@ -392,6 +403,7 @@ class Call:
             link.abort()
             return
         self._link = link
+        self._lost_link = None
         self._connector_lost_at = None
         self.log.info("> connector %s up in %.1f ms%s", c.url, (time.monotonic() - t0) * 1000, " (resumed)" if resumed else "")
         self.post(ConnectorUp())
@@ -400,9 +412,19 @@ class Call:
         self._link_dropped += n
         self.metrics.frames_dropped.inc(n)  # live, not at the end of the call (issue 6)
 
-    def _on_connector_lost(self, code: int | None, reason: str) -> None:
+    def _on_connector_lost(self, link: ConnectorLink, code: int | None, reason: str) -> None:
+        if link is not self._link:
+            return  # an old leg
+        self._lost_link = link
         if self._connector_lost_at is None:
-            self._connector_lost_at = time.monotonic()
+            # A half-open connector went quiet at its last pong, not when the ping timed out:
+            # the caller's silence, and so the reconnect budget, counts from there.
+            self._connector_lost_at = link.alive_at if link.timed_out else time.monotonic()
+        replay = link.take_unconfirmed()
+        if replay:
+            self.session.undelivered(replay)
+            self.log.info("> connector link lost with %d caller frames unconfirmed; they go to the next leg",
+                          len(replay))
         self.post(ConnectorClosed(code, reason))
 
     async def _send_text(self, action: SendToConnector) -> None:

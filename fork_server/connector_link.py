@@ -3,6 +3,11 @@
 It only moves data. Outgoing messages go through one bounded queue so that ``start`` always
 precedes audio and marks keep their place; when the connector reads too slowly, the OLDEST
 caller audio is dropped and counted (issue 6: bounded memory, never block the fork).
+
+Caller audio written to the socket is kept until a pong proves the connector read it (it
+answers pings in order with data), at most ``max_replay_frames``. When the link is lost,
+:meth:`take_unconfirmed` hands back what the connector may not have had, for the next leg:
+a dead or half-open connector's socket buffers otherwise swallow seconds of the caller (issue 6).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -48,6 +54,8 @@ class ConnectorLink:
         connect_timeout_s: float,
         ping_interval_s: float,
         max_queued_frames: int,
+        ping_timeout_s: float | None = None,
+        max_replay_frames: int = 100,
         on_event: Callable[[Any], Awaitable[None]],
         on_lost: Callable[[int | None, str], None],
         log: logging.LoggerAdapter,
@@ -57,6 +65,13 @@ class ConnectorLink:
         self._headers = dict(headers)
         self._connect_timeout = connect_timeout_s
         self._ping = ping_interval_s
+        self._ping_timeout = ping_timeout_s if ping_timeout_s is not None else 2 * ping_interval_s
+        # Written, unconfirmed caller audio: (the socket's message count after the write, frames).
+        self._unacked: deque[tuple[int, Any]] = deque()
+        self._unacked_frames = 0
+        self._max_replay = max_replay_frames
+        self._gap_at = -1  # sent-message count when the queue last dropped audio (a hole before it)
+        self.alive_at = 0.0  # monotonic time of the last proof the connector reads (open, pong)
         self._on_event = on_event
         self._on_lost = on_lost
         self._on_dropped = on_dropped
@@ -82,7 +97,7 @@ class ConnectorLink:
                     subprotocols=[SUBPROTOCOL],  # no compression, no proxy
                     open_timeout=self._connect_timeout,
                     ping_interval=self._ping,
-                    ping_timeout=2 * self._ping,
+                    ping_timeout=self._ping_timeout,
                     close_timeout=2,
                     max_size=_MAX_MESSAGE,
                     user_agent_header="voicefork",
@@ -107,6 +122,8 @@ class ConnectorLink:
                 self._log.warning("> connector socket: cannot set SO_SNDBUF: %s", exc)
         self._parser = cp.ConnectorParser()
         self._closing = False
+        self.alive_at = time.monotonic()
+        self._ws.on_ack = self._acked
         self._tasks = [
             asyncio.create_task(self._reader(), name="connector-reader"),
             asyncio.create_task(self._writer(), name="connector-writer"),
@@ -129,6 +146,7 @@ class ConnectorLink:
         ws = self._ws
         # Hot path (issue 5): nothing queued ahead and the socket takes it: write now, no task switch.
         if not out and ws is not None and not self._closing and ws.writable and ws.send_many_now(frames):
+            self._written(ws.sent_messages, frames)
             return
         for frame in frames:
             out.append(frame)
@@ -137,6 +155,39 @@ class ConnectorLink:
         if over > 0:
             self._drop_oldest_audio(over)
         self._wake.set()
+
+    def _written(self, mark: int, frames: Any) -> None:
+        self._unacked.append((mark, frames))
+        self._unacked_frames += len(frames)
+        while self._unacked_frames > self._max_replay and len(self._unacked) > 1:
+            self._unacked_frames -= len(self._unacked.popleft()[1])
+
+    def _acked(self, acked_messages: int) -> None:
+        self.alive_at = time.monotonic()
+        u = self._unacked
+        while u and u[0][0] <= acked_messages:
+            self._unacked_frames -= len(u.popleft()[1])
+
+    @property
+    def timed_out(self) -> bool:
+        """The link was lost because the connector answered no ping in time (half-open)."""
+        ws = self._ws
+        return ws is not None and ws.keepalive_failed
+
+    def take_unconfirmed(self) -> list[bytes]:
+        """Caller frames the connector may not have read, oldest first (after the link is lost).
+
+        Written but not covered by a pong, then still queued; only the newest unbroken run (a
+        queue drop leaves a hole: frames before it are not handed back, as they would be out of
+        order). Empties the link's buffers."""
+        gap = self._gap_at
+        out = [f for mark, frames in self._unacked if mark > gap for f in frames]
+        out.extend(item for item in self._out if isinstance(item, bytes))
+        self._unacked.clear()
+        self._unacked_frames = 0
+        self._out.clear()
+        self._audio_in_queue = 0
+        return out
 
     def _drop_oldest_audio(self, n: int) -> None:
         if not self.dropped_frames:
@@ -156,6 +207,7 @@ class ConnectorLink:
                 kept.append(item)
         kept.extend(out)
         self._out = kept
+        self._gap_at = self._ws.sent_messages if self._ws is not None else 0
 
     async def _writer(self) -> None:
         ws = self._ws
@@ -172,7 +224,10 @@ class ConnectorLink:
                 item = self._out.popleft()
                 if isinstance(item, bytes):
                     self._audio_in_queue -= 1
-                await ws.send(item)
+                    await ws.send(item)
+                    self._written(ws.sent_messages, (item,))
+                else:
+                    await ws.send(item)
         except ConnectionClosed:
             return
 

@@ -221,8 +221,12 @@ def start(
     sample_rate: int = 16000,
     frame_ms: int = 20,
     resumed: bool = False,
+    offset_ms: int = 0,
 ) -> str:
-    """The first message on every connector connection (``resumed=True`` after a reconnect)."""
+    """The first message on every connector connection (``resumed=True`` after a reconnect).
+
+    ``offset_ms``: where this leg's first caller frame sits on the call's caller-audio timeline
+    (ms from its first frame); a resumed leg starts with audio the last leg may have had."""
     if not isinstance(uuid, str) or not _UUID_RE.fullmatch(uuid):
         raise LocalUsageError(f"start: uuid: expected a FreeSWITCH uuid, got {_show(uuid)}")
     if not isinstance(route, str) or not _ROUTE_RE.fullmatch(route):
@@ -240,13 +244,16 @@ def start(
         raise LocalUsageError(f"start: frame_ms: expected a multiple of 10 in 10-200, got {_show(frame_ms)}")
     if not isinstance(resumed, bool):
         raise LocalUsageError(f"start: resumed: expected bool, got {_show(resumed)}")
+    if not _is_int(offset_ms) or offset_ms < 0 or offset_ms % frame_ms:
+        raise LocalUsageError(f"start: offset_ms: expected a whole number of frames >= 0, got {_show(offset_ms)}")
     return _dumps(
         {
             "type": "start",
             "version": PROTOCOL_VERSION,
             "resumed": resumed,
             "call": {"uuid": uuid, "route": route, **caller, "language": language, "metadata": dict(metadata)},
-            "audio": {"encoding": "pcm_s16le", "sample_rate": sample_rate, "channels": 1, "frame_ms": frame_ms},
+            "audio": {"encoding": "pcm_s16le", "sample_rate": sample_rate, "channels": 1, "frame_ms": frame_ms,
+                      "offset_ms": offset_ms},
         }
     )
 

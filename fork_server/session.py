@@ -423,6 +423,8 @@ class CallSession:
         self._framer = Framer(FRAME_BYTES, max_bytes=FRAME_BYTES * 64)
         self._prestart: deque[bytes] = deque(maxlen=max(1, settings.prestart_buffer_ms // FRAME_MS))
         self.caller_bytes = 0
+        self._made = 0  # 16 kHz frames made from the caller's audio: the caller's timeline
+        self.replayed_frames = 0
         self.connector_frames = 0
         self.dropped_frames = 0
         # connector → caller
@@ -462,6 +464,7 @@ class CallSession:
         if state is State.ENDED or state is State.FALLBACK or state is State.ENDING:
             return []
         frames = self._framer.push(self._up.process(pcm))
+        self._made += len(frames)
         if state is State.ACTIVE:
             self.connector_frames += len(frames)
             return frames
@@ -469,6 +472,28 @@ class CallSession:
             self.dropped_frames += len(self._prestart) + len(frames) - self._prestart.maxlen  # type: ignore[operator]
         self._prestart.extend(frames)
         return []
+
+    def undelivered(self, frames: list[bytes]) -> None:
+        """Caller frames handed out for a connector that is gone, and that it may not have read
+        (written but unconfirmed by a pong, still queued, or handed out after the loss): they go
+        out again, ahead of newer audio, on the next leg. Oldest first; they are the newest
+        unbroken run of the caller's timeline, so the next ``start`` can give its offset."""
+        if not frames or self.state not in (State.ACTIVE, State.RECONNECTING):
+            return
+        self.connector_frames -= len(frames)
+        self.replayed_frames += len(frames)
+        keep = self._prestart.maxlen or 1
+        # While ACTIVE the buffer holds only earlier undelivered frames; once RECONNECTING it
+        # holds what the caller said since, which is newer.
+        if self.state is State.ACTIVE:
+            run = list(self._prestart) + list(frames)
+        else:
+            run = list(frames) + list(self._prestart)
+        if len(run) > keep:
+            self.dropped_frames += len(run) - keep
+            run = run[-keep:]
+        self._prestart.clear()
+        self._prestart.extend(run)
 
     def handle(self, event: Any) -> list[Any]:
         """Feed one event; get the actions to perform, in order."""
@@ -517,7 +542,9 @@ class CallSession:
             frames = tuple(self._prestart)
             self._prestart.clear()
             self.connector_frames += len(frames)
-            acts: list[Any] = [SendToConnector(self._start_message(resumed))]
+            # The buffer holds the newest unbroken run of the caller's frames.
+            offset_ms = (self._made - len(frames)) * FRAME_MS
+            acts: list[Any] = [SendToConnector(self._start_message(resumed, offset_ms))]
             if frames:
                 acts.append(SendAudioToConnector(frames))
             return acts
@@ -527,7 +554,7 @@ class CallSession:
             return self._finish(event)
         return []
 
-    def _start_message(self, resumed: bool) -> str:
+    def _start_message(self, resumed: bool, offset_ms: int = 0) -> str:
         info = self.caller
         return cp.start(
             uuid=self.uuid,
@@ -540,6 +567,7 @@ class CallSession:
             sample_rate=CONNECTOR_RATE,
             frame_ms=FRAME_MS,
             resumed=resumed,
+            offset_ms=offset_ms,
         )
 
     def _run_fallback(self, event: Any) -> list[Any]:

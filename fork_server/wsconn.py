@@ -126,6 +126,17 @@ class WsConnection(asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_due: float | None = None
         self._ping_payload = b""
+        self._next_ping_at = 0.0
+        self._ping_mark = 0
+        # Data messages written so far, and how many of them the peer has provably read: those
+        # written before the last ping it answered (a WebSocket peer handles frames in order).
+        self.sent_messages = 0
+        self.acked_messages = 0
+        self.on_ack: Callable[[int], None] | None = None  # called with acked_messages on each pong
+        self.last_pong_at: float | None = None
+        self.last_rtt = 0.0  # of the last answered ping
+        self._ping_sent_at = 0.0
+        self.keepalive_failed = False
         self.connection_exc: BaseException | None = None
 
     # ---------------------------------------------------------------- public
@@ -207,6 +218,7 @@ class WsConnection(asyncio.Protocol):
             p.send_text(message.encode())
         else:
             p.send_binary(bytes(message))
+        self.sent_messages += 1
         self._send_data()
         return True
 
@@ -222,6 +234,7 @@ class WsConnection(asyncio.Protocol):
         p = self.protocol
         if p.state is not OPEN:
             return False
+        self.sent_messages += len(messages)
         if p.side is CLIENT and not p.expect_continuation_frame and self.transport is not None:
             self.transport.write(_masked_binary_frames(messages))
             return True
@@ -358,6 +371,14 @@ class WsConnection(asyncio.Protocol):
         elif op is _OP_PONG:
             if self._pong_due is not None and frame.data == self._ping_payload:
                 self._pong_due = None
+                self.last_pong_at = self.loop.time()
+                self.last_rtt = self.last_pong_at - self._ping_sent_at
+                self.acked_messages = self._ping_mark
+                if self._ping_timer is not None:  # it was set for the pong deadline
+                    self._ping_timer.cancel()
+                self._ping_timer = self.loop.call_at(self._next_ping_at, self._keepalive)
+                if self.on_ack is not None:
+                    self.on_ack(self._ping_mark)
 
     def _text(self, data: bytes) -> None:
         try:
@@ -372,28 +393,45 @@ class WsConnection(asyncio.Protocol):
 
     def _arm_ping(self) -> None:
         if self.ping_interval is not None:
-            self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
+            self._next_ping_at = self.loop.time() + self.ping_interval
+            self._ping_timer = self.loop.call_at(self._next_ping_at, self._keepalive)
 
     def _keepalive(self) -> None:
+        """One ping in flight at a time, sent every ``ping_interval``; no pong within
+        ``ping_timeout`` of it aborts the connection. The timer wakes exactly at the next ping
+        or at the pong's deadline, so a dead peer is found ``ping_interval + ping_timeout``
+        after its last pong at the latest (websockets' own keepalive can take a tick more), or
+        ``ping_interval + 2 x`` its last round trip if that is longer (a slow reader)."""
+        self._ping_timer = None
         if self.protocol.state is not OPEN:
             return
         now = self.loop.time()
-        if self._pong_due is not None and now >= self._pong_due:
-            self.logger.warning("keepalive ping timeout; closing")
+        if self._pong_due is not None and now >= self._pong_due - 0.001:
+            self.logger.warning("keepalive ping timeout (%.2f s); closing", self.ping_timeout or 0)
+            self.keepalive_failed = True
             self.protocol.fail(1011, "keepalive ping timeout")
             self._send_data()
             # A peer that answers no ping will not answer the close either: waiting the close
             # timeout for it only lengthens the caller's silence (2 s of the 5.1 s measured).
             self.abort()
             return
+        interval = self.ping_interval or 1.0
         if self._pong_due is None:
+            if now < self._next_ping_at - 0.001:  # woken early (a pong re-armed us): wait on
+                self._ping_timer = self.loop.call_at(self._next_ping_at, self._keepalive)
+                return
             self._ping_payload = struct.pack("!I", int.from_bytes(os.urandom(4), "big"))
+            self._ping_mark = self.sent_messages
             self.protocol.send_ping(self._ping_payload)
             self._send_data()
-            self._pong_due = now + self.ping_timeout if self.ping_timeout is not None else None
-        self._ping_timer = self.loop.call_later(
-            min(self.ping_interval or 1, self.ping_timeout or self.ping_interval or 1), self._keepalive
-        )
+            self._next_ping_at = now + interval
+            self._ping_sent_at = now
+            if self.ping_timeout is not None:
+                # A peer that reads slowly answers late (the ping waits behind the audio in its
+                # socket), but it answers: allow twice its last round trip before calling it dead.
+                self._pong_due = now + max(self.ping_timeout, 2 * self.last_rtt)
+        wake = self._pong_due if self._pong_due is not None else self._next_ping_at
+        self._ping_timer = self.loop.call_at(wake, self._keepalive)
 
     # ---------------------------------------------------------------- asyncio.Protocol
 

@@ -290,7 +290,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 headers=MappingProxyType(headers),
                 token_env=_opt(c, "token_env", lambda n: _key_str(ctx, n, f"{path}.token_env", C["token_env"]), None),
                 connect_timeout_s=_opt(c, "connect_timeout", lambda n: _key_seconds(ctx, n, f"{path}.connect_timeout", C["connect_timeout"]), 2.0),
-                ping_interval_s=_opt(c, "ping_interval", lambda n: _key_seconds(ctx, n, f"{path}.ping_interval", C["ping_interval"]), 10.0),
+                ping_interval_s=_opt(c, "ping_interval", lambda n: _key_seconds(ctx, n, f"{path}.ping_interval", C["ping_interval"]), 0.5),
+                ping_timeout_s=_opt(c, "ping_timeout", lambda n: _key_seconds(ctx, n, f"{path}.ping_timeout", C["ping_timeout"]), 1.0),
                 reconnect_attempts=_opt(c, "reconnect_attempts", lambda n: _key_int(ctx, n, f"{path}.reconnect_attempts", C["reconnect_attempts"]), 1),
                 send_queue_ms=_opt(c, "send_queue", lambda n: (lambda s: int(s * 1000) if s is not None else None)(_key_seconds(ctx, n, f"{path}.send_queue", C["send_queue"])), 2000),
             )

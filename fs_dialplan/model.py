@@ -61,7 +61,10 @@ class Connector:
     headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     token_env: str | None = None
     connect_timeout_s: float = 2.0
-    ping_interval_s: float = 10.0
+    # A half-open connector is found within interval + timeout (1.5 s), inside the 2 s silence
+    # bar (issue 6); two pings a second cost ~1 % of the messages a call carries.
+    ping_interval_s: float = 0.5
+    ping_timeout_s: float = 1.0
     reconnect_attempts: int = 1
     send_queue_ms: int = 2000
 

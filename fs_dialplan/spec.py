@@ -111,7 +111,10 @@ CONNECTOR = _section(
     headers=Key("Extra HTTP headers on the connector handshake.", "names", items=Key("Header value.")),
     token_env=Key("NAME of the env var with a bearer token for the connector.", pattern=ENV_NAME, expected=ENV_EXPECT),
     connect_timeout=Key("Give up connecting after this long; then the route's fallback runs.", "seconds", lo=0.05, hi=60),
-    ping_interval=Key("WebSocket ping interval.", "seconds", lo=1, hi=300),
+    ping_interval=Key("WebSocket ping interval (pongs also confirm which caller audio the connector has read).",
+                      "seconds", lo=0.1, hi=300),
+    ping_timeout=Key("No pong within this long: the connector counts as dropped (half-open); then reconnect.",
+                     "seconds", lo=0.1, hi=300),
     reconnect_attempts=Key("Reconnects after a mid-call drop.", "int", lo=0, hi=10),
     send_queue=Key("Caller audio buffered for a slow connector (oldest dropped).", "seconds", lo=0.1, hi=30),
 )

@@ -75,7 +75,7 @@ connectors:
   bench:
     url: {connector}
     connect_timeout: 5s
-defaults:
+{ping}defaults:
   connector: bench
   language: en-US
   fallback:
@@ -130,6 +130,7 @@ class Server:
                 user=FORK_AUTH[0],
                 connector=self.gen.connector_url(),
                 spool=spool,
+                ping=f"    ping_interval: {self.opts.ping_interval}s\n" if self.opts.ping_interval else "",
             )
         )
         env.update(BENCH_ESL_PASSWORD=ESL_PASSWORD, BENCH_FORK_PASSWORD=FORK_AUTH[1])
@@ -438,6 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="fork server worker processes (SO_REUSEPORT)")
     p.add_argument("--esl", choices=("python-esl", "asyncio"), default="python-esl", help="the fork server's ESL client")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare websockets relay")
+    p.add_argument("--ping-interval", type=float, default=None,
+                   help="the connector's ping_interval, s (default: the config default, 0.5 s)")
     p.add_argument("--silent-bot", action="store_true", help="no TTS, marks or barge-ins: the caller path alone")
     p.add_argument("--first-tts-within", type=float, default=None,
                    help="each call's first utterance starts within this many s (default: the 5 s period)")

@@ -62,6 +62,7 @@ class Start:
     route: str
     resumed: bool
     message: dict[str, Any] = field(repr=False)
+    offset_ms: int = 0  # where this leg's first caller frame sits on the call's timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +189,13 @@ class ForkStream:
         if not isinstance(resumed, bool):
             problems.append(f"{where}: resumed must be true or false, got {resumed!r}")
         audio = msg.get("audio")
-        if audio != START_AUDIO or not all(type(audio[k]) is type(v) for k, v in START_AUDIO.items()):
-            problems.append(f"{where}: audio must be {json.dumps(START_AUDIO)}, got {json.dumps(audio)}")
+        fixed = {k: v for k, v in audio.items() if k != "offset_ms"} if isinstance(audio, dict) else audio
+        offset = audio.get("offset_ms") if isinstance(audio, dict) else None
+        if fixed != START_AUDIO or not all(type(audio[k]) is type(v) for k, v in START_AUDIO.items()):
+            problems.append(f"{where}: audio must be {json.dumps(START_AUDIO)} and offset_ms, got {json.dumps(audio)}")
+        elif not _is_int(offset) or offset < 0 or offset % 20:
+            problems.append(f"{where}: audio.offset_ms must be a whole number of 20 ms frames >= 0, got {offset!r}")
+            offset = 0
         call = msg.get("call")
         uuid = route = ""
         if not isinstance(call, dict):
@@ -212,7 +218,7 @@ class ForkStream:
             if "metadata" in call and not isinstance(call["metadata"], dict):
                 problems.append(f"{at}.metadata must be an object, got {call['metadata']!r}")
         out.extend(Violation(p) for p in problems)
-        out.append(Start(uuid, route, resumed is True, msg))
+        out.append(Start(uuid, route, resumed is True, msg, offset if _is_int(offset) else 0))
         return out
 
     def _on_dtmf(self, where: str, msg: dict[str, Any]) -> list[ForkEvent]:

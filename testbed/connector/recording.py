@@ -66,9 +66,11 @@ class CallRecord:
     start: dict[str, Any] | None = None
     start_at: float | None = None
     uuid: str | None = None
+    offset_ms: int = 0  # the start's audio.offset_ms: this leg's first frame on the call's timeline
 
     frames: list[AudioFrame] = field(default_factory=list)  # empty when store_audio is False
     frame_count: int = 0
+    replayed_frames: int = 0  # frames a resumed leg got that an earlier leg had already had
     audio_bytes: int = 0
     bad_frames: int = 0  # binary frames that were not exactly 640 bytes
     first_audio_at: float | None = None
@@ -94,6 +96,11 @@ class CallRecord:
     _changed: asyncio.Event | None = field(default=None, repr=False)
 
     # -- reading helpers
+    def frame_span(self) -> range:
+        """The caller frames this leg received, as indices on the call's timeline (from offset_ms)."""
+        first = self.offset_ms // 20
+        return range(first, first + self.frame_count)
+
     def audio(self) -> bytes:
         """All caller audio received, joined (needs ``store_audio``)."""
         return b"".join(f.pcm for f in self.frames)

@@ -159,6 +159,7 @@ class ConnectorServer:
         self._shared = self.behaviour_type.prepare(self.options)
         self.connections: list[CallRecord] = []  # every accepted connection, in order
         self.calls: dict[str, CallRecord] = {}  # uuid -> latest connection for that call
+        self._heard_until: dict[str, int] = {}  # uuid -> caller frames heard (timeline index)
         self.rejected = 0  # handshakes refused (auth, or refuse_status)
         self.refuse_status: int | None = None
         self.handshake_delay_s = 0.0
@@ -337,6 +338,15 @@ class ConnectorServer:
                 if isinstance(message, bytes):
                     events = stream.receive_binary(message)
                     record.frame_count += 1
+                    if record.uuid is not None:
+                        # A resumed leg starts with audio the last leg may have had (its start's
+                        # offset_ms says where): the behaviour hears each frame once.
+                        at = record.offset_ms // 20 + record.frame_count - 1
+                        if at < self._heard_until.get(record.uuid, 0):
+                            record.replayed_frames += 1
+                            events = [e for e in events if not isinstance(e, p.CallerAudio)]
+                        else:
+                            self._heard_until[record.uuid] = at + 1
                     record.audio_bytes += len(message)
                     record.bad_frames = stream.bad_frames
                     if record.first_audio_at is None:
@@ -363,6 +373,7 @@ class ConnectorServer:
         elif isinstance(event, p.Start):
             if record.start is None:
                 record.start, record.start_at = event.message, t
+                record.offset_ms = event.offset_ms
                 record.uuid = event.uuid or None
                 if event.uuid:
                     log.extra["call"] = event.uuid  # type: ignore[index]

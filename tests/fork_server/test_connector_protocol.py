@@ -51,7 +51,7 @@ def test_start_has_the_documented_shape():
             "language": "en-US",
             "metadata": {"tier": "gold"},
         },
-        "audio": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1, "frame_ms": 20},
+        "audio": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1, "frame_ms": 20, "offset_ms": 0},
     }
     assert json.loads(cp.start(**START, resumed=True))["resumed"] is True
 
@@ -134,6 +134,9 @@ def test_start_round_trips_any_caller_strings(from_, to, name):
         {"frame_ms": 0},
         {"frame_ms": 25},
         {"resumed": 1},
+        {"offset_ms": -20},
+        {"offset_ms": 30},
+        {"offset_ms": 20.0},
     ],
 )
 def test_start_rejects_bad_arguments(override):

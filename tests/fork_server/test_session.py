@@ -266,3 +266,46 @@ def test_a_tts_file_that_cannot_be_played_clears_its_marks():
     assert sum(isinstance(a, DeleteFile) for a in out) == len(plays) and s.errors["playback_failed"] == len(plays)
     # A file that played says FILE PLAYED, after its PLAYBACK_STOP: nothing more happens.
     assert s.handle(em.ExecuteComplete(U, "support", "playback", plays[0], "FILE PLAYED")) == []
+
+
+def _frame(i):
+    return i.to_bytes(2, "little") * 320  # a 640-byte frame that says which one it is
+
+
+def test_frames_a_lost_leg_may_not_have_read_go_first_on_the_resumed_leg_with_their_offset():
+    s = active(reconnect_attempts=1)  # 1 frame made while connecting, sent at start (offset 0)
+    live = [f for i in range(10) for f in s.caller_audio(_frame(i + 1))]
+    assert len(live) == 10
+    # The link is lost: frames 6..10 had no pong; they come back with one handed out after the loss.
+    s.undelivered(live[5:])
+    s.undelivered(s.caller_audio(_frame(11)))
+    assert s.handle(ConnectorClosed(1006, "keepalive ping timeout")) == [ConnectConnector(resumed=True)]
+    during = s.caller_audio(_frame(12))  # said while reconnecting: buffered, not lost
+    assert during == []
+    acts = s.handle(ConnectorUp())
+    start = sent(acts)[0]
+    assert start["resumed"] is True
+    replay = [f for a in acts if isinstance(a, SendAudioToConnector) for f in a.frames]
+    assert replay == [_frame(i) for i in range(6, 13)]
+    # Frame 0 was the one made while connecting; frame 6 is the 7th of the call.
+    assert start["audio"]["offset_ms"] == 6 * 20
+    assert s.replayed_frames == 6 and s.dropped_frames == 0
+
+
+def test_the_replay_is_bounded_by_the_prestart_buffer_and_the_overflow_counted():
+    s = active(reconnect_attempts=1, prestart_buffer_ms=100)  # 5 frames
+    live = [f for i in range(8) for f in s.caller_audio(_frame(i + 1))]
+    s.undelivered(live)
+    s.handle(ConnectorClosed(1006, "gone"))
+    acts = s.handle(ConnectorUp())
+    replay = [f for a in acts if isinstance(a, SendAudioToConnector) for f in a.frames]
+    assert replay == [_frame(i) for i in range(4, 9)]  # the newest 5, in order
+    assert sent(acts)[0]["audio"]["offset_ms"] == 4 * 20 and s.dropped_frames == 3
+
+
+def test_undelivered_frames_are_ignored_once_the_call_is_past_the_connector():
+    s = active(reconnect_attempts=0)
+    s.handle(ConnectorClosed(1006, "gone"))
+    assert s.state is State.FALLBACK
+    s.undelivered([_frame(1)])
+    assert s.replayed_frames == 0

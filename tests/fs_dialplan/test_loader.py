@@ -52,6 +52,14 @@ def test_base_is_valid():
     assert parse_config(BASE, "cfg.yaml").routes[0].number == "+15551234567"
 
 
+def test_connector_keepalive_defaults_find_a_half_open_connector_inside_the_2_s_bar():
+    bot = parse_config(BASE, "cfg.yaml").connectors["bot"]
+    assert (bot.ping_interval_s, bot.ping_timeout_s) == (0.5, 1.0)
+    text = BASE.replace("    url: ws://127.0.0.1:8765/bot\n", "    url: ws://127.0.0.1:8765/bot\n    ping_interval: 2s\n    ping_timeout: 3s\n")
+    bot = parse_config(text, "cfg.yaml").connectors["bot"]
+    assert (bot.ping_interval_s, bot.ping_timeout_s) == (2.0, 3.0)
+
+
 @pytest.mark.parametrize(
     "old,new,expected",
     [
@@ -66,6 +74,8 @@ def test_base_is_valid():
         ("  public_url: ws://127.0.0.1:8099", "  public_url: ws://127.0.0.1:8099/x", 'cfg.yaml:4: fork_server.public_url: expected ws(s)://host:port with no path (voicefork adds /calls/<route>), got "ws://127.0.0.1:8099/x"'),
         ("  - name: support", "  - name: Support Line", 'cfg.yaml:10: routes[0].name: expected a route name of a-z, 0-9, _ and - (it goes into the URL), got "Support Line"'),
         ("  - name: support", "  - name: sup${system(id)}", "cfg.yaml:10: routes[0].name: must not contain \"${\" or control characters, got 'sup${system(id)}'"),
+        ("    url: ws://127.0.0.1:8765/bot\n", "    url: ws://127.0.0.1:8765/bot\n    ping_timeout: 0.01s\n",
+         "cfg.yaml:9: connectors.bot.ping_timeout: expected a duration between 0.1 s and 300 s, got '0.01s'"),
     ],
 )
 def test_exact_error_messages_with_line_numbers(old, new, expected):

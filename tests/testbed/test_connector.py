@@ -47,7 +47,7 @@ def start_msg(uuid: str = "call-1", **over: Any) -> dict[str, Any]:
             "language": "en-US",
             "metadata": {"tier": "gold"},
         },
-        "audio": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1, "frame_ms": 20},
+        "audio": {"encoding": "pcm_s16le", "sample_rate": 16000, "channels": 1, "frame_ms": 20, "offset_ms": 0},
     }
     msg.update(over)
     return msg

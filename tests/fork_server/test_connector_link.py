@@ -1,0 +1,111 @@
+"""The connector link on loopback: keepalive against a half-open peer, and which caller frames
+it hands back when lost (issue 6: a hung connector's socket buffers swallow the caller)."""
+
+import asyncio
+import logging
+
+from websockets.asyncio.server import serve
+
+from fork_server.connector_link import ConnectorLink
+
+LOG = logging.LoggerAdapter(logging.getLogger("test.link"), {})
+
+
+def _frame(i: int) -> bytes:
+    return (i % 65536).to_bytes(2, "little") * 320
+
+
+class _Peer:
+    """A connector that reads (and so answers pings) until ``hang`` is set, then keeps its
+    socket open but reads nothing more: a stuck process, as the kernel sees it."""
+
+    def __init__(self) -> None:
+        self.hang = asyncio.Event()
+        self.done = asyncio.Event()
+        self.received: list[bytes] = []
+
+    async def handler(self, ws) -> None:
+        reader = asyncio.create_task(self._read(ws))
+        await self.hang.wait()
+        reader.cancel()
+        ws.transport.pause_reading()
+        await self.done.wait()
+
+    async def _read(self, ws) -> None:
+        async for m in ws:
+            if isinstance(m, bytes):
+                self.received.append(m)
+
+
+async def _link(url, lost, **kw):
+    link = ConnectorLink(
+        url, headers={}, connect_timeout_s=2, max_queued_frames=100,
+        on_event=lambda ev: asyncio.sleep(0), on_lost=lambda code, reason: lost.set_result(reason), log=LOG, **kw,
+    )
+    await link.open()
+    return link
+
+
+async def _pump(link, first, n, sent=None):
+    for i in range(first, first + n):
+        link.send_audio([_frame(i)])
+        if sent is not None:
+            sent.append(i)
+        await asyncio.sleep(0.02)
+
+
+async def test_a_healthy_connector_confirms_frames_by_pong_so_few_are_kept():
+    peer = _Peer()
+    async with serve(peer.handler, "127.0.0.1", 0, subprotocols=["voicefork.v1"], close_timeout=0.2) as server:
+        port = server.sockets[0].getsockname()[1]
+        lost = asyncio.get_running_loop().create_future()
+        link = await _link(f"ws://127.0.0.1:{port}/", lost, ping_interval_s=0.1, ping_timeout_s=0.5)
+        await _pump(link, 0, 50)  # 1 s
+        # Only what was written since the last answered ping is kept (about 0.1 s + the RTT).
+        assert link._unacked_frames <= 10, link._unacked_frames
+        assert not lost.done()
+        peer.hang.set()
+        peer.done.set()
+        link.abort()
+
+
+async def test_a_half_open_connector_is_found_and_its_unread_frames_are_handed_back_in_order():
+    peer = _Peer()
+    async with serve(peer.handler, "127.0.0.1", 0, subprotocols=["voicefork.v1"], close_timeout=0.2) as server:
+        port = server.sockets[0].getsockname()[1]
+        lost = asyncio.get_running_loop().create_future()
+        link = await _link(f"ws://127.0.0.1:{port}/", lost, ping_interval_s=0.1, ping_timeout_s=0.3)
+        await _pump(link, 0, 25)
+        await asyncio.sleep(0.15)  # a ping answered after the last of them
+        read_before = len(peer.received)
+        peer.hang.set()
+        sent: list[int] = []
+        pump = asyncio.create_task(_pump(link, 25, 200, sent))
+        reason = await asyncio.wait_for(lost, 3)
+        pump.cancel()
+        assert link.timed_out, reason
+        back = link.take_unconfirmed()
+        # Everything the peer did not read comes back, oldest first, without holes; frames it
+        # did read may come back too (before the pong that would have confirmed them).
+        indices = [int.from_bytes(f[:2], "little") for f in back]
+        assert back and indices == list(range(indices[0], indices[0] + len(indices)))
+        assert indices[0] <= len(peer.received)  # nothing the peer missed is before the run
+        assert indices[-1] == sent[-1]  # ...and it runs to the last frame handed to the link
+        assert read_before >= 20  # the peer was really reading before it hung
+        assert link.take_unconfirmed() == []
+        peer.done.set()
+
+
+async def test_the_replay_keeps_at_most_max_replay_frames_the_newest():
+    peer = _Peer()
+    async with serve(peer.handler, "127.0.0.1", 0, subprotocols=["voicefork.v1"], close_timeout=0.2) as server:
+        port = server.sockets[0].getsockname()[1]
+        lost = asyncio.get_running_loop().create_future()
+        link = await _link(f"ws://127.0.0.1:{port}/", lost, ping_interval_s=5, ping_timeout_s=5, max_replay_frames=20)
+        await _pump(link, 0, 40)  # no ping yet: nothing confirmed
+        back = link.take_unconfirmed()
+        indices = [int.from_bytes(f[:2], "little") for f in back]
+        assert indices == list(range(20, 40))
+        peer.hang.set()
+        peer.done.set()
+        link.abort()
