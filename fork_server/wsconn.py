@@ -32,8 +32,8 @@ from collections import deque
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.frames import OK_CLOSE_CODES, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CLIENT, CLOSED, CONNECTING, OPEN, Protocol
 from websockets.typing import Subprotocol
@@ -50,7 +50,8 @@ __all__ = ["WsConnection", "connect"]
 
 Message = str | bytes
 _WRITE_HIGH = 64 * 1024  # asyncio's default transport write limit; above it send() waits
-_OP_TEXT, _OP_BINARY, _OP_CONT, _OP_PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
+_OP_TEXT, _OP_BINARY, _OP_CONT, _OP_PONG, _OP_CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG, Opcode.CLOSE
+_OK_CLOSE = OK_CLOSE_CODES
 
 
 class _MaskPool:
@@ -155,11 +156,17 @@ class WsConnection(asyncio.Protocol):
 
     @property
     def close_code(self) -> int | None:
-        return self.protocol.close_code if self.protocol.state is CLOSED else None
+        p = self.protocol
+        if p.state is CLOSED:
+            return p.close_code
+        return p.close_rcvd.code if p.close_rcvd is not None else None
 
     @property
     def close_reason(self) -> str | None:
-        return self.protocol.close_reason if self.protocol.state is CLOSED else None
+        p = self.protocol
+        if p.state is CLOSED:
+            return p.close_reason
+        return p.close_rcvd.reason if p.close_rcvd is not None else None
 
     @property
     def remote_address(self) -> Any:
@@ -188,8 +195,15 @@ class WsConnection(asyncio.Protocol):
     async def recv(self) -> Message:
         """The next message; raises ConnectionClosed once the connection is closed and drained."""
         while not self._queue:
-            if self.protocol.state is CLOSED or self._closed.done():
+            p = self.protocol
+            if p.state is CLOSED or self._closed.done():
                 raise self._close_exc()
+            if p.close_rcvd is not None and p.close_sent is not None:
+                # The peer's close is in and answered: no data can follow (RFC 6455 5.5.1), so
+                # do not wait for the peer to drop TCP. A peer whose own reading is paused
+                # would take its whole close timeout: 2 s more of a caller's silence (chaos suite).
+                ok = p.close_rcvd.code in _OK_CLOSE and p.close_sent.code in _OK_CLOSE
+                raise (ConnectionClosedOK if ok else ConnectionClosedError)(p.close_rcvd, p.close_sent, True)
             self._waiter = self.loop.create_future()
             try:
                 await self._waiter
@@ -349,6 +363,11 @@ class WsConnection(asyncio.Protocol):
 
     def _frame(self, frame: Frame) -> None:
         op = frame.opcode
+        if op is _OP_CLOSE:  # recv() ends now (see there)
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+            return
         if op is _OP_BINARY or op is _OP_TEXT:
             if frame.fin:
                 if op is _OP_BINARY:

@@ -109,3 +109,34 @@ async def test_the_replay_keeps_at_most_max_replay_frames_the_newest():
         peer.hang.set()
         peer.done.set()
         link.abort()
+
+
+async def test_the_loss_is_reported_at_the_peers_close_frame_not_when_it_drops_tcp():
+    # A connector that closes (1011) while its own reading is paused cannot read our close reply,
+    # so it keeps TCP open for its whole close timeout. The link must not wait for that.
+    closed_tcp = asyncio.Event()
+    peer_done = asyncio.Event()
+
+    async def handler(ws):
+        ws.transport.pause_reading()
+        await ws.close(1011, "no resume")  # waits its close_timeout for a reply it cannot read
+        closed_tcp.set()
+        await peer_done.wait()
+
+    async with serve(handler, "127.0.0.1", 0, subprotocols=["voicefork.v1"], close_timeout=0.5) as server:
+        port = server.sockets[0].getsockname()[1]
+        lost = asyncio.get_running_loop().create_future()
+        link = ConnectorLink(
+            f"ws://127.0.0.1:{port}/", headers={}, connect_timeout_s=2, ping_interval_s=5, max_queued_frames=100,
+            on_event=lambda ev: asyncio.sleep(0), log=LOG,
+            on_lost=lambda code, reason: lost.set_result((code, reason, link._ws.transport.is_closing())),
+        )
+        await link.open()
+        try:
+            code, reason, tcp_closing = await asyncio.wait_for(lost, 5)
+        finally:
+            link.abort()
+            peer_done.set()
+        # Reported while TCP is still up: neither the peer's close nor our close timer (2 s) ended it.
+        assert not closed_tcp.is_set() and not tcp_closing
+        assert (code, reason) == (1011, "no resume")
