@@ -23,8 +23,8 @@ each crash reproduced against it):
 * Every value, outer and in a ``text/event-plain`` body, is %-decoded in place: each ``%``
   costs a ``strlen`` of the rest of the value (quadratic). A value holding ``ARRAY::`` becomes
   an array, split from 7 bytes in: while ``ARRAY::`` is still in the first item it recurses,
-  copying the rest each time (so one ``ARRAY::`` anywhere but at the start nests offset / 7
-  deep), and each push rebuilds the whole value (quadratic in the items of one header name). A name ``X[i]`` sets
+  copying the rest each time (so one ``ARRAY::`` at byte 7 or later nests offset // 7 + 1
+  deep; the switch encodes a caller's ``:`` as ``%3A``, which python-ESL decodes back), and each push rebuilds the whole value (quadratic in the items of one header name). A name ``X[i]`` sets
   element i ≤ 4000 of an array, filling the gap (memory × 4000 per line, then a NULL write).
 * ``text/event-json`` goes to cJSON, which recurses without a depth limit (stack overflow).
 * On a command connection, a frame that is not a reply is queued for ever (``race_event``);
@@ -203,10 +203,10 @@ def _lines_fault(lines: list[bytes], blanks: bytes) -> str | None:
             decode_work += pct * len(value)
             value = unquote_to_bytes(value)
         at = value.find(b"ARRAY::")
-        if at > 0 or (at == 0 and value.find(b"ARRAY::", 7) >= 0):
-            # Split again from 7 bytes in while ARRAY:: is in the first item: depth ~ its offset / 7.
+        if at >= 7 or (at >= 0 and value.find(b"ARRAY::", at + 1) >= 0):
+            # Split again from 7 bytes in while ARRAY:: is in the first item: depth = offset // 7 + 1.
             return f"nested ARRAY:: in {_show(name)} (python-ESL recurses, copying the rest each time)"
-        if at == 0:
+        if at >= 0:
             low = name.lower()
             items[low] = items.get(low, 1) + value.count(b"|:") + 1
     if decode_work > MAX_DECODE_WORK:

@@ -322,7 +322,7 @@ def _event_frame(body: bytes) -> EslFrame:
 
 
 def _within_python_esls_means(cost: dict[str, int]) -> bool:
-    return (cost["indexed"] == 0 and cost["odd"] == 0 and cost["depth"] <= 2 and cost["lines"] <= MAX_EVENT_LINES
+    return (cost["indexed"] == 0 and cost["odd"] == 0 and cost["depth"] <= 1 and cost["lines"] <= MAX_EVENT_LINES
             and cost["decode"] <= MAX_DECODE_WORK and cost["array_work"] <= 4 * MAX_ARRAY_WORK)
 
 
@@ -365,7 +365,8 @@ def test_events_python_esl_cannot_take_are_skipped_with_the_reason(body, fault):
 
 def test_real_events_and_replies_go_through():
     ev = serialize_event({"Event-Name": "PLAYBACK_STOP", "Unique-ID": U, "Playback-File-Path": "/spool/x y.r8",
-                          "variable_sip_h_X-Note": "50% [off] a|:b ARRAY", "Caller-Caller-ID-Name": "O'Brien \"x\""}, None)
+                          "variable_sip_h_X-Note": "50% [off] a|:b ARRAY", "Caller-Caller-ID-Name": "O'Brien \"x\"",
+                          "variable_list": "ARRAY::a|:b|:c", "variable_odd": "Bob ARRAY::x"}, None)  # split once: fine
     (frame,) = EslReader().feed(ev)
     assert python_esl_verdict(frame, events=True) == (FORWARD, "")
     for wire in (b"Content-Type: command/reply\nReply-Text: +OK\n\n",
