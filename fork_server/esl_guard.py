@@ -189,6 +189,8 @@ class _Link(asyncio.Protocol):
                 data = b""
             if not data:  # python-ESL disconnected
                 return self.close()
+            if len(data) > RECORD:  # a longer record was cut by the read: never pass half a command on
+                return self.fault(f"a command of over {RECORD} bytes from python-ESL")
             if self.state == "relay":
                 self.transport.write(data)  # type: ignore[union-attr]
                 continue

@@ -153,3 +153,21 @@ async def test_a_switch_that_never_says_auth_request_is_given_up_on_and_close_do
 def test_a_password_that_would_end_the_auth_command_is_refused():
     with pytest.raises(LocalUsageError):
         EslGuard("127.0.0.1", 1, "pw\n\napi system id", logger=logging.getLogger("t"))
+
+
+async def test_a_command_too_long_for_one_record_is_refused_not_cut(caplog):
+    caplog.set_level(logging.ERROR, logger="t.guard")
+    peer = MiniEsl()
+    await peer.start()
+    client = _client(peer.port, command_connections=1, backoff_initial=0.02)
+    await client.start()
+    try:
+        assert await client.wait_up(5)
+        with pytest.raises(EslLostInFlight):
+            await client.api("uuid_broadcast " + "x" * 70_000)
+        assert not any(c.startswith("api uuid_broadcast") for c in peer.commands)  # nothing half-sent
+        assert any("a command of over 65535 bytes" in r.getMessage() for r in caplog.records)
+        assert (await client.api("status")).startswith("+OK")
+    finally:
+        await client.close()
+        await peer.close()
