@@ -53,13 +53,15 @@ schema out="build/voicefork.schema.json": bootstrap
     {{py}} -m fs_dialplan schema --out {{out}}
 
 # Benchmarks that print numbers (no pass/fail): the resampler against soxr, rendering 10,000 routes, and
-# the caller-audio hot path in one process, and capacity: N calls through the fork server against a bare
+# the caller-audio hot path in one process, the ESL clients' cost per command and event (python-ESL with
+# and without its framing guard, the asyncio client), and capacity: N calls through the fork server against a bare
 # websockets relay (`just bench --quick` for CI; other args go to `python -m testbed.bench.capacity`,
 # e.g. `just bench --calls 100,500 --workers 2 --esl asyncio`).
 bench *args: bootstrap
     {{py}} -m testbed.bench_resample {{ if args =~ '--quick' { "2" } else { "" } }}
     {{py}} -m testbed.bench_render 10000
     {{py}} -m testbed.bench.hotpath
+    {{py}} -m testbed.bench.esl {{ if args =~ '--quick' { "--commands 500 --events 1000 --repeat 1" } else { "" } }}
     {{py}} -m testbed.bench.capacity {{args}}
 
 # Run the fork server with the example config.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -37,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop if it is installed")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes sharing the listen port (SO_REUSEPORT); default 1")
-    parser.add_argument("--esl", choices=("python-esl", "asyncio"), default="python-esl",
-                        help="ESL client: python-ESL on two threads (default) or fork_server.esl_async on the event loop")
+    parser.add_argument("--esl", choices=("python-esl", "asyncio", "python-esl-unguarded"), default="python-esl",
+                        help="ESL client: python-ESL on two threads behind the framing guard (default), "
+                             "fork_server.esl_async on the event loop, or python-ESL without the guard (for "
+                             "comparison only: a hostile ESL peer can crash it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT, stream=sys.stderr)
 
@@ -83,6 +86,10 @@ def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | N
         from .esl_async import AsyncEslClient
 
         extra["esl_factory"] = AsyncEslClient
+    elif esl == "python-esl-unguarded":
+        from .esl_client import EslClient
+
+        extra["esl_factory"] = functools.partial(EslClient, guard=False)
     try:
         app = App(config, listen_port=port, **extra)
     except LocalUsageError as exc:

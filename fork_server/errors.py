@@ -11,7 +11,8 @@
           └── EslError
                ├── EslUnavailable   no ESL connection right now
                │    └── EslLostInFlight  sent, then the connection died: the switch may have run it
-               └── EslCommandError  the switch answered -ERR
+               ├── EslCommandError  the switch answered -ERR
+               └── EslProtocolError the switch's framing is off-spec, or fatal to python-ESL
 
 Local errors are bugs on our side; remote errors are counted and handled per call,
 never allowed to take the process down (STYLE.md, after h11).
@@ -30,6 +31,7 @@ __all__ = [
     "EslUnavailable",
     "EslLostInFlight",
     "EslCommandError",
+    "EslProtocolError",
 ]
 
 
@@ -93,3 +95,7 @@ class EslCommandError(EslError):
         super().__init__(f"{command.split(' ', 1)[0]} failed: {reply.strip()}")
         self.command = command
         self.reply = reply
+
+
+class EslProtocolError(EslError):
+    """The switch sent ESL framing we cannot read, or that python-ESL would crash or hang on."""

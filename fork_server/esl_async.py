@@ -19,8 +19,9 @@ events) that reconnect with jittered exponential backoff; a command issued while
 down waits for it up to ``command_timeout`` then raises ``EslUnavailable``; a connection lost
 with commands in flight fails them (not retried: playback is not idempotent); a command with
 no answer within ``command_timeout`` fails and the connection is dropped (its replies can no
-longer be matched). Limits: a header block ≤ 64 KiB, a body ≤ 4 MiB, ≤ 10 000 commands
-waiting; a peer over them is disconnected.
+longer be matched). Framing and its limits are :class:`fork_server.esl_wire.EslReader`'s (the
+guard in front of python-ESL reads with the same one); ≤ 10 000 commands waiting; a peer
+over a limit is disconnected.
 
 Selected with ``voicefork-server --esl asyncio``; python-ESL stays the default.
 """
@@ -35,68 +36,13 @@ from typing import Callable, Mapping
 from urllib.parse import unquote
 
 from . import esl_messages as em
-from .errors import EslCommandError, EslLostInFlight, EslUnavailable, LocalUsageError
+from .errors import EslCommandError, EslLostInFlight, EslProtocolError, EslUnavailable, LocalUsageError
+from .esl_wire import EslReader
 from .spool import valid_uuid
 
 __all__ = ["AsyncEslClient", "EslReader"]
 
-_MAX_HEAD = 64 * 1024
-_MAX_BODY = 4 << 20
 _QUEUE_MAX = 10_000
-
-
-class EslReader:
-    """mod_event_socket framing, sans-I/O: ``feed(bytes)`` → ``[(headers, body), ...]``.
-
-    ``headers`` are the outer ones (Content-Type, Reply-Text, ...), not URL-decoded (they are
-    not encoded on the wire); ``body`` is bytes or None. Raises ValueError over a limit.
-    """
-
-    __slots__ = ("_buf", "_head", "_need")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._head: dict[str, str] | None = None
-        self._need = 0
-
-    def feed(self, data: bytes) -> list[tuple[dict[str, str], bytes | None]]:
-        buf = self._buf
-        buf += data
-        out: list[tuple[dict[str, str], bytes | None]] = []
-        while True:
-            if self._head is None:
-                end = buf.find(b"\n\n")
-                if end < 0:
-                    if len(buf) > _MAX_HEAD:
-                        raise ValueError("ESL header block over 64 KiB")
-                    break
-                head = _parse_lines(bytes(buf[:end]).decode("utf-8", "replace"), decode=False)
-                del buf[: end + 2]
-                n = _content_length(head)
-                if n is None:
-                    out.append((head, None))
-                    continue
-                self._head, self._need = head, n
-            if len(buf) < self._need:
-                break
-            body = bytes(buf[: self._need])
-            del buf[: self._need]
-            out.append((self._head, body))
-            self._head = None
-        return out
-
-
-def _content_length(head: Mapping[str, str]) -> int | None:
-    raw = head.get("Content-Length")
-    if raw is None:
-        return None
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"bad Content-Length {raw[:20]!r}") from None
-    if not 0 <= n <= _MAX_BODY:
-        raise ValueError(f"ESL body of {n} bytes over the limit")
-    return n
 
 
 def _parse_lines(text: str, *, decode: bool) -> dict[str, str]:
@@ -146,11 +92,11 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             messages = self.reader.feed(data)
-        except ValueError as exc:
+        except EslProtocolError as exc:
             self.client.log.error("ESL %s link: %s; dropping it", self.kind, exc)
             self.transport.abort()  # type: ignore[union-attr]
             return
-        for head, body in messages:
+        for head, body, _ in messages:
             ctype = head.get("Content-Type", "")
             if ctype == "auth/request":
                 self.transport.write(f"auth {self.client._password}\n\n".encode())  # type: ignore[union-attr]

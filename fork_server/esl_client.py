@@ -17,6 +17,11 @@ caller, never dropped silently. An idle command connection is checked for a hang
 each command (python-ESL notices only when a command fails), so a command is not handed to a
 dead connection; one lost in flight is sent again only when that is harmless (uuid_kill,
 uuid_break, uuid_dump, ...), never a playback.
+
+python-ESL never talks to the switch itself: every connection goes through
+:class:`~fork_server.esl_guard.EslGuard`, which drops the link (or skips the event) before
+python-ESL reads a frame it would crash or hang on (issue 6: a negative or huge Content-Length
+segfaulted the process). ``guard=False`` connects python-ESL directly, for comparison only.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 from . import esl_messages as em
 from .errors import EslCommandError, EslLostInFlight, EslUnavailable, LocalUsageError
+from .esl_guard import EslGuard
 from .spool import valid_uuid
 
 __all__ = ["EslClient"]
@@ -88,6 +94,7 @@ class EslClient:
         backoff_max: float = 0.5,
         command_timeout: float = 5.0,
         command_connections: int = 4,
+        guard: bool = True,
     ) -> None:
         if not 1 <= command_connections <= 32:
             raise LocalUsageError(f"command_connections must be 1..32, got {command_connections!r}")
@@ -109,6 +116,7 @@ class EslClient:
         self._was_up = False
         self._threads: list[threading.Thread] = []
         self.reconnects = 0
+        self.guard = EslGuard(host, port, password, logger=logger, timeout=command_timeout) if guard else None
         # Worker processes (issue 5): every worker gets every event; this drops the ones for
         # other workers' calls in the event thread, before they wake the event loop.
         self.event_filter: Callable[[em.EslEvent], bool] | None = None
@@ -137,6 +145,8 @@ class EslClient:
         for t in self._threads:
             await asyncio.to_thread(t.join, 2.0)
         self._threads.clear()
+        if self.guard is not None:
+            self.guard.close()
 
     # ---------------------------------------------------------------- commands
 
@@ -171,9 +181,15 @@ class EslClient:
         if not reply.startswith("+OK"):
             raise EslCommandError("sendmsg " + headers.get("execute-app-name", ""), reply)
 
-    def _connect(self) -> Any:
+    def _connect(self, kind: str) -> Any:
         ESL = _load_esl()
-        con = ESL.ESLconnection(self._addr[0], self._addr[1], self._password)
+        if self.guard is None:
+            con = ESL.ESLconnection(self._addr[0], self._addr[1], self._password)
+        else:
+            fd = self.guard.open_for_thread(kind, self._loop) if self._loop is not None else None
+            if fd is None:
+                return None
+            con = ESL.ESLconnection(fd)  # python-ESL's attach: it sends "connect", the guard answers
         return con if con.connected() else None
 
     def _set_state(self, flag: threading.Event, up: bool) -> None:
@@ -193,7 +209,7 @@ class EslClient:
         attempt = 0
         carry: tuple[str, Any, Any, bool] | None = None  # a command for the next connection
         while not self._stop.is_set():
-            con = self._connect()
+            con = self._connect("commands")
             if con is None:
                 self._backoff_sleep(attempt)
                 attempt += 1
@@ -268,7 +284,7 @@ class EslClient:
     def _event_thread(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            con = self._connect()
+            con = self._connect("events")
             if con is None:
                 self._log_unreachable(attempt)
                 self._backoff_sleep(attempt)

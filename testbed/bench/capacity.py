@@ -437,7 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=200.0, help="new calls per second")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default=None, help="event loop of every process (default uvloop if installed)")
     p.add_argument("--workers", type=int, default=1, help="fork server worker processes (SO_REUSEPORT)")
-    p.add_argument("--esl", choices=("python-esl", "asyncio"), default="python-esl", help="the fork server's ESL client")
+    p.add_argument("--esl", choices=("python-esl", "asyncio", "python-esl-unguarded"), default="python-esl",
+                   help="the fork server's ESL client (python-esl-unguarded: without the framing guard, for comparison)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare websockets relay")
     p.add_argument("--ping-interval", type=float, default=None,
                    help="the connector's ping_interval, s (default: the config default, 0.5 s)")

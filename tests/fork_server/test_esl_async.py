@@ -1,12 +1,12 @@
 """The asyncio ESL client (``--esl asyncio``): what only it does, against the minimal peer, and
-its framing parser on bytes alone (whole, byte by byte, trailing data). The behaviour it shares
-with the python-ESL adapter is tested for both in test_esl_client.py."""
+its event parser on bytes. Its framing (fork_server.esl_wire, shared with the python-ESL guard)
+is tested in test_esl_wire.py; the behaviour it shares with the python-ESL adapter is tested for
+both in test_esl_client.py."""
 
 import asyncio
 import logging
 
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from fork_server.errors import LocalUsageError
 from fork_server.esl_async import AsyncEslClient, EslReader, parse_plain_event
@@ -54,40 +54,10 @@ async def test_sendmsg_and_api_refuse_newlines_before_anything_is_sent():
         await client.api("status\n\napi system id")
 
 
-def _wire():
-    ev = serialize_event({"Event-Name": "CUSTOM", "Event-Subclass": "mod_audio_fork::play_audio", "Unique-ID": U,
-                          "Playback-File-Path": "/tmp/a b%.r8"}, '{"file":"/tmp/x.r8"}')
-    return (b"Content-Type: auth/request\n\n"
-            + b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n"
-            + b"Content-Type: api/response\nContent-Length: 4\n\n+OK\n" + ev)
-
-
-def test_reader_whole_bytewise_and_trailing_data():
-    whole = EslReader().feed(_wire())
-    r, bytewise = EslReader(), []
-    for i in range(len(_wire())):
-        bytewise += r.feed(_wire()[i : i + 1])
-    assert whole == bytewise and len(whole) == 4
-    assert whole[1][0]["Reply-Text"] == "+OK accepted" and whole[2][1] == b"+OK\n"
-    headers, body = parse_plain_event(whole[3][1])
+def test_parse_plain_event_decodes_values_and_keeps_the_body():
+    (frame,) = EslReader().feed(serialize_event(
+        {"Event-Name": "CUSTOM", "Event-Subclass": "mod_audio_fork::play_audio", "Unique-ID": U,
+         "Playback-File-Path": "/tmp/a b%.r8"}, '{"file":"/tmp/x.r8"}'))
+    headers, body = parse_plain_event(frame.body)
     assert headers["Playback-File-Path"] == "/tmp/a b%.r8" and headers["Event-Subclass"] == "mod_audio_fork::play_audio"
     assert body == '{"file":"/tmp/x.r8"}'
-    r = EslReader()
-    assert len(r.feed(_wire() + b"Content-Type: command/rep")) == 4  # the partial block waits
-    assert r.feed(b"ly\nReply-Text: +OK\n\n") == [({"Content-Type": "command/reply", "Reply-Text": "+OK"}, None)]
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.binary(max_size=3000))
-def test_reader_never_raises_anything_but_value_error(data):
-    try:
-        EslReader().feed(data)
-    except ValueError:
-        pass
-
-
-def test_reader_limits():
-    with pytest.raises(ValueError):
-        EslReader().feed(b"x" * (70 * 1024))
-    with pytest.raises(ValueError):
-        EslReader().feed(b"Content-Length: 99999999999\n\n")
