@@ -1,7 +1,8 @@
 # voicefork fork server image.
 # Builder: compiles python-ESL with SWIG 4 (its -classic option is dropped through a
-# setuptools config file) and installs voicefork into a venv. Runtime: the venv only,
-# as a non-root user, with the config and the TTS spool as volumes.
+# setuptools config file) and a 128 KiB receive buffer per connection instead of 6.5 MB (as
+# the justfile's bootstrap does; why there), and installs voicefork into a venv. Runtime: the
+# venv only, as a non-root user, with the config and the TTS spool as volumes.
 
 FROM python:3.11-slim-bookworm AS builder
 RUN apt-get update \
@@ -9,8 +10,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 ENV VIRTUAL_ENV=/opt/voicefork PATH=/opt/voicefork/bin:$PATH
 RUN python -m venv $VIRTUAL_ENV
-RUN printf '[build_ext]\nswig_opts = -c++ -DMULTIPLICITY -threads -I.\n' > /tmp/esl.cfg \
- && DIST_EXTRA_CONFIG=/tmp/esl.cfg pip install --no-cache-dir python-ESL==1.4.18
+RUN pip download --no-cache-dir --no-deps --no-binary :all: -d /tmp/esl python-ESL==1.4.18 \
+ && tar -xzf /tmp/esl/python-ESL-1.4.18.tar.gz -C /tmp/esl \
+ && sed -i 's/^#define BUF_START 65536 \* 100$/#define BUF_START 65536 * 2/' /tmp/esl/python-ESL-1.4.18/esl.h \
+ && grep -q '^#define BUF_START 65536 \* 2$' /tmp/esl/python-ESL-1.4.18/esl.h \
+ && printf '[build_ext]\nswig_opts = -c++ -DMULTIPLICITY -threads -I.\n' > /tmp/esl.cfg \
+ && DIST_EXTRA_CONFIG=/tmp/esl.cfg pip install --no-cache-dir /tmp/esl/python-ESL-1.4.18 \
+ && rm -rf /tmp/esl /tmp/esl.cfg
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fs_dialplan ./fs_dialplan

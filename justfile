@@ -12,12 +12,13 @@ default: demo
 demo: bootstrap
     {{py}} -m testbed.demo
 
-# Create .venv with the package, its dev extras and python-ESL (SWIG workaround, see README).
+# Create .venv with the package, its dev extras and python-ESL (SWIG workaround and a 128 KiB receive buffer, see README).
 bootstrap:
     #!/usr/bin/env bash
     set -euo pipefail
     stamp="{{venv}}/.voicefork-bootstrap"
-    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && {{py}} -c "import ESL" 2>/dev/null; then exit 0; fi
+    esl_stamp="{{venv}}/.voicefork-esl-buf128k"  # python-ESL built with the patched esl.h below
+    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -f "$esl_stamp" ] && {{py}} -c "import ESL" 2>/dev/null; then exit 0; fi
     missing=""
     command -v swig >/dev/null || missing="$missing swig"
     command -v espeak-ng >/dev/null || missing="$missing espeak-ng"
@@ -32,11 +33,21 @@ bootstrap:
     {{py}} -m pip install -q --upgrade pip >/dev/null
     echo "bootstrap: installing voicefork with dev extras into {{venv}}"
     {{py}} -m pip install -q -e '.[dev]'
-    if ! {{py}} -c "import ESL" 2>/dev/null; then
-        echo "bootstrap: building python-ESL with SWIG 4 (setuptools config drops -classic)"
-        cfg="$(mktemp)"; printf '[build_ext]\nswig_opts = -c++ -DMULTIPLICITY -threads -I.\n' > "$cfg"
-        DIST_EXTRA_CONFIG="$cfg" {{py}} -m pip install -q python-ESL
-        rm -f "$cfg"
+    if [ ! -f "$esl_stamp" ] || ! {{py}} -c "import ESL" 2>/dev/null; then
+        # libesl's esl.h gives every connection a 6.5 MB receive buffer (BUF_START 65536 * 100) whose
+        # heads walk to its end before moving back, so each connection's RSS grows with its traffic up
+        # to 6.5 MB (4 command + 1 event connections: +33 MB). 128 KiB holds any read (64 KiB) plus a
+        # partial event; a larger event still grows it (realloc). Test: tests/fork_server/test_esl_client.py.
+        echo "bootstrap: building python-ESL 1.4.18 with SWIG 4 (setuptools config drops -classic), 128 KiB receive buffer"
+        tmp="$(mktemp -d)"
+        {{py}} -m pip download -q --no-deps --no-binary :all: -d "$tmp" python-ESL==1.4.18
+        tar -xzf "$tmp"/python-ESL-1.4.18.tar.gz -C "$tmp"
+        sed -i 's/^#define BUF_START 65536 \* 100$/#define BUF_START 65536 * 2/' "$tmp/python-ESL-1.4.18/esl.h"
+        grep -q '^#define BUF_START 65536 \* 2$' "$tmp/python-ESL-1.4.18/esl.h"  # the patch applied, or stop here
+        printf '[build_ext]\nswig_opts = -c++ -DMULTIPLICITY -threads -I.\n' > "$tmp/esl.cfg"
+        DIST_EXTRA_CONFIG="$tmp/esl.cfg" {{py}} -m pip install -q --force-reinstall --no-deps "$tmp/python-ESL-1.4.18"
+        rm -rf "$tmp"
+        touch "$esl_stamp"
     fi
     touch "$stamp"
 

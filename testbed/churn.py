@@ -12,7 +12,14 @@ in the spool, and the fork server's live calls. "No growth" is judged two ways:
 * steady state: after ``warmup_s`` (allocator and caches settle), the median of the first
   half of the samples against the median of the second half (same load, so about the same
   number of live calls); RSS also as a slope per 1000 calls;
-* idle: before the first call against after the last call has ended and been torn down.
+* idle: before the first call against after the last call has ended and been torn down, and
+  after that once more after glibc's ``malloc_trim(0)`` (memory freed but kept by the
+  allocator is given back: what is left is in use).
+
+``--esl asyncio`` runs the fork server with its asyncio ESL client instead of python-ESL.
+python-ESL as built by ``just bootstrap`` has a 128 KiB receive buffer per connection; the
+stock 1.4.18 build's 6.5 MB one filled up with the bytes received, which was the ~1.9 MB per
+1000 calls this churn showed (see the justfile's bootstrap).
 
 ``python -m testbed.churn --seconds 600 --concurrent 100`` is ``just chaos``; the CI test runs
 a short one (tests/chaos/test_churn.py).
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .speech import CALLER_BARGEIN, load_wav
-from .stack import Stack
+from .stack import Stack, malloc_trim
 
 __all__ = ["Sample", "ChurnReport", "churn", "main"]
 
@@ -62,6 +69,7 @@ class ChurnReport:
     stuck: int = 0  # calls still up long after they should have ended
     idle_before: Sample | None = None
     idle_after: Sample | None = None
+    idle_trimmed: Sample | None = None  # idle_after, then glibc malloc_trim(0): freed memory given back
     samples: list[Sample] = field(default_factory=list)
     ended_at: list[tuple[float, int]] = field(default_factory=list)  # (t, calls ended so far) per sample
     cpu_s: float = 0.0
@@ -75,15 +83,22 @@ class ChurnReport:
         s = self._steady_samples()
         return _median(s[: max(1, len(s) // 2)]), _median(s[len(s) // 2 :])
 
-    def rss_kib_per_1000_calls(self) -> float:
-        """Least-squares slope of RSS against calls ended, after the warm-up, in KiB per 1000 calls."""
-        pts = [(n, x.rss) for (t, n), x in zip(self.ended_at, self.samples) if x.t >= self.warmup_s]
+    def rss_kib_per_1000_calls(self, since_s: float | None = None) -> float:
+        """Least-squares slope of RSS against calls ended, after the warm-up (or ``since_s``), in
+        KiB per 1000 calls. A leak keeps its slope; memory that fills up once (caches, the
+        allocator's high-water mark) has a smaller one late in the run."""
+        t0 = self.warmup_s if since_s is None else since_s
+        pts = [(n, x.rss) for (t, n), x in zip(self.ended_at, self.samples) if x.t >= t0]
         if len(pts) < 3:
             return float("nan")
         mx = statistics.fmean(p[0] for p in pts)
         my = statistics.fmean(p[1] for p in pts)
         den = sum((p[0] - mx) ** 2 for p in pts)
         return (sum((p[0] - mx) * (p[1] - my) for p in pts) / den * 1000 / 1024) if den else float("nan")
+
+    def _second_half_s(self) -> float:
+        s = self._steady_samples()
+        return s[len(s) // 2].t if s else self.warmup_s
 
     def growth(self) -> dict[str, float]:
         a, b = self.steady()
@@ -116,9 +131,11 @@ class ChurnReport:
             f"  idle (before -> after): tasks {self.idle_before.tasks} -> {self.idle_after.tasks}, fds "  # type: ignore[union-attr]
             f"{self.idle_before.fds} -> {self.idle_after.fds}, threads {self.idle_before.threads} -> "  # type: ignore[union-attr]
             f"{self.idle_after.threads}, RSS {self.idle_before.rss / 1e6:.1f} -> {self.idle_after.rss / 1e6:.1f} MB, "  # type: ignore[union-attr]
-            f"spool files {self.idle_before.spool_files} -> {self.idle_after.spool_files}",  # type: ignore[union-attr]
+            f"spool files {self.idle_before.spool_files} -> {self.idle_after.spool_files}"  # type: ignore[union-attr]
+            + (f"; after malloc_trim(0) RSS {self.idle_trimmed.rss / 1e6:.1f} MB" if self.idle_trimmed else ""),
             "  growth: " + ", ".join(f"{k}={v:+.1f}" if isinstance(v, float) else f"{k}={v:+d}" for k, v in g.items()),
-            f"  RSS slope after warm-up: {self.rss_kib_per_1000_calls():+.0f} KiB per 1000 calls, of the "
+            f"  RSS slope after warm-up: {self.rss_kib_per_1000_calls():+.0f} KiB per 1000 calls "
+            f"({self.rss_kib_per_1000_calls(self._second_half_s()):+.0f} in the 2nd half), of the "
             + ("fork server process" if self.fork_server_cpu_s is not None else "whole test process"),
         ]
         return "\n".join(lines)
@@ -176,6 +193,16 @@ async def _process_tasks(stack: Stack) -> int:
     return int(line.split()[1]) if line.startswith(b"TASKS ") else -1
 
 
+async def _trim(stack: Stack) -> bool:
+    """malloc_trim(0) in the fork server (testbed.fork_process answers SIGUSR2 with ``TRIMMED <0|1>``)."""
+    if stack.proc is None:
+        return malloc_trim()
+    assert stack.proc.stdout is not None
+    stack.proc.send_signal(signal.SIGUSR2)
+    line = await asyncio.wait_for(stack.proc.stdout.readline(), 5)
+    return line.strip() == b"TRIMMED 1"
+
+
 async def churn(
     seconds: float,
     concurrent: int,
@@ -184,6 +211,7 @@ async def churn(
     seed: int = 6,
     warmup_s: float | None = None,
     fork_server: str = "process",
+    esl: str = "python-esl",
     progress: Callable[[str], None] | None = None,
 ) -> ChurnReport:
     rng = random.Random(seed)
@@ -194,7 +222,7 @@ async def churn(
     # store_audio off and every finished call pruned from the testbed's own records, so what is
     # measured is the fork server (and the emulator's live state), not the test's history.
     async with Stack(connector_mode="script", connector_options={**opts, "store_audio": False},
-                     fork_server=fork_server) as stack:
+                     fork_server=fork_server, esl=esl) as stack:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(0.5)
         t0 = time.monotonic()
@@ -250,6 +278,8 @@ async def churn(
         await stack.switch.settle()
         await asyncio.sleep(1.0)
         report.idle_after = await _sample(stack, t0)
+        if await _trim(stack):
+            report.idle_trimmed = await _sample(stack, t0)
         report.cpu_s = time.process_time() - cpu0
         if stack.proc is not None:
             with open(f"/proc/{stack.fork_pid}/stat") as f:
@@ -265,9 +295,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--inprocess", action="store_true",
                     help="the fork server in this process (figures then include the emulator and the connector)")
+    ap.add_argument("--esl", choices=("python-esl", "asyncio"), default="python-esl",
+                    help="the fork server's ESL client, as voicefork-server --esl")
     args = ap.parse_args(argv)
     report = asyncio.run(churn(args.seconds, args.concurrent, sample_s=args.sample, progress=print,
-                               fork_server="inprocess" if args.inprocess else "process"))
+                               fork_server="inprocess" if args.inprocess else "process", esl=args.esl))
     print(report.text())
     g = report.growth()
     bad = [k for k in ("idle_tasks", "idle_fds", "idle_threads", "idle_spool_files") if g[k] > 2] + (

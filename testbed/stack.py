@@ -11,6 +11,8 @@ config is rendered with its real URL, then the switch loads the rendered dialpla
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
@@ -19,9 +21,11 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from fork_server.app import App
+from fork_server.esl_async import AsyncEslClient
+from fork_server.esl_client import EslClient
 from fs_dialplan import load_config
 from fs_dialplan.model import Config
 from fs_dialplan.render import render, write_tree
@@ -31,7 +35,7 @@ from .freeswitch.esl_server import EslServer
 from .freeswitch.switch import EmulatedSwitch
 from .freeswitch.timings import Timings
 
-__all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env", "wire", "open_fds"]
+__all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env", "wire", "open_fds", "malloc_trim", "esl_factory"]
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "voicefork.yaml"
 log = logging.getLogger("testbed.stack")
@@ -92,10 +96,13 @@ class Stack:
         logger: logging.Logger | None = None,
         fork_server: str = "inprocess",
         esl_up_at_start: bool = True,
+        esl: str = "python-esl",
     ) -> None:
         if fork_server not in ("inprocess", "process"):
             raise ValueError(f"fork_server must be inprocess or process, got {fork_server!r}")
+        esl_factory(esl)  # checks the name
         self.fork_server = fork_server
+        self.esl_client = esl  # the fork server's ESL client, as voicefork-server --esl
         self.base = config if isinstance(config, Config) else load_config(str(config))
         self.connector_mode = connector_mode
         self.connector_options = dict(connector_options or {})
@@ -150,7 +157,8 @@ class Stack:
         if self.fork_server == "process":
             self.fork_port = await self._start_process()
         else:
-            self.app = App(wire(self.base, fork_port=0, **self.wiring), env=self.env, listen_port=0, logger=self.logger)
+            self.app = App(wire(self.base, fork_port=0, **self.wiring), env=self.env, listen_port=0, logger=self.logger,
+                           esl_factory=esl_factory(self.esl_client))
             self.fork_port = await self.app.start()
         self.config = wire(self.base, fork_port=self.fork_port, **self.wiring)
         self.rendered = render(self.config, self.env)
@@ -168,7 +176,7 @@ class Stack:
             raise ValueError("fork_server='process' needs a config loaded from a file")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "testbed.fork_process", "--config", self.base.source,
-            "--wiring", json.dumps(self.wiring),
+            "--wiring", json.dumps(self.wiring), "--esl", self.esl_client,
             env={**os.environ, **self.env}, stdout=asyncio.subprocess.PIPE,
         )
         assert self.proc.stdout is not None
@@ -249,3 +257,22 @@ class Stack:
 
 def open_fds(pid: int | None = None) -> int:
     return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
+
+
+def esl_factory(name: str) -> Callable[..., Any]:
+    """The fork server's ESL client by its ``voicefork-server --esl`` name."""
+    clients: dict[str, Callable[..., Any]] = {"python-esl": EslClient, "asyncio": AsyncEslClient}
+    if name not in clients:
+        raise ValueError(f"esl must be python-esl or asyncio, got {name!r}")
+    return clients[name]
+
+
+def malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)``: give freed heap memory back to the OS (every arena). False
+    where there is no glibc. Tells fragmentation (RSS drops) from memory still in use."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
