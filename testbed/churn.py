@@ -69,6 +69,7 @@ class ChurnReport:
     stuck: int = 0  # calls still up long after they should have ended
     idle_before: Sample | None = None
     idle_after: Sample | None = None
+    idle_settle_s: float = 0.0  # from the last call's teardown to the idle_after sample
     idle_trimmed: Sample | None = None  # idle_after, then glibc malloc_trim(0): freed memory given back
     samples: list[Sample] = field(default_factory=list)
     ended_at: list[tuple[float, int]] = field(default_factory=list)  # (t, calls ended so far) per sample
@@ -277,7 +278,15 @@ async def churn(
             await asyncio.sleep(0.05)
         await stack.switch.settle()
         await asyncio.sleep(1.0)
+        # A leg still in its WebSocket close handshake holds its fd up to close_timeout (2 s):
+        # give the idle figures that long and a little more to come back, and say how long it took.
+        settle0 = loop.time()
         report.idle_after = await _sample(stack, t0)
+        while loop.time() - settle0 < 4.0 and (report.idle_after.fds > report.idle_before.fds  # type: ignore[union-attr]
+                                               or report.idle_after.tasks > report.idle_before.tasks):  # type: ignore[union-attr]
+            await asyncio.sleep(0.2)
+            report.idle_after = await _sample(stack, t0)
+        report.idle_settle_s = 1.0 + loop.time() - settle0
         if await _trim(stack):
             report.idle_trimmed = await _sample(stack, t0)
         report.cpu_s = time.process_time() - cpu0

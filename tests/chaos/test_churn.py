@@ -18,7 +18,8 @@ async def test_churn_leaves_no_growth_in_tasks_fds_threads_rss_or_spool():
     record("churn 30 s at 50 concurrent (CI form)", report.placed, ok,
            idle_tasks=g["idle_tasks"], idle_fds=g["idle_fds"], idle_threads=g["idle_threads"],
            idle_spool_files=g["idle_spool_files"], steady_rss_mb=round(g["steady_rss_mb"], 1),
-           idle_rss_mb=round(g["idle_rss_mb"], 1), fork_server_cpu_s=round(report.fork_server_cpu_s or 0, 1))
+           idle_rss_mb=round(g["idle_rss_mb"], 1), fork_server_cpu_s=round(report.fork_server_cpu_s or 0, 1),
+           idle_settle_s=round(report.idle_settle_s, 1))
     assert report.placed >= 150 and report.ended == report.placed and report.stuck == 0
     # Back to idle, everything is exactly where it was before the first call.
     assert g["idle_tasks"] <= 0 and g["idle_fds"] <= 0 and g["idle_threads"] <= 0 and g["idle_spool_files"] == 0
