@@ -134,7 +134,6 @@ class WsConnection(asyncio.Protocol):
         self.sent_messages = 0
         self.acked_messages = 0
         self.on_ack: Callable[[int], None] | None = None  # called with acked_messages on each pong
-        self.last_pong_at: float | None = None
         self.last_rtt = 0.0  # of the last answered ping
         self._ping_sent_at = 0.0
         self.keepalive_failed = False
@@ -390,8 +389,7 @@ class WsConnection(asyncio.Protocol):
         elif op is _OP_PONG:
             if self._pong_due is not None and frame.data == self._ping_payload:
                 self._pong_due = None
-                self.last_pong_at = self.loop.time()
-                self.last_rtt = self.last_pong_at - self._ping_sent_at
+                self.last_rtt = self.loop.time() - self._ping_sent_at
                 self.acked_messages = self._ping_mark
                 if self._ping_timer is not None:  # it was set for the pong deadline
                     self._ping_timer.cancel()
