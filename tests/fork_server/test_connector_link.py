@@ -29,7 +29,8 @@ class _Peer:
         await self.hang.wait()
         reader.cancel()
         ws.transport.pause_reading()
-        await self.done.wait()
+        # A failed assertion must not leave the server's close waiting on this handler.
+        await asyncio.wait_for(self.done.wait(), 10)
 
     async def _read(self, ws) -> None:
         async for m in ws:
