@@ -17,7 +17,7 @@ from testbed.bench import capacity  # noqa: E402
 @pytest.mark.parametrize("esl", ["python-esl", "asyncio"])
 def test_a_tiny_run_measures_both_servers_and_writes_the_json(tmp_path, capsys, esl):
     result = capacity.run([
-        "--calls", "4", "--window", "2.5", "--settle", "0.1", "--drain", "0.5",
+        "--calls", "4", "--window", "2.5", "--settle", "0.1", "--drain", "1.0",
         "--first-tts-within", "1.5", "--out", str(tmp_path), "--esl", esl,
     ])
     saved = json.loads((tmp_path / "capacity-latest.json").read_text())
