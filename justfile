@@ -13,26 +13,37 @@ demo: bootstrap
     {{py}} -m testbed.demo
 
 # Create .venv with the package, its dev extras and python-ESL (SWIG workaround and a 128 KiB receive buffer, see README).
+# A few progress lines; pip's and python-ESL's build output go to .venv/bootstrap.log, whose tail is shown if a step fails.
 bootstrap:
     #!/usr/bin/env bash
     set -euo pipefail
     stamp="{{venv}}/.voicefork-bootstrap"
     esl_stamp="{{venv}}/.voicefork-esl-buf128k"  # python-ESL built with the patched esl.h below
     if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -f "$esl_stamp" ] && {{py}} -c "import ESL" 2>/dev/null; then exit 0; fi
+    log="$PWD/{{venv}}/bootstrap.log"
+    step() {  # run one step quietly; on failure name the log and show its end
+        if ! "$@" >>"$log" 2>&1; then
+            echo "bootstrap: FAILED: $* (see $log; its last lines:)" >&2
+            tail -n 20 "$log" >&2
+            exit 1
+        fi
+    }
     missing=""
     command -v swig >/dev/null || missing="$missing swig"
     command -v espeak-ng >/dev/null || missing="$missing espeak-ng"
     dpkg -s python3-dev >/dev/null 2>&1 || python3 -c "import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()['include'],'Python.h')) else 1)" || missing="$missing python3-dev"
     command -v g++ >/dev/null || missing="$missing g++"
+    [ -x {{py}} ] || python3 -m venv {{venv}}
+    : >"$log"
     if [ -n "$missing" ]; then
         echo "bootstrap: installing Debian packages:$missing"
         SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing >/dev/null
+        step $SUDO apt-get update -qq
+        step env DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
     fi
-    [ -x {{py}} ] || python3 -m venv {{venv}}
-    {{py}} -m pip install -q --upgrade pip >/dev/null
-    echo "bootstrap: installing voicefork with dev extras into {{venv}}"
-    {{py}} -m pip install -q -e '.[dev]'
+    echo "bootstrap: installing voicefork with its dev extras into {{venv}} (log: {{venv}}/bootstrap.log)"
+    step {{py}} -m pip install --upgrade pip
+    step {{py}} -m pip install -e '.[dev]'
     if [ ! -f "$esl_stamp" ] || ! {{py}} -c "import ESL" 2>/dev/null; then
         # libesl's esl.h gives every connection a 6.5 MB receive buffer (BUF_START 65536 * 100) whose
         # heads walk to its end before moving back, so each connection's RSS grows with its traffic up
@@ -40,16 +51,22 @@ bootstrap:
         # partial event; a larger event still grows it (realloc). Test: tests/fork_server/test_esl_client.py.
         echo "bootstrap: building python-ESL 1.4.18 with SWIG 4 (setuptools config drops -classic), 128 KiB receive buffer"
         tmp="$(mktemp -d)"
-        {{py}} -m pip download -q --no-deps --no-binary :all: -d "$tmp" python-ESL==1.4.18
+        step {{py}} -m pip download --no-deps --no-binary :all: -d "$tmp" python-ESL==1.4.18
         tar -xzf "$tmp"/python-ESL-1.4.18.tar.gz -C "$tmp"
         sed -i 's/^#define BUF_START 65536 \* 100$/#define BUF_START 65536 * 2/' "$tmp/python-ESL-1.4.18/esl.h"
         grep -q '^#define BUF_START 65536 \* 2$' "$tmp/python-ESL-1.4.18/esl.h"  # the patch applied, or stop here
         printf '[build_ext]\nswig_opts = -c++ -DMULTIPLICITY -threads -I.\n' > "$tmp/esl.cfg"
-        DIST_EXTRA_CONFIG="$tmp/esl.cfg" {{py}} -m pip install -q --force-reinstall --no-deps "$tmp/python-ESL-1.4.18"
+        step env DIST_EXTRA_CONFIG="$tmp/esl.cfg" {{py}} -m pip install --force-reinstall --no-deps "$tmp/python-ESL-1.4.18"
         rm -rf "$tmp"
         touch "$esl_stamp"
     fi
     touch "$stamp"
+    echo "bootstrap: done"
+
+# Build (or reuse) a real FreeSWITCH 1.10.12 with mod_audio_fork from ../shared/freeswitch into
+# ~/.cache/voicefork (about 10 minutes the first time, under a second after); prints the FREESWITCH_BIN to use.
+freeswitch:
+    testbed/build_freeswitch.sh
 
 # Validate the config and render it in memory (every XML file parsed back and checked); writes nothing.
 check config=config: bootstrap
@@ -87,6 +104,19 @@ chaos seconds="600" concurrent="100": bootstrap
 fuzz *args: bootstrap
     HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q -p no:cacheprovider tests/chaos/test_fuzz.py tests/chaos/test_security.py {{args}}
 
-# The test suite (unit, property, integration, end to end, chaos).
+# The test suite (unit, property, integration, end to end on the emulator AND on a real FreeSWITCH, chaos).
+# Uses $FREESWITCH_BIN if set, else builds or reuses `just freeswitch` (a fresh machine adds ~10 minutes once).
+# Without FreeSWITCH sources the real-switch tests are skipped, except under CI=true, where they fail.
 test *args: bootstrap
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${FREESWITCH_BIN:-}" ]; then
+        if out="$(testbed/build_freeswitch.sh | tee /dev/stderr)"; then
+            export FREESWITCH_BIN="${out##*FREESWITCH_BIN=}"
+        elif [ "${CI:-}" = true ]; then
+            echo "just test: CI=true needs the real FreeSWITCH; the build above failed" >&2; exit 1
+        else
+            echo "just test: no real FreeSWITCH (see above): tests/freeswitch will be skipped" >&2
+        fi
+    fi
     {{py}} -m pytest -q {{args}}
