@@ -26,7 +26,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
 
-__all__ = ["App", "SUBSCRIBED_EVENTS"]
+__all__ = ["App", "SUBSCRIBED_EVENTS", "ESL_FILTERS"]
 
 log = logging.getLogger("voicefork")
 
@@ -49,6 +49,16 @@ SUBSCRIBED_EVENTS = [
     "mod_audio_fork::kill_audio",
 ]
 _METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
+
+# What the switch sends us (mod_event_socket filters are OR'ed; switch_regex_perform takes
+# "/regex/"): every event of a channel that has voicefork_route (the rendered dialplan sets it
+# on every route), and DTMF events, which carry no channel variables unless the channel has
+# verbose_events (switch_channel.c), whatever their channel: digits are rare and events of
+# other channels are dropped by uuid. Two filters whatever the number of routes: FreeSWITCH
+# looks each filter's header up in every event it sends (one filter per route cost 10,000
+# lookups per event with 10,000 routes), and no verbose_events, which put every channel
+# variable into every event (6 KB each, issue 13).
+ESL_FILTERS = [("variable_voicefork_route", "/^[a-z0-9]/"), ("Event-Name", "DTMF")]
 
 
 def _secret(env: Mapping[str, str], name: str, what: str) -> str:
@@ -95,7 +105,7 @@ class App:
             _secret(env, fs.esl_password_env, "freeswitch.esl_password_env"),
             on_event=self._on_esl_event,
             event_names=SUBSCRIBED_EVENTS,
-            filters=[("variable_voicefork_route", r.name) for r in config.routes],
+            filters=ESL_FILTERS,
             logger=logger.getChild("esl"),
             on_state=self._on_esl_state,
         )
@@ -178,12 +188,12 @@ class App:
 
     # ------------------------------------------------------------------ calls
 
-    def _settings(self, route: Route) -> SessionSettings:
+    def _settings(self, route: Route, fork_rate: int) -> SessionSettings:
         p = self.config.playback
         c = self.config.connectors[route.connector]
         return SessionSettings(
             route=route.name,
-            fork_rate=route.rate,
+            fork_rate=fork_rate,
             language=route.language,
             metadata=route.metadata,
             fallback_action=route.fallback.action,
@@ -219,6 +229,14 @@ class App:
             self.log.error("< fork for %s on /calls/%s: uuid already has a live call", meta.uuid, route_name)
             await ws.close(1008, "duplicate call")
             return
+        # The rate the switch was told is the one that arrives: the metadata's (rate: auto is the
+        # switch's pick at answer); a dialplan rendered before rates were sent has the route's.
+        fork_rate = meta.rate or route.rate
+        if not fork_rate:
+            self.metrics.rejected.labels("bad_metadata").inc()
+            self.log.error("< fork for %s on /calls/%s: no rate in the metadata and the route's is auto; re-render the dialplan (just render)", meta.uuid, route_name)
+            await ws.close(1008, "bad metadata")
+            return
         connector = self.config.connectors[route.connector]
         target = ConnectorTarget(
             connector.url,
@@ -228,11 +246,11 @@ class App:
             connector.send_queue_ms,
             connector.ping_timeout_s,
         )
-        session = CallSession(meta.uuid, self._settings(route))
+        session = CallSession(meta.uuid, self._settings(route, fork_rate))
         call = Call(session, ws, intake, target, self.esl, self.metrics, self.log)
         self.calls[meta.uuid] = call
         self.metrics.active_calls.inc()
-        call.log.info("< fork open on /calls/%s from %s (%d Hz)", route.name, peer, route.rate)
+        call.log.info("< fork open on /calls/%s from %s (%d Hz)", route.name, peer, fork_rate)
         try:
             await call.run()
         finally:

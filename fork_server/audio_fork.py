@@ -78,6 +78,7 @@ class ForkMetadata:
     route: str
     uuid: str
     raw: str
+    rate: int | None = None  # the fork rate the switch was told ("rate" of the rendered metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,23 @@ def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
     if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
         hint = " (the dialplan variable was not expanded)" if isinstance(uuid, str) and "${" in uuid else ""
         raise ForkProtocolError(f"metadata uuid: expected a FreeSWITCH uuid 8-4-4-4-12 hex, got {_show(uuid)}{hint}")
-    return ForkMetadata(route, uuid, text)
+    return ForkMetadata(route, uuid, text, _fork_rate(doc.get("rate", None)))
+
+
+_RATE_TOKEN = re.compile(r"^([1-9][0-9]?)k$|^([1-9][0-9]{3,4})$")
+
+
+def _fork_rate(value: Any) -> int | None:
+    """The metadata's ``rate``, as uuid_audio_fork takes it ("8k", "16k" or Hz; REF "The API"):
+    a multiple of 8000 up to 48000. Absent: None (a dialplan rendered before rates were sent)."""
+    if value is None:
+        return None
+    m = _RATE_TOKEN.match(value) if isinstance(value, str) else None
+    hz = (int(m.group(1)) * 1000 if m.group(1) else int(m.group(2))) if m else 0
+    if not (8000 <= hz <= 48000 and hz % 8000 == 0):
+        hint = " (the dialplan variable was not expanded)" if isinstance(value, str) and "${" in value else ""
+        raise ForkProtocolError(f"metadata rate: expected 8k, 16k or a multiple of 8000 Hz up to 48000, got {_show(value)}{hint}")
+    return hz
 
 
 # --------------------------------------------------------------------------- intake

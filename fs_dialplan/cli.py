@@ -15,7 +15,7 @@ import time
 
 from .errors import ConfigError, RenderError
 from .loader import load_config
-from .render import render, write_tree
+from .render import rate_name, render, write_tree
 
 __all__ = ["main"]
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in config.routes:
         match = r.number or f"/{r.pattern}/"
         print(f"{args.config}:{r.line}: route {r.name}: {match} -> connector {r.connector} "
-              f"({r.rate // 1000}k, {r.language}, fallback {r.fallback.action}) at {config.fork_server.fork_url(r.name)}")
+              f"({rate_name(r.rate)}, {r.language}, fallback {r.fallback.action}) at {config.fork_server.fork_url(r.name)}")
     for t in config.trunks:
         print(f"{args.config}:{t.line}: trunk {t.name}: {t.proxy} ({t.transport}{', registers' if t.register else ''}), "
               f"{len(t.acl_cidrs)} signalling CIDRs in ACL voicefork_trunks")

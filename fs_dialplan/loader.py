@@ -172,9 +172,9 @@ def _bool(ctx: _Ctx, node: yaml.Node, path: str) -> bool | None:
 
 
 def _rate(ctx: _Ctx, node: yaml.Node, path: str) -> int | None:
-    value = _scalar(ctx, node, path, "8k or 16k")
+    value = _scalar(ctx, node, path, "auto, 8k or 16k")
     if value is not None and value not in spec.RATES:
-        ctx.error(node, path, f'expected 8k or 16k, got "{value}"')
+        ctx.error(node, path, f'expected auto, 8k or 16k, got "{value}"')
     return spec.RATES.get(value) if value is not None else None
 
 
@@ -332,7 +332,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 Route(
                     name=name,
                     connector=merged["connector"],
-                    rate=merged.get("rate", 16000),
+                    rate=merged.get("rate", spec.AUTO_RATE),
                     number=number,
                     pattern=merged.get("pattern"),
                     language=merged.get("language", "en-US"),

@@ -80,7 +80,7 @@ class Fallback:
 class Route:
     name: str
     connector: str
-    rate: int = 16000
+    rate: int = 0  # fork rate in Hz; 0: auto, the caller's codec rate (8000 on G.711, 16000 wideband)
     number: str | None = None
     pattern: str | None = None
     language: str = "en-US"

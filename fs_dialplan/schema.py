@@ -49,7 +49,7 @@ def _key_schema(key: spec.Key) -> dict[str, Any]:
     elif kind == "bool":
         s = {"anyOf": [{"type": "boolean"}, {"enum": list(spec.TRUE_WORDS + spec.FALSE_WORDS)}]}
     elif kind == "rate":
-        s = {"enum": list(key.enum) + sorted(set(spec.RATES.values()))}
+        s = {"enum": list(key.enum) + sorted(set(spec.RATES.values()) - {spec.AUTO_RATE})}
     elif kind == "map":
         s = _object(key.keys)  # type: ignore[arg-type]
         if key.literal is not None:

@@ -128,13 +128,17 @@ FALLBACK = _section(
                expected="an extension or a sip: URI", json_types=("string", "integer")),
 )
 
-RATES = {"8k": 8000, "8000": 8000, "16k": 16000, "16000": 16000}
+# 0 is "auto": fork at the caller's codec rate, 8k on G.711, 16k on wideband codecs (issue 14: a 16k
+# fork of a G.711 leg goes through FreeSWITCH's own 8k->16k resampler, 37 dB; ours gives 86 dB).
+AUTO_RATE = 0
+RATES = {"auto": AUTO_RATE, "8k": 8000, "8000": 8000, "16k": 16000, "16000": 16000}
 TRUE_WORDS = ("true", "yes", "on")  # the loader compares lower-cased
 FALSE_WORDS = ("false", "no", "off")
 
 ROUTE_DEFAULTS = _section(
     connector=Key("Name of a connector under `connectors`."),
-    rate=Key("Fork sample rate: 8k or 16k.", "rate", enum=tuple(RATES), expected="8k or 16k"),
+    rate=Key("Fork sample rate: auto (the caller's codec: 8k on G.711, 16k on wideband codecs), 8k or 16k.", "rate",
+             enum=tuple(RATES), expected="auto, 8k or 16k"),
     language=Key("BCP-47 language tag passed to the connector.", pattern=LANG,
                  expected="a BCP-47 language tag like en-US"),
     greeting=Key("none, or a file FreeSWITCH plays while the connector connects.", pattern=ABS_FILE,

@@ -42,6 +42,30 @@ def test_metadata_uuid_may_be_upper_case_and_extra_keys_are_kept_in_raw():
     assert (meta.route, meta.uuid, meta.raw) == ("support", UUID.upper(), raw)
 
 
+@pytest.mark.parametrize(("rate", "hz"), [("8k", 8000), ("16k", 16000), ("8000", 8000), ("48k", 48000), ("24000", 24000)])
+def test_metadata_rate_is_what_the_switch_was_told(rate, hz):
+    # The rendered metadata carries the fork's rate (rate: auto is the switch's pick at answer).
+    (meta,) = ForkIntake().receive_text('{"route":"support","uuid":"%s","rate":"%s"}' % (UUID, rate))
+    assert meta.rate == hz
+
+
+def test_metadata_without_a_rate_leaves_it_to_the_route():
+    (meta,) = ForkIntake().receive_text(META)
+    assert meta.rate is None
+
+
+@pytest.mark.parametrize("rate", ["", "12k", "44100", "0", "8", "8K", "${voicefork_fork_rate}", "-ERR no reply", 8000, None])
+def test_a_bad_metadata_rate_is_a_fork_protocol_error(rate):
+    text = json.dumps({"route": "support", "uuid": UUID, "rate": rate}, separators=(",", ":"))
+    if rate is None:  # JSON null is as good as absent
+        assert ForkIntake().receive_text(text)[0].rate is None
+        return
+    with pytest.raises(ForkProtocolError, match="metadata rate") as err:
+        ForkIntake().receive_text(text)
+    if rate == "${voicefork_fork_rate}":
+        assert "not expanded" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

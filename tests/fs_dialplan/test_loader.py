@@ -13,10 +13,10 @@ def test_example_config_loads_into_frozen_typed_model():
     c = load_config(str(EXAMPLE))
     assert [r.name for r in c.routes] == ["support", "sales", "uk-line"]
     support, sales, uk = c.routes
-    assert support.rate == 16000 and support.connector == "support-bot" and support.max_duration_s == 1800
+    assert support.rate == 0 and support.connector == "support-bot" and support.max_duration_s == 1800  # auto
     assert dict(support.metadata) == {"queue": "tier1"}
     assert sales.rate == 8000 and sales.fallback.action == "transfer" and sales.fallback.target == "1000"
-    assert uk.pattern == r"^\+44" and uk.language == "en-GB" and uk.fallback.file.endswith(".wav")
+    assert uk.pattern == r"^\+44" and uk.language == "en-GB" and uk.fallback.file.endswith(".wav") and uk.rate == 16000
     assert c.fork_server.auth.password_env == "VOICEFORK_FORK_PASSWORD"
     assert c.fork_server.fork_url("support") == "ws://127.0.0.1:8099/calls/support"
     with pytest.raises(AttributeError):
@@ -67,7 +67,7 @@ def test_connector_keepalive_defaults_find_a_half_open_connector_inside_the_2_s_
         ("connector: bot\nplayback", "connector: nobot\nplayback", 'cfg.yaml:12: routes[0].connector: unknown connector "nobot"; known: bot'),
         ("    url: ws://127.0.0.1:8765/bot", "    url: http://x/bot", 'cfg.yaml:8: connectors.bot.url: expected a ws:// or wss:// URL with a host and no spaces or quotes, got "http://x/bot"'),
         ("  esl_password_env: ESL_PW", "  esl_password_env: ClueCon", "cfg.yaml:2: freeswitch.esl_password_env: expected an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself), got \"ClueCon\""),
-        ("    connector: bot\n", "    connector: bot\n    rate: 44k\n", 'cfg.yaml:13: routes[0].rate: expected 8k or 16k, got "44k"'),
+        ("    connector: bot\n", "    connector: bot\n    rate: 44k\n", 'cfg.yaml:13: routes[0].rate: expected auto, 8k or 16k, got "44k"'),
         ("  auth: none\n", "  auth: none\n  listen_prot: 1\n", "cfg.yaml:6: fork_server.listen_prot: unknown key (did you mean 'listen_port'?)"),
         ("  auth: none\n", "", "cfg.yaml:4: fork_server.auth: required key is missing (the media socket needs auth; write `auth: none` to disable it)"),
         ('    number: "+15551234567"', "    pattern: '^(+1'", "cfg.yaml:11: routes[0].pattern: invalid regular expression: nothing to repeat at position 2"),
@@ -94,7 +94,7 @@ def test_all_errors_are_reported_at_once_and_duplicates_caught():
     got = errors(text)
     assert any("duplicate route name" in e for e in got)
     assert any('duplicate number "+15551234567"' in e for e in got)
-    assert any("rate: expected 8k or 16k" in e for e in got)
+    assert any("rate: expected auto, 8k or 16k" in e for e in got)
     assert len(got) == 3
 
 

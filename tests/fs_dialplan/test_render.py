@@ -35,12 +35,36 @@ def test_golden_files(example):
 
 def test_fork_action_is_the_observed_working_form(example):
     root = ET.fromstring(render(example, ENV)[DIALPLAN_FILE])
-    ext = next(e for e in root.iter("extension") if e.get("name") == "voicefork_support")
+    ext = next(e for e in root.iter("extension") if e.get("name") == "voicefork_uk-line")  # rate: 16k
     data = [a.get("data") for a in ext.iter("action")]
-    assert 'fork_result=${uuid_audio_fork(${uuid} start ws://127.0.0.1:8099/calls/support mono 16k {"route":"support","uuid":"${uuid}"})}' in data
+    assert 'fork_result=${uuid_audio_fork(${uuid} start ws://127.0.0.1:8099/calls/uk-line mono 16k {"route":"uk-line","uuid":"${uuid}","rate":"16k"})}' in data
+    apps = [a.get("application") for a in ext.iter("action")]
+    # The jitter buffer is set before answer (the RTP session is made then), park comes last.
+    assert apps[:3] == ["set", "set", "answer"] and data[1] == "jitterbuffer_msec=20" and apps[-1] == "park"
+    assert "verbose_events" not in apps  # it put every channel variable into every event
+
+
+def test_rate_auto_lets_the_switch_pick_the_fork_rate_from_the_codec(example):
+    root = ET.fromstring(render(example, ENV)[DIALPLAN_FILE])
+    ext = next(e for e in root.iter("extension") if e.get("name") == "voicefork_support")  # rate: auto (defaults)
     assert ext.find("condition").get("expression") == r"^\+15551234567$"
-    assert [a.get("application") for a in ext.iter("action")][0] == "answer"
-    assert [a.get("application") for a in ext.iter("action")][-1] == "park"
+    data = [a.get("data") for a in ext.iter("action")]
+    assert data[3] == "voicefork_fork_rate=${cond(${read_rate} > 8000 ? 16k : 8k)}"  # right after answer
+    assert data[4] == ('fork_result=${uuid_audio_fork(${uuid} start ws://127.0.0.1:8099/calls/support mono '
+                       '${voicefork_fork_rate} {"route":"support","uuid":"${uuid}","rate":"${voicefork_fork_rate}"})}')
+
+
+def test_media_socket_credentials_are_globals_never_channel_variables(example):
+    text = render(example, ENV)[DIALPLAN_FILE]
+    root = ET.fromstring(text)
+    assert [(p.get("cmd"), p.get("data")) for p in root.findall("X-PRE-PROCESS")] == [
+        ("set", "MOD_AUDIO_BASIC_AUTH_USERNAME=freeswitch"), ("set", "MOD_AUDIO_BASIC_AUTH_PASSWORD=fork-golden")]
+    assert not [a for a in root.iter("action") if "MOD_AUDIO_BASIC_AUTH" in (a.get("data") or "")]
+    # FreeSWITCH's preprocessor reads data="..." raw, line by line: each on its own line.
+    assert all(line.strip().startswith("<X-PRE-PROCESS") for line in text.splitlines() if "X-PRE-PROCESS" in line)
+    for bad in ("a&b", "a<b", "a>b"):
+        with pytest.raises(RenderError, match="preprocessor"):
+            render(example, {**ENV, "VOICEFORK_FORK_PASSWORD": bad})
 
 
 def test_rendering_is_deterministic(example):
@@ -99,7 +123,8 @@ def test_any_greeting_renders_inert_or_is_refused(value):
         assert played == []
         return
     assert played == [value]  # round-trips exactly through the XML escaping
-    assert files[DIALPLAN_FILE].count("${") == 3  # only ours: ${uuid_audio_fork(, ${uuid} twice
+    # only ours: ${uuid_audio_fork(, ${uuid} twice, the rate variable twice and ${cond(${read_rate}
+    assert files[DIALPLAN_FILE].count("${") == 7
     assert not re.search(r"[\s'\"]", value)
 
 

@@ -31,7 +31,7 @@ from testbed.freeswitch.fork_args import ForkCommand, parse_fork_command
 PUBLIC_URL = "ws://127.0.0.1:8099"
 VALIDATOR = jsonschema.Draft7Validator(build_schema())
 RATE_TOKEN = {8000: "8k", 16000: "16k"}
-BUILTIN = {"rate": 16000, "language": "en-US", "greeting": None, "max_duration": None, "fallback": Fallback(),
+BUILTIN = {"rate": 0, "language": "en-US", "greeting": None, "max_duration": None, "fallback": Fallback(),
            "recording": False}
 
 names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,15}", fullmatch=True)
@@ -51,7 +51,7 @@ fallbacks = st.one_of(
     files.map(lambda f: ({"action": "play", "file": f}, Fallback("play", file=f))),
     targets.map(lambda t: ({"action": "transfer", "target": t}, Fallback("transfer", target=t))),
 )
-rates = st.sampled_from([("8k", 8000), ("16k", 16000), (8000, 8000), (16000, 16000), ("16000", 16000)])
+rates = st.sampled_from([("8k", 8000), ("16k", 16000), (8000, 8000), (16000, 16000), ("16000", 16000), ("auto", 0)])
 durations = st.integers(1, 86400).flatmap(
     lambda n: st.sampled_from([(n, n), (f"{n}s", n)] + ([(f"{n // 60}m", n)] if n % 60 == 0 else [])))
 greetings = st.one_of(st.just(("none", None)), files.map(lambda f: (f, f)))
@@ -153,10 +153,12 @@ def configs(draw):
     return data, env, {"routes": expect, "trunks": texpect, "auth": auth}
 
 
-def fork_command(data: str) -> ForkCommand:
-    """Expand the fork action as FreeSWITCH would and parse the API line as mod_audio_fork does."""
+def fork_command(data: str, auto_rate: str = "8k") -> ForkCommand:
+    """Expand the fork action as FreeSWITCH would and parse the API line as mod_audio_fork does
+    (``auto_rate``: what the switch picked at answer for a ``rate: auto`` route)."""
     calls = []
-    expand(data, var=lambda n: "the-uuid" if n == "uuid" else None, api=lambda f, a: calls.append((f, a)) or "+OK\n")
+    channel = {"uuid": "the-uuid", "voicefork_fork_rate": auto_rate}
+    expand(data, var=channel.get, api=lambda f, a: calls.append((f, a)) or "+OK\n")
     assert [f for f, _ in calls] == ["uuid_audio_fork"]
     cmd = parse_fork_command(calls[0][1])
     assert isinstance(cmd, ForkCommand), cmd
@@ -171,6 +173,11 @@ def test_generated_config_round_trips_through_the_xml(case):
     config = parse_config(text, "gen.yaml")
     files = render(config, env)
     roots = {p: ET.fromstring(t) for p, t in files.items() if p.endswith(".xml")}
+    # The media-socket credentials as FreeSWITCH's preprocessor sets them: globals, exactly.
+    globals_: dict[str, str] = {}
+    preprocess(files[DIALPLAN_FILE], globals_)
+    assert globals_ == ({"MOD_AUDIO_BASIC_AUTH_USERNAME": "freeswitch", "MOD_AUDIO_BASIC_AUTH_PASSWORD": env["FORK_PW"]}
+                        if expect["auth"] else {})
     # Metadata as the YAML holds it: PyYAML's emitter writes a raw U+0085 into a single-quoted
     # scalar, which reads back as a space; the loader can only see what the file says.
     as_written = [r["metadata"] for r in yaml.safe_load(text)["routes"]]
@@ -187,17 +194,17 @@ def test_generated_config_round_trips_through_the_xml(case):
             assert expr == r["pattern"]
         actions = [(a.get("application"), a.get("data")) for a in cond.findall("action")]
         apps = [a for a, _ in actions]
-        assert apps[0] == "answer" and apps[-1] == "park"
-        assert actions[1] == ("set", f"voicefork_route={r['name']}")
-        auth_sets = [d for a, d in actions if a == "set" and d.startswith("MOD_AUDIO_BASIC_AUTH_")]
-        assert auth_sets == ([f"MOD_AUDIO_BASIC_AUTH_USERNAME=freeswitch", f"MOD_AUDIO_BASIC_AUTH_PASSWORD={env['FORK_PW']}"]
-                             if expect["auth"] else [])
+        assert apps[2] == "answer" and apps[-1] == "park"
+        assert actions[:2] == [("set", f"voicefork_route={r['name']}"), ("set", "jitterbuffer_msec=20")]
+        assert not [d for a, d in actions if "MOD_AUDIO_BASIC_AUTH_" in (d or "")]  # globals, never channel variables
         (fork,) = [d for a, d in actions if a == "set" and d.startswith("fork_result=")]
-        cmd = fork_command(fork)
-        assert (cmd.uuid, cmd.verb, cmd.url, cmd.mix, cmd.rate, cmd.bugname) == (
-            "the-uuid", "start", f"{PUBLIC_URL}/calls/{r['name']}", "mono", r["rate"], "audio_fork")
-        assert json.loads(cmd.metadata) == {"route": r["name"], "uuid": "the-uuid"}
-        assert f" mono {RATE_TOKEN[r['rate']]} " in fork
+        auto = [d for a, d in actions if a == "set" and d.startswith("voicefork_fork_rate=")]
+        assert auto == (["voicefork_fork_rate=${cond(${read_rate} > 8000 ? 16k : 8k)}"] if r["rate"] == 0 else [])
+        for picked, hz in (("8k", 8000), ("16k", 16000)) if r["rate"] == 0 else ((None, r["rate"]),):
+            cmd = fork_command(fork, picked or "")
+            assert (cmd.uuid, cmd.verb, cmd.url, cmd.mix, cmd.rate, cmd.bugname) == (
+                "the-uuid", "start", f"{PUBLIC_URL}/calls/{r['name']}", "mono", hz, "audio_fork")
+            assert json.loads(cmd.metadata) == {"route": r["name"], "uuid": "the-uuid", "rate": RATE_TOKEN[hz]}
         assert [d for a, d in actions if a == "sched_hangup"] == (
             [f"+{r['max_duration']} ALLOTTED_TIMEOUT"] if r["max_duration"] else [])
         assert [d for a, d in actions if a == "playback"] == ([r["greeting"]] if r["greeting"] else [])
@@ -321,24 +328,31 @@ def test_any_string_value_renders_inert_or_is_refused(slot, value):
         assert skeleton(files) == BASELINE
     for path, body in files.items():
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufffe\uffff]", body), path
-        assert "$${" not in body and preprocess(body, {}) == body, path  # the XML preprocessor changes nothing
+        globals_: dict[str, str] = {}
+        out = preprocess(body, globals_)
+        # The XML preprocessor changes nothing but take out its own "set" lines (the credentials).
+        assert "$${" not in body and out == "".join(l for l in body.splitlines(keepends=True) if "X-PRE-PROCESS" not in l), path
+        assert set(globals_) <= {"MOD_AUDIO_BASIC_AUTH_USERNAME", "MOD_AUDIO_BASIC_AUTH_PASSWORD"}, path
         if path.endswith(".xml") and path != DIALPLAN_FILE:
             assert "${" not in body, path
     dialplan = ET.fromstring(files[DIALPLAN_FILE])
-    assert files[DIALPLAN_FILE].count("${") == 3 * len(config.routes)  # ours: the API call, ${uuid} twice
+    # ours: the API call and ${uuid} twice; rate: auto adds the variable twice and ${cond(${read_rate}
+    autos = sum(r.rate == 0 for r in config.routes)
+    assert files[DIALPLAN_FILE].count("${") == 3 * len(config.routes) + 4 * autos
     for action in dialplan.iter("action"):
         data_ = action.get("data") or ""
         assert not re.search(r"\$[0-9]", data_)  # no regex-capture substitution
         m = _FORK.fullmatch(data_)
         if m:  # six space-separated tokens, nothing to quote or escape (REF "How arguments are parsed")
             args = m.group(1).split(" ")
-            assert len(args) == 5 and args[0] == "start" and args[2] == "mono" and args[3] in ("8k", "16k")
+            assert len(args) == 5 and args[0] == "start" and args[2] == "mono" and args[3] in ("8k", "16k", "${voicefork_fork_rate}")
             assert not re.search(r"['\\]", m.group(1)) and '"' not in args[1]  # JSON's own " are fine (REF)
             cmd = fork_command(data_)
             assert cmd.url == args[1] and json.loads(cmd.metadata)["uuid"] == "the-uuid"
     if slot.startswith("env:"):  # a secret that renders comes back exactly where it belongs
         everything = [a.get("value") for f, t in files.items() if f.endswith(".xml") for a in ET.fromstring(t).iter("param")]
         everything += [a.get("data") for a in dialplan.iter("action")]
+        everything += [p.get("data") for p in dialplan.iter("X-PRE-PROCESS")]
         assert value in everything or f"MOD_AUDIO_BASIC_AUTH_PASSWORD={value}" in everything
 
 
