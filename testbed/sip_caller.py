@@ -8,6 +8,12 @@ playback starts with the marker bit set). It speaks only what such a test needs:
 unauthenticated INVITE per call (the profile must not challenge), ACK, BYE both ways, RFC
 4733 telephone-events for DTMF. Not for production.
 
+The caller's RTP goes out from a thread of its own on an absolute 20 ms schedule, not from the
+event loop: the tests run the fork server in the same process, and a busy loop sent packets
+late in bursts, which the switch's jitter buffer concealed and re-timed (one frame of PLC and a
+one-frame shift of everything after: 1.5 dB against the caller's audio in a loaded run). A real
+caller's network jitter is not what these tests measure; steady RTP is.
+
 :class:`SipCall` mirrors the emulator's ``Channel`` (``say``, ``press``, ``hangup``,
 ``hungup``, ``ear``) so the same checks read both.
 """
@@ -17,9 +23,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 import re
+import socket
 import struct
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,9 +184,12 @@ class SipCall:
         self.dtmf_heard: list[tuple[str, int]] = []  # (digit, RTP timestamp) from the switch
         self._speech = bytearray()
         self._events: list[tuple[str, int]] = []  # DTMF digits to send, with duration in ms
+        self._lock = threading.Lock()  # _speech and _events: filled on the loop, sent by the thread
         self._rtp: asyncio.DatagramTransport | None = None
         self._remote_rtp: tuple[str, int] | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._sender: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._send_sock: socket.socket | None = None
         self._seq = random.randrange(1 << 16)
         self._ts = random.randrange(1 << 32)
         self._ssrc = random.getrandbits(32)
@@ -185,14 +198,17 @@ class SipCall:
     # -- controls (as the emulator's Channel)
     def say(self, pcm: bytes) -> None:
         """Queue caller speech, s16le at 8 kHz, sent one 20 ms packet at a time."""
-        self._speech += pcm
+        with self._lock:
+            self._speech += pcm
 
     @property
     def speaking(self) -> bool:
-        return bool(self._speech)
+        with self._lock:
+            return bool(self._speech)
 
     def press(self, digit: str, duration_ms: int = 100) -> None:
-        self._events.append((digit, duration_ms))
+        with self._lock:
+            self._events.append((digit, duration_ms))
 
     def hangup(self) -> None:
         if not self.hungup.is_set() and self.remote_target:
@@ -229,10 +245,11 @@ class SipCall:
 
     async def _start(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        self._rtp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self._on_rtp), local_addr=(self.caller.local_ip, 0)
-        )
-        self.rtp_port = self._rtp.get_extra_info("sockname")[1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.caller.local_ip, 0))
+        self._send_sock = socket.socket(fileno=os.dup(sock.fileno()))  # the sender thread's own handle
+        self._rtp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self._on_rtp), sock=sock)
+        self.rtp_port = sock.getsockname()[1]
         uri = f"sip:{self.destination}@{self.caller.host}:{self.caller.sip_port}"
         self.caller._send(self._request("INVITE", uri, self._sdp(), cseq=1))
         try:
@@ -248,7 +265,8 @@ class SipCall:
         self._remote_rtp = _sdp_rtp_address(body)
         self.caller._send(self._request("ACK", self.remote_target, cseq=1))
         self.answered.set()
-        self._sender = loop.create_task(self._send_rtp(), name=f"rtp-{self.call_id}")
+        self._sender = threading.Thread(target=self._send_rtp, name=f"rtp-{self.call_id}", daemon=True)
+        self._sender.start()
 
     def _on_response(self, code: int, headers: dict[str, str], body: str) -> None:
         method = headers.get("cseq", "").split()[-1:] or [""]
@@ -266,8 +284,12 @@ class SipCall:
             self._stop()
 
     def _stop(self) -> None:
-        if self._sender is not None:
-            self._sender.cancel()
+        self._stopping.set()
+        if self._sender is not None and self._sender is not threading.current_thread():
+            self._sender.join(1.0)
+        if self._send_sock is not None:
+            self._send_sock.close()
+            self._send_sock = None
         if self._rtp is not None:
             self._rtp.close()
         self.hungup.set()
@@ -295,16 +317,30 @@ class SipCall:
         head = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, self._seq, self._ts if ts is None else ts, self._ssrc)
         return head + payload
 
-    async def _send_rtp(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _send_rtp(self) -> None:
+        """The sender thread: one packet per ptime on an absolute schedule (a late wake-up sends
+        the packets due at once, in order, as a real endpoint's sound card clock would)."""
         silence = ulaw_encode(bytes(2 * SAMPLES))
-        start, n = loop.time(), 0
+        start, n = time.monotonic(), 0
         dtmf: tuple[str, int, int] | None = None  # digit, duration in samples, start timestamp
+        sock, remote = self._send_sock, self._remote_rtp
+        if sock is None or remote is None:
+            return
         while True:
             n += 1
-            await asyncio.sleep(max(0.0, start + n * PTIME_MS / 1000 - loop.time()))
-            if self._remote_rtp is None or self._rtp is None:
-                continue
+            delay = start + n * PTIME_MS / 1000 - time.monotonic()
+            if self._stopping.wait(max(0.0, delay)):
+                return
+            try:
+                dtmf = self._send_one(sock, remote, silence, dtmf)
+            except OSError:
+                return
+
+    def _send_one(self, sock: socket.socket, remote: tuple[str, int], silence: bytes,
+                  dtmf: tuple[str, int, int] | None) -> tuple[str, int, int] | None:
+        """Send this ptime's packet(s): a DTMF event in progress, or the next 20 ms of speech
+        (silence when there is none). Returns the DTMF event still in progress."""
+        with self._lock:
             if dtmf is None and self._events:
                 digit, ms = self._events.pop(0)
                 dtmf = (digit, ms * 8, self._ts)
@@ -315,15 +351,16 @@ class SipCall:
                 event = "0123456789*#ABCD".index(digit.upper())
                 payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, min(elapsed, dur))
                 for _ in range(3 if end else 1):  # RFC 4733: the end packet is sent three times
-                    self._rtp.sendto(self._packet(_EVENT_PT, payload, marker=elapsed == SAMPLES, ts=ts0), self._remote_rtp)
+                    sock.sendto(self._packet(_EVENT_PT, payload, marker=elapsed == SAMPLES, ts=ts0), remote)
                 if end:
                     dtmf = None
             else:
                 chunk = bytes(self._speech[: 2 * SAMPLES])
                 del self._speech[: 2 * SAMPLES]
                 payload = ulaw_encode(chunk.ljust(2 * SAMPLES, b"\0")) if chunk else silence
-                self._rtp.sendto(self._packet(0, payload), self._remote_rtp)
+                sock.sendto(self._packet(0, payload), remote)
             self._ts = (self._ts + SAMPLES) & 0xFFFFFFFF
+        return dtmf
 
 
 class SipCaller:

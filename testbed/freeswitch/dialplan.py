@@ -65,12 +65,13 @@ class Dialplan:
 
     @classmethod
     def load(cls, path: str | Path, globals_: dict[str, str] | None = None) -> "Dialplan":
-        """Load one file or every ``*.xml`` in a directory, in name order (as X-PRE-PROCESS include)."""
+        """Load one file or every ``*.xml`` in a directory, in name order (as X-PRE-PROCESS include);
+        preprocessor ``set`` lines update ``globals_``."""
         p = Path(path)
         files = sorted(p.glob("*.xml")) if p.is_dir() else [p]
         exts: list[Extension] = []
         for f in files:
-            text = preprocess(f.read_text(encoding="utf-8"), globals_ or {})
+            text = preprocess(f.read_text(encoding="utf-8"), globals_ if globals_ is not None else {})
             try:
                 root = ET.fromstring(text)
             except ET.ParseError as e:

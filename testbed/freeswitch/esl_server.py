@@ -8,7 +8,9 @@ python-ESL connects to it unchanged. Framing and replies follow mod_event_socket
 * ``event plain <words>``: event names, and after ``CUSTOM`` every further word is a subclass
   name (so a subscription must list CUSTOM last); ``ALL`` subscribes everything;
 * ``filter <header> <value>``: once any filter exists an event is sent only if some filter
-  matches it (assumption from the docs; regex filters ``/…/`` are not emulated);
+  matches it (mod_event_socket.c: filters are OR'ed; a value is compared case-insensitively, or,
+  written ``/regex/flags``, matched as a PCRE as switch_regex_perform does; ``+``/``-`` prefixes,
+  negative filters, are not emulated);
 * ``sendmsg <uuid>`` with header lines and an optional ``Content-Length`` body;
 * events go out as ``Content-Length`` + ``Content-Type: text/event-plain`` and the event
   serialised as ``Name: url-encoded value`` lines; a body follows its own ``Content-Length``
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import uuid as uuidlib
 from typing import Callable, Mapping, Protocol
 from urllib.parse import quote
@@ -74,6 +77,27 @@ def parse_block(block: str) -> tuple[str, dict[str, str]]:
     return lines[0].rstrip("\r"), headers
 
 
+@functools.lru_cache(maxsize=256)
+def _filter_regex(value: str) -> "re.Pattern[str] | None":
+    body, slash, opts = value[1:].rpartition("/")
+    if not slash:
+        return None  # FreeSWITCH logs "missing ending '/' delimeter" and matches nothing
+    flags = (re.IGNORECASE if "i" in opts else 0) | (re.DOTALL if "s" in opts else 0)
+    try:
+        return re.compile(body, flags)
+    except re.error:
+        return None
+
+
+def _filter_match(header: str | None, value: str) -> bool:
+    if header is None:
+        return False
+    if value.startswith("/"):
+        rx = _filter_regex(value)
+        return rx is not None and rx.search(header) is not None
+    return header.lower() == value.lower()
+
+
 class _Listener:
     def __init__(self, server: "EslServer", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server, self.reader, self.writer = server, reader, writer
@@ -95,7 +119,7 @@ class _Listener:
         elif not (self.all_events or name in self.events):
             return False
         if self.filters:
-            return any(headers.get(h) == v for h, v in self.filters)
+            return any(_filter_match(headers.get(h), v) for h, v in self.filters)
         return True
 
     def on_event(self, headers: Mapping[str, str], body: str | None) -> None:

@@ -7,12 +7,15 @@ Braces nest, so compact JSON metadata inside the call expands intact.
 
 ``$${name}`` is the XML preprocessor's global variable: FreeSWITCH replaces it when it loads
 the XML, so the emulator does too, in :func:`preprocess` (assumption: an unknown global
-expands to nothing). Backslash handling inside expansion is not in REF; ``\\$`` keeps a
+expands to nothing). The preprocessor also runs ``<X-PRE-PROCESS cmd="set" data="name=value"/>``
+lines, which set a global and leave nothing in the XML (switch_xml.c ``preprocess``: line by
+line, ``data`` read as raw text up to the next quote, no entity decoded). Backslash handling inside expansion is not in REF; ``\\$`` keeps a
 literal ``$`` (assumption).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 __all__ = ["expand", "preprocess", "ExpansionError"]
@@ -70,8 +73,21 @@ def expand(
     return "".join(out)
 
 
+_PRE_SET = re.compile(r'<X-PRE-PROCESS\s+cmd="set"\s+data="([^"]*)"\s*/>', re.IGNORECASE)
+
+
 def preprocess(text: str, globals_: dict[str, str]) -> str:
-    """The XML preprocessor's ``$${name}`` substitution, at load time."""
+    """The XML preprocessor at load time: ``set`` lines into ``globals_``, then ``$${name}``."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        m = _PRE_SET.search(line)
+        if m is None:
+            lines.append(line)
+            continue
+        name, eq, value = m.group(1).partition("=")
+        if eq:
+            globals_[name] = value
+    text = "".join(lines)
     out: list[str] = []
     i = 0
     while i < len(text):

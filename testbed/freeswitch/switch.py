@@ -87,15 +87,38 @@ class Channel:
         self.ptime_ms = ptime_ms
         self.frame_bytes = self.rate * ptime_ms // 1000 * 2
         self.caller_sends_rtp = caller_sends_rtp
+        created = str(int(time.time() * 1_000_000))
         self.profile = {
-            "Caller-Caller-ID-Number": caller_id_number,
+            "Caller-Direction": "inbound",
+            "Caller-Logical-Direction": "inbound",
+            "Caller-Username": caller_id_number,
+            "Caller-Dialplan": "XML",
             "Caller-Caller-ID-Name": caller_id_name,
+            "Caller-Caller-ID-Number": caller_id_number,
+            "Caller-Orig-Caller-ID-Name": caller_id_name,
+            "Caller-Orig-Caller-ID-Number": caller_id_number,
+            "Caller-Network-Addr": "127.0.0.1",
+            "Caller-ANI": caller_id_number,
             "Caller-Destination-Number": destination,
             "Caller-Unique-ID": self.uuid,
+            "Caller-Source": "mod_sofia",
             "Caller-Context": "public",
-            "Caller-Network-Addr": "127.0.0.1",
+            "Caller-Channel-Name": f"sofia/external/{caller_id_number}@127.0.0.1",
+            "Caller-Profile-Index": "1",
+            "Caller-Profile-Created-Time": created,
+            "Caller-Channel-Created-Time": created,
+            **{f"Caller-Channel-{k}-Time": "0" for k in ("Answered", "Progress", "Progress-Media", "Hangup",
+                                                          "Transfer", "Resurrect", "Bridged")},
+            "Caller-Channel-Last-Hold": "0",
+            "Caller-Channel-Hold-Accum": "0",
+            "Caller-Screen-Bit": "true",
+            "Caller-Privacy-Hide-Name": "false",
+            "Caller-Privacy-Hide-Number": "false",
         }
+        fill = {"{uuid}": self.uuid, "{destination}": destination, "{caller_number}": caller_id_number,
+                "{caller_name}": caller_id_name}
         self.vars: dict[str, str] = {
+            **{k: _fill(v, fill) for k, v in _SIP_CHANNEL_VARS.items()},
             "uuid": self.uuid,
             "call_uuid": self.uuid,
             "direction": "inbound",
@@ -129,6 +152,9 @@ class Channel:
         self.hungup = asyncio.Event()
         self.playbacks: list[tuple[str, str, int]] = []  # (path, status, tick it ended on)
         self._sched_hangup: asyncio.TimerHandle | None = None
+        self.sync_silence = 0  # caller frames the forks get as silence (audio sync without a jitter buffer)
+        self.silenced_frames = 0  # total, for tests
+        self.jitter_buffer_ms = 0  # jitterbuffer_msec when the media came up (answer)
 
     # ------------------------------------------------------------ test-side controls
 
@@ -149,9 +175,14 @@ class Channel:
         return (self.switch.now() - self.t0) * 1000
 
     def var(self, name: str) -> str | None:
+        """switch_channel_get_variable_dup: the channel's variables, then the caller profile,
+        then the switch's global variables (REF "Event sizes"; mod_audio_fork reads its
+        Basic-auth credentials this way)."""
         if name in self.vars:
             return self.vars[name]
-        return self.profile.get(name)
+        if name in self.profile:
+            return self.profile[name]
+        return self.switch.globals.get(name)
 
     @property
     def alive(self) -> bool:
@@ -169,7 +200,8 @@ class EmulatedSwitch:
         temp_dir: str = "/tmp",
         globals_: dict[str, str] | None = None,
     ) -> None:
-        self.dialplan = Dialplan.load(dialplan_path, globals_) if dialplan_path else Dialplan([])
+        self.globals: dict[str, str] = dict(globals_ or {})  # the XML preprocessor's "set" lines land here
+        self.dialplan = Dialplan.load(dialplan_path, self.globals) if dialplan_path else Dialplan([])
         self.timings = timings or Timings()
         self.temp_dir = temp_dir
         self.core_uuid = str(uuidlib.uuid4())
@@ -183,10 +215,13 @@ class EmulatedSwitch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._event_seq = 0
 
     def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None) -> None:
         """(Re)load the rendered dialplan, as ``reloadxml`` would."""
-        self.dialplan = Dialplan.load(path, globals_)
+        if globals_:
+            self.globals.update(globals_)
+        self.dialplan = Dialplan.load(path, self.globals)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -279,6 +314,7 @@ class EmulatedSwitch:
             elif app == "park":
                 ch.parked = True
                 ch.state = "CS_PARK"
+                self._audio_sync(ch)  # switch_ivr_park syncs (REF: 2 frames at each return to park)
                 return
             elif app == "hangup":
                 self._hangup(ch, data or "NORMAL_CLEARING")
@@ -296,7 +332,20 @@ class EmulatedSwitch:
         if not ch.answered:
             ch.answered = True
             ch.vars["answer_state"] = "answered"
+            # The jitter buffer is made with the RTP session, at answer: set it before (as FreeSWITCH).
+            try:
+                ch.jitter_buffer_ms = max(0, int((ch.var("jitterbuffer_msec") or "0").split(":")[0].rstrip("p") or 0))
+            except ValueError:
+                ch.jitter_buffer_ms = 0
             self._emit("CHANNEL_ANSWER", ch)
+
+    def _audio_sync(self, ch: Channel) -> None:
+        """switch_channel_audio_sync, run by every ``playback`` start and by ``park``: without a
+        jitter buffer mod_sofia flushes the RTP socket and the fork gets silence in place of the
+        caller for ``audio_sync_frames`` frames (measured 2026-12-06, see Timings)."""
+        t = self.timings
+        jb = ch.jitter_buffer_ms
+        ch.sync_silence = t.audio_sync_frames if jb == 0 else t.audio_sync_frames_jb20 if jb <= 20 else t.audio_sync_frames_jb_larger
 
     def _sched_hangup(self, ch: Channel, data: str) -> None:
         when, _, cause = data.partition(" ")
@@ -396,8 +445,8 @@ class EmulatedSwitch:
             self.errors.append(f"invalid sample rate: {cmd.rate}")
         if not ch.answered:  # REF: start pre-answers the channel
             ch.vars["answer_state"] = "early"
-        user = ch.vars.get("MOD_AUDIO_BASIC_AUTH_USERNAME")
-        password = ch.vars.get("MOD_AUDIO_BASIC_AUTH_PASSWORD")
+        user = ch.var("MOD_AUDIO_BASIC_AUTH_USERNAME")  # source: channel, then globals
+        password = ch.var("MOD_AUDIO_BASIC_AUTH_PASSWORD")
         url = cmd.url or ""
         if url.startswith(("http://", "https://")):
             url = "ws" + url[4:]
@@ -495,6 +544,21 @@ class EmulatedSwitch:
     def _api_uuid_exists(self, args: str) -> str:
         return "true" if args.strip() in self.channels else "false"
 
+    def _api_cond(self, args: str) -> str:
+        """mod_commands ``cond <a> <op> <b> ? <true> : <false>``, numeric when both sides are
+        numbers (the rendered dialplan's ``rate: auto`` uses ``${cond(${read_rate} > 8000 ? 16k : 8k)}``)."""
+        expr, q, rest = args.partition("?")
+        yes, colon, no = rest.partition(":")
+        parts = expr.split()
+        if not q or not colon or len(parts) != 3 or parts[1] not in _COND_OPS:
+            return "-ERR syntax error\n"
+        a, op, b = parts
+        try:
+            lhs, rhs = float(a), float(b)
+        except ValueError:
+            lhs, rhs = a, b  # type: ignore[assignment]
+        return (yes if _COND_OPS[op](lhs, rhs) else no).strip()
+
     def _api_status(self, args: str) -> str:
         return f"UP 0 years, 0 days\n{len(self.channels)} session(s) - emulated\n"
 
@@ -506,6 +570,9 @@ class EmulatedSwitch:
         ch = self._channel(uuid.strip())
         if ch is None:
             return f"-ERR invalid session id [{uuid.strip()}]"
+        # mod_event_socket queues the message on the channel and fires PRIVATE_COMMAND with its
+        # headers (one per sendmsg, seen on 1.10.12: 27 for 26 segments).
+        self._emit("PRIVATE_COMMAND", ch, {k: v for k, v in headers.items()})
         h = {k.lower(): v for k, v in headers.items()}
         command = h.get("call-command", "")
         if command == "hangup":
@@ -578,6 +645,8 @@ class EmulatedSwitch:
             if play.done is not None and not play.done.done():
                 play.done.set_result("error")
             self._start_next(ch, at_ms)
+            return
+        self._audio_sync(ch)  # switch_ivr_play_file, once the file is open
 
     def _finish(self, ch: Channel, play: _Play, status: str) -> None:
         ms = play.pos * 1000 // (ch.rate * 2)
@@ -594,6 +663,8 @@ class EmulatedSwitch:
             ch.current = None
             if ch.nested:
                 ch.current = ch.nested.pop()
+        if ch.current is None and not ch.queue and ch.parked and ch.alive:
+            self._audio_sync(ch)  # back to park (REF "Playback methods compared": 2 frames)
 
     def _write_frame(self, ch: Channel, t_ms: float) -> bytes | None:
         """The frame written to the caller this tick, or None (no RTP: a hole)."""
@@ -647,6 +718,10 @@ class EmulatedSwitch:
         if caller is None and ch.caller_sends_rtp:
             caller = {r: bytes(r * ch.ptime_ms // 1000 * 2) for r in (ch.rate, *bug_rates)}
         written = self._write_frame(ch, t_ms)
+        if ch.sync_silence and caller is not None:  # the RTP flush of an audio sync (see _audio_sync)
+            ch.sync_silence -= 1
+            ch.silenced_frames += 1
+            caller = {r: bytes(len(pcm)) for r, pcm in caller.items()}
         if not ch.alive:
             return
         for bug in list(ch.bugs.values()):
@@ -739,21 +814,40 @@ class EmulatedSwitch:
     # ------------------------------------------------------------ events
 
     def _headers(self, name: str, ch: Channel, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        now = time.time()
+        self._event_seq += 1
+        # The header set of a real 1.10.12 event (switch_event_prep_for_delivery and
+        # switch_channel_event_set_data), so events are as large as the switch's.
         h = {
             "Event-Name": name,
             "Core-UUID": self.core_uuid,
             "FreeSWITCH-Hostname": "emulated",
-            "Event-Date-Timestamp": str(int(time.time() * 1_000_000)),
+            "FreeSWITCH-Switchname": "emulated",
+            "FreeSWITCH-IPv4": "127.0.0.1",
+            "FreeSWITCH-IPv6": "::1",
+            "Event-Date-Local": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
+            "Event-Date-GMT": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
+            "Event-Date-Timestamp": str(int(now * 1_000_000)),
             "Event-Calling-File": "emulator",
+            "Event-Calling-Function": "emulator",
+            "Event-Calling-Line-Number": "1",
+            "Event-Sequence": str(self._event_seq),
             "Channel-State": ch.state,
+            "Channel-Call-State": "ACTIVE" if ch.answered else "RINGING",
+            "Channel-State-Number": "4",
             "Channel-Name": f"sofia/external/{ch.profile['Caller-Caller-ID-Number']}@127.0.0.1",
             "Unique-ID": ch.uuid,
             "Call-Direction": "inbound",
+            "Presence-Call-Direction": "inbound",
+            "Channel-HIT-Dialplan": "true",
+            "Channel-Call-UUID": ch.uuid,
             "Answer-State": "answered" if ch.answered else "ringing",
             "Channel-Read-Codec-Name": ch.vars["read_codec"],
             "Channel-Read-Codec-Rate": str(ch.rate),
+            "Channel-Read-Codec-Bit-Rate": "64000",
             "Channel-Write-Codec-Name": ch.vars["write_codec"],
             "Channel-Write-Codec-Rate": str(ch.rate),
+            "Channel-Write-Codec-Bit-Rate": "64000",
         }
         h.update(ch.profile)
         if extra:
@@ -794,6 +888,21 @@ class EmulatedSwitch:
             self.errors.append(f"{task.get_name()}: {task.exception()!r}")
 
 
+_COND_OPS: dict[str, Callable[[object, object], bool]] = {
+    ">": lambda a, b: a > b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,  # type: ignore[operator]
+    "<=": lambda a, b: a <= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,  # type: ignore[operator]
+}
+
+_SIP_CHANNEL_VARS: dict[str, str] = json.loads(
+    (Path(__file__).with_name("sip_channel_vars.json")).read_text(encoding="utf-8"))["variables"]
+
+
+def _fill(value: str, fill: Mapping[str, str]) -> str:
+    for k, v in fill.items():
+        value = value.replace(k, v)
+    return value
+
+
 _EVENTS_WITH_VARIABLES = frozenset({
     "CHANNEL_CREATE", "CHANNEL_ORIGINATE", "CHANNEL_UUID", "CHANNEL_ANSWER", "CHANNEL_PARK",
     "CHANNEL_UNPARK", "CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE", "CHANNEL_PROGRESS",
@@ -824,4 +933,5 @@ _API: dict[str, Callable[[EmulatedSwitch, str], str]] = {
     "uuid_send_dtmf": EmulatedSwitch._api_uuid_send_dtmf,
     "uuid_exists": EmulatedSwitch._api_uuid_exists,
     "status": EmulatedSwitch._api_status,
+    "cond": EmulatedSwitch._api_cond,
 }

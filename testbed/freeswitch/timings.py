@@ -29,3 +29,12 @@ class Timings:
     fork_buffer_secs: float = 2.0
     # 1 = one frame per packet; n > 1 merges n frames into one message, as under load.
     fork_merge_frames: int = 1
+    # Every `playback` start and every return to `park` runs switch_channel_audio_sync; with no
+    # jitter buffer mod_sofia flushes the RTP socket and the fork gets this many frames of
+    # silence in place of the caller (measured 2026-12-06: 2 each, on mono 8k and 16k forks).
+    audio_sync_frames: int = 2
+    # With jitterbuffer_msec set the flush is skipped and the buffer reset: 20 ms lost no frame
+    # over 3 playbacks (300 frames); 40 ms lost 5 (2 at the first start, then 1 per sync), modelled
+    # as 1 per sync (one measurement; the first start's extra frame is not modelled).
+    audio_sync_frames_jb20: int = 0
+    audio_sync_frames_jb_larger: int = 1

@@ -18,7 +18,7 @@ from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav
 from testbed.audio_compare import best_aligned_snr, lag_of  # noqa: E402
 from testbed.stack import Stack, open_fds  # noqa: E402
 
-SUPPORT, SALES = "+15551234567", "+15557654321"  # 16k and 8k routes in config/voicefork.yaml
+SUPPORT, SALES, UK = "+15551234567", "+15557654321", "+442071234567"  # rate auto, 8k and 16k in config/voicefork.yaml
 
 
 async def until(pred, timeout=10.0, what="condition"):
@@ -60,25 +60,31 @@ def bot_stack(**script):
 # ------------------------------------------------------------------ caller → AI
 
 
-@pytest.mark.parametrize("number,rate", [(SUPPORT, 16000), (SALES, 8000)])
+@pytest.mark.parametrize("number,codec,fork_rate", [
+    (SUPPORT, "PCMU", 8000),  # rate: auto on G.711: the switch forks at 8k
+    (SUPPORT, "G722", 16000),  # rate: auto on a wideband codec: 16k
+    (SALES, "PCMU", 8000),  # rate: 8k
+    (UK, "PCMU", 16000),  # rate: 16k on G.711: FreeSWITCH resamples 8k->16k itself
+])
 @pytest.mark.parametrize("stack", [bot_stack(mark_every_ms=0)], indirect=True)
-async def test_what_the_ai_hears_is_what_the_caller_said(stack, number, rate):
-    ch = stack.switch.place_call(number, "+15550001111", "Alice")
+async def test_what_the_ai_hears_is_what_the_caller_said(stack, number, codec, fork_rate):
+    ch = stack.switch.place_call(number, "+15550001111", "Alice", codec=codec)
     record = await stack.connector.wait_call(0, timeout=5)
     assert record.start["call"]["from"] == "+15550001111" and record.start["call"]["caller_name"] == "Alice"
-    said = load_wav(CALLER_QUESTION, 8000)
+    assert stack.app.calls[ch.uuid].session.settings.fork_rate == fork_rate
+    said = load_wav(CALLER_QUESTION, ch.rate)
     ch.say(said)
-    await until(lambda: record.frame_count * 20 >= len(said) / 16 + 400, what="the question at the connector")
+    await until(lambda: record.frame_count * 20 >= len(said) / (ch.rate // 500) + 400, what="the question at the connector")
     ch.hangup()
     await record.wait_stopped(timeout=5)
     got = np.frombuffer(record.audio(), "<i2")
-    # Reference: the caller's 8 kHz speech resampled once, whole, to 16 kHz (soxr VHQ).
-    ref = soxr.resample(np.frombuffer(said, "<i2").astype(np.float64), 8000, 16000, "VHQ")
+    # Reference: the caller's speech resampled once, whole, to 16 kHz (soxr VHQ).
+    ref = soxr.resample(np.frombuffer(said, "<i2").astype(np.float64), ch.rate, 16000, "VHQ")
     snr = best_aligned_snr(ref, got, in_band=True)
-    # In band (≤ 3.4 kHz). 16k route: FreeSWITCH's resampler (soxr VHQ in the emulator) + our pass-through.
-    # 8k route: our causal FIR 8k→16k against soxr VHQ: the figure is the FIR's error.
-    assert snr >= 60, f"{rate} Hz route: SNR {snr:.1f} dB"
-    print(f"route {rate} Hz: connector audio vs reference resample: {snr:.1f} dB")
+    # In band (≤ 3.4 kHz). 16k fork of an 8k leg: FreeSWITCH's resampler (soxr VHQ in the emulator)
+    # + our pass-through. 8k fork: our causal FIR 8k→16k against soxr VHQ: the figure is the FIR's error.
+    assert snr >= 60, f"{codec} call, {fork_rate} Hz fork: SNR {snr:.1f} dB"
+    print(f"{codec} call, {fork_rate} Hz fork: connector audio vs reference resample: {snr:.1f} dB")
 
 
 # ------------------------------------------------------------------ AI → caller

@@ -1,9 +1,8 @@
 """The end-to-end calls of tests/e2e against a REAL FreeSWITCH with mod_audio_fork.
 
-Run only when ``FREESWITCH_BIN`` names a FreeSWITCH binary whose module dir has mod_audio_fork
-(and mod_sofia, mod_event_socket, mod_commands, mod_dptools, mod_dialplan_xml, mod_sndfile,
-mod_native_file, mod_tone_stream); skipped otherwise, so CI (which has no FreeSWITCH) skips
-them. The switch runs the RENDERED config (testbed.real_switch); the caller is a SIP user
+Run on the FreeSWITCH ``FREESWITCH_BIN`` names (``just freeswitch`` builds it, with mod_audio_fork,
+mod_sofia, mod_event_socket, mod_commands, mod_dptools, mod_dialplan_xml, mod_sndfile,
+mod_native_file, mod_tone_stream); skipped without one, and failed under ``CI=true`` (conftest.py). The switch runs the RENDERED config (testbed.real_switch); the caller is a SIP user
 agent sending and receiving G.711 μ-law RTP (testbed.sip_caller), so what it heard is read
 from RTP as REF measured it: a hole is a timestamp jump. μ-law coding limits any SNR of what
 the caller heard to about 38 dB, so the audio thresholds here are lower than the emulator's.
@@ -19,10 +18,7 @@ import pytest
 import soxr
 
 BIN = os.environ.get("FREESWITCH_BIN")
-pytestmark = [
-    pytest.mark.freeswitch,
-    pytest.mark.skipif(not BIN or not os.access(BIN, os.X_OK), reason="needs FREESWITCH_BIN (a FreeSWITCH with mod_audio_fork)"),
-]
+pytestmark = pytest.mark.freeswitch  # skipped without FREESWITCH_BIN, failed under CI=true (conftest.py)
 pytest.importorskip("ESL")
 
 from testbed.audio_compare import best_aligned_snr, lag_of  # noqa: E402
@@ -30,7 +26,7 @@ from testbed.real_switch import RealStack  # noqa: E402
 from testbed.sip_caller import ulaw_decode, ulaw_encode  # noqa: E402
 from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav, sentences_with_pauses  # noqa: E402
 
-SUPPORT, SALES = "+15551234567", "+15557654321"  # 16k and 8k routes in config/voicefork.yaml
+SUPPORT, SALES, UK = "+15551234567", "+15557654321", "+442071234567"  # rate auto, 8k and 16k in config/voicefork.yaml
 
 
 def bot(**script):
@@ -51,12 +47,18 @@ async def cleaned_up(s):
     await until(lambda: not s.app.calls and not s.spool_files(), what="cleanup")
 
 
-@pytest.mark.parametrize("number,rate", [(SUPPORT, 16000), (SALES, 8000)])
-async def test_what_the_ai_hears_is_what_the_caller_said(number, rate):
+@pytest.mark.parametrize("number,fork_rate,least_db", [
+    (SUPPORT, 8000, 85),  # rate: auto on a PCMU call: forked at 8k, resampled by our FIR
+    (SALES, 8000, 85),  # rate: 8k
+    (UK, 16000, 30),  # rate: 16k: FreeSWITCH's own 8k->16k resampler gives ~37 dB (REF)
+])
+async def test_what_the_ai_hears_is_what_the_caller_said(number, fork_rate, least_db):
     async with RealStack(BIN, connector_options=bot(answer_delay_ms=60_000)) as s:
         call = await s.place_call(number, "+15550001111", "Alice")
         record = await s.connector.wait_call(0, timeout=10)
         assert record.start["call"]["from"] == "+15550001111" and record.start["call"]["caller_name"] == "Alice"
+        (live,) = s.app.calls.values()
+        assert live.session.settings.fork_rate == fork_rate
         said = ulaw_decode(ulaw_encode(load_wav(CALLER_QUESTION, 8000)))  # what the caller's codec carries
         call.say(said)
         await until(lambda: not call.speaking, what="the caller to finish")
@@ -66,12 +68,11 @@ async def test_what_the_ai_hears_is_what_the_caller_said(number, rate):
         got = np.frombuffer(record.audio(), "<i2")
         ref = soxr.resample(np.frombuffer(said, "<i2").astype(np.float64), 8000, 16000, "VHQ")
         snr = best_aligned_snr(ref, got, in_band=True)
-        print(f"real FreeSWITCH, {rate} Hz route: connector audio vs reference resample: {snr:.1f} dB")
-        # 8k: FreeSWITCH forks the decoded PCMU as is, so this is our FIR against soxr VHQ:
-        # 86 dB in most runs, but 38 dB in about one run of four here (cause not found; the
-        # figure is that of u-law noise, as if the caller's audio were coded once more).
-        # 16k: FreeSWITCH resamples 8k→16k itself (REF); its resampler gives 37 dB.
-        assert snr >= 30, f"{snr:.1f} dB"
+        print(f"real FreeSWITCH, {fork_rate} Hz fork: connector audio vs reference resample: {snr:.1f} dB")
+        # 8k: FreeSWITCH forks the decoded PCMU as is, so this is our FIR against soxr VHQ. Before
+        # the jitter buffer (rendered dialplan) one run in four gave 38-51 dB: the return to park's
+        # RTP flush silenced the first 1-2 frames of the caller's speech when it began just then.
+        assert snr >= least_db, f"{snr:.1f} dB"
         await cleaned_up(s)
 
 

@@ -415,3 +415,99 @@ async def test_dtmf_both_ways(rig):
     assert (h["DTMF-Digit"], h["DTMF-Duration"]) == ("5", "800")
     assert sw.api("uuid_send_dtmf", f"{ch.uuid} 12#") == "+OK Success\n"
     assert [d for d, _ in ch.dtmf_to_caller] == ["1", "2", "#"]
+
+
+# ---------------------------------------------------------------- measured on a real 1.10.12 (2026-12-06)
+
+JB_DIALPLAN = """<include>
+  <X-PRE-PROCESS cmd="set" data="MOD_AUDIO_BASIC_AUTH_USERNAME=fs"/>
+  <X-PRE-PROCESS cmd="set" data="MOD_AUDIO_BASIC_AUTH_PASSWORD=secret"/>
+  <extension name="voicefork_support">
+    <condition field="destination_number" expression="^\\+15551234567$">
+      <action application="set" data="voicefork_route=support"/>
+      <action application="set" data="jitterbuffer_msec={jb}"/>
+      <action application="answer"/>
+      <action application="set" data="voicefork_fork_rate=${{cond(${{read_rate}} > 8000 ? 16k : 8k)}}"/>
+      <action application="set" data="fork_result=${{uuid_audio_fork(${{uuid}} start {url}/calls/support mono ${{voicefork_fork_rate}} {{&quot;route&quot;:&quot;support&quot;,&quot;uuid&quot;:&quot;${{uuid}}&quot;,&quot;rate&quot;:&quot;${{voicefork_fork_rate}}&quot;}})}}"/>
+      <action application="park"/>
+    </condition>
+  </extension>
+</include>
+"""
+
+
+async def _play_three_files_while_the_caller_talks(sw, ch, peer, tmp_path):
+    await until(lambda: ch.parked and len(peer.binary) >= 3)
+    ch.say(tone(4000, rate=ch.rate, amp=6000, freq=1000))
+    await until(lambda: len(peer.binary) >= 8)
+    before_frames, before_silenced = len(peer.binary), ch.silenced_frames
+    for i in range(3):
+        p = tmp_path / f"sync{i}.r8"
+        p.write_bytes(tone(400))
+        sw.sendmsg(ch.uuid, {"call-command": "execute", "execute-app-name": "playback", "execute-app-arg": str(p), "event-lock": "true"})
+    await until(lambda: len(ch.playbacks) == 3)
+    await until(lambda: len(peer.binary) >= before_frames + 70)  # past the return to park
+    quiet = sum(1 for b in peer.binary[before_frames:] if not np.frombuffer(b, "<i2").any())
+    return quiet, ch.silenced_frames - before_silenced
+
+
+async def test_without_a_jitter_buffer_each_playback_start_and_park_costs_two_caller_frames(rig, tmp_path):
+    # Measured: 2 frames of silence at the fork at each file's start and 2 at the return to park
+    # (3 files: 8), switch_channel_audio_sync -> mod_sofia's RTP flush.
+    sw, peer, _ = await rig()
+    ch = sw.place_call("+15551234567")
+    quiet, silenced = await _play_three_files_while_the_caller_talks(sw, ch, peer, tmp_path)
+    assert silenced == 8 and quiet == 8
+
+
+@pytest.mark.parametrize("jb,lost", [(20, 0), (40, 4)])
+async def test_a_jitter_buffer_set_before_answer_keeps_the_caller_frames(tmp_path, jb, lost):
+    # Measured: jitterbuffer_msec=20 lost none of 300 frames over 3 playbacks; 40 lost 1 per sync.
+    peer = Peer()
+    server = await serve(peer.handler, "127.0.0.1", 0, subprotocols=["audio.drachtio.org"], process_request=peer.process_request).__aenter__()
+    f = tmp_path / "jb.xml"
+    f.write_text(JB_DIALPLAN.format(url=f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", jb=jb))
+    sw = EmulatedSwitch(f, temp_dir=str(tmp_path))
+    await sw.start()
+    try:
+        ch = sw.place_call("+15551234567")
+        quiet, silenced = await _play_three_files_while_the_caller_talks(sw, ch, peer, tmp_path)
+        assert ch.jitter_buffer_ms == jb and silenced == lost and quiet == lost
+        # The credentials came from the preprocessor's globals, not from channel variables.
+        assert peer.request.headers["Authorization"] == "Basic " + base64.b64encode(b"fs:secret").decode()
+        assert "MOD_AUDIO_BASIC_AUTH_PASSWORD" not in ch.vars
+        # rate: auto on a PCMU leg forks at 8k and says so in the metadata.
+        assert json.loads(peer.texts[0])["rate"] == "8k" and {len(b) for b in peer.binary} == {320}
+    finally:
+        await sw.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_cond_is_numeric_when_both_sides_are_numbers():
+    sw = EmulatedSwitch()
+    assert sw.api("cond", "8000 > 8000 ? 16k : 8k") == "8k"
+    assert sw.api("cond", "16000 > 8000 ? 16k : 8k") == "16k"
+    assert sw.api("cond", "48000 > 8000 ? 16k : 8k") == "16k"
+    assert sw.api("cond", "nonsense").startswith("-ERR")
+
+
+async def test_each_segment_makes_the_events_of_a_real_switch_at_real_sizes(rig, tmp_path):
+    from testbed.freeswitch.esl_server import serialize_event
+
+    sw, _, events = await rig()
+    ch = sw.place_call("+15551234567")
+    await until(lambda: ch.parked)
+    events.clear()
+    p = tmp_path / "one.r8"
+    p.write_bytes(tone(100))
+    sw.sendmsg(ch.uuid, {"call-command": "execute", "execute-app-name": "playback", "execute-app-arg": str(p), "event-lock": "true"})
+    await until(lambda: ch.playbacks)
+    # Seen on 1.10.12: the channel's events for one sendmsg playback.
+    assert names(events, ch.uuid) == ["PRIVATE_COMMAND", "CHANNEL_EXECUTE", "PLAYBACK_START", "PLAYBACK_STOP",
+                                      "CHANNEL_EXECUTE_COMPLETE"]
+    sizes = {h["Event-Name"]: len(serialize_event(h, b)) for h, b in events}
+    # Measured: PLAYBACK_START/STOP of a SIP channel 5.9-6.5 KB (every channel variable);
+    # PRIVATE_COMMAND, with no variables unless verbose_events, is much smaller.
+    assert 5000 <= sizes["PLAYBACK_START"] <= 8000 and 5000 <= sizes["PLAYBACK_STOP"] <= 8000, sizes
+    assert sizes["PRIVATE_COMMAND"] < 3000, sizes
