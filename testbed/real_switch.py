@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import tempfile
@@ -30,7 +31,7 @@ from .connector.server import ConnectorServer
 from .sip_caller import SipCaller
 from .stack import EXAMPLE_CONFIG, stack_env, wire
 
-__all__ = ["RealSwitch", "RealStack", "free_port"]
+__all__ = ["RealSwitch", "RealStack", "free_port", "rtp_range"]
 
 log = logging.getLogger("testbed.real_switch")
 
@@ -46,8 +47,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int, conf_dir: Path) -> dict[str, str]:
+def _conf_tree(
+    rendered: Mapping[str, str], sip_port: int, rtp_base: int, conf_dir: Path, log_level: str | None = None
+) -> dict[str, str]:
     modules = "".join(f'    <load module="{m}"/>\n' for m in _MODULES)
+    # switch.conf's loglevel caps what any logger gets (FreeSWITCH's default: debug).
+    core_log = f'    <param name="loglevel" value="{log_level}"/>\n' if log_level else ""
     files = {
         "freeswitch.xml": """<?xml version="1.0"?>
 <document type="freeswitch/xml">
@@ -67,7 +72,7 @@ def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int, conf_d
     <param name="rtp-start-port" value="{rtp_base}"/>
     <param name="rtp-end-port" value="{rtp_base + 999}"/>
     <param name="dump-cores" value="no"/>
-  </settings>
+{core_log}  </settings>
 </configuration>
 """,
         "autoload_configs/logfile.conf.xml": """<configuration name="logfile.conf" description="File Logging">
@@ -132,13 +137,35 @@ def _conf_tree(rendered: Mapping[str, str], sip_port: int, rtp_base: int, conf_d
     return files
 
 
+def rtp_range(span: int = 1000, tries: int = 50) -> int:
+    """A random first RTP port whose first ports nobody holds. FreeSWITCH binds its RTP sockets
+    with SO_REUSEADDR (switch_rtp.c), so two switches given the same range (the tests' and a
+    benchmark's, or two test runs) can bind the same UDP port and take each other's packets:
+    a fixed per-pid range crossed the streams of concurrent runs. The switch takes ports from
+    the bottom of its range, so the bottom ports are the ones to probe."""
+    for _ in range(tries):
+        base = random.randrange(16384, 60000 - span, 2)
+        try:
+            for port in range(base, base + 8, 2):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free RTP port range found")
+
+
 class RealSwitch:
     """``FREESWITCH_BIN`` on a throwaway conf tree; ``start()`` returns once ESL answers."""
 
-    def __init__(self, binary: str, rendered: Mapping[str, str], workdir: Path, *, sip_port: int, esl_port: int, esl_password: str) -> None:
+    def __init__(self, binary: str, rendered: Mapping[str, str], workdir: Path, *, sip_port: int, esl_port: int, esl_password: str,
+                 rtp_base: int | None = None, log_level: str | None = None) -> None:
+        """``rtp_base``: first of the 1000 RTP ports (default: a random free-looking range, see
+        :func:`rtp_range`); ``log_level``: switch.conf's ``loglevel`` (default: FreeSWITCH's own, debug)."""
         self.binary, self.workdir = binary, workdir
         self.sip_port, self.esl_port, self.esl_password = sip_port, esl_port, esl_password
-        self.files = _conf_tree(rendered, sip_port, 20000 + 1000 * (os.getpid() % 20), workdir / "conf")
+        base = rtp_range() if rtp_base is None else rtp_base
+        self.files = _conf_tree(rendered, sip_port, base, workdir / "conf", log_level)
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -160,25 +187,39 @@ class RealSwitch:
         while loop.time() < end:
             if self.proc.returncode is not None:
                 raise RuntimeError(f"FreeSWITCH exited with {self.proc.returncode}; see {dirs['log']}")
-            if await self._esl_answers():
+            # Ready means the SIP profile runs, not only ESL: an INVITE sent before the profile is
+            # up gets no answer, and a fork started within ~50 ms of ESL answering crashed the
+            # switch (SIGSEGV, 2 of 3 tries on 1.10.12, seen by the bench on 2026-12-06).
+            status = await self._esl_api("sofia status")
+            if status is not None and any("external" in line and "RUNNING" in line for line in status.splitlines()):
                 return
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"FreeSWITCH's Event Socket did not answer on {self.esl_port} within {timeout} s")
+        raise RuntimeError(f"FreeSWITCH's SIP profile did not come up (ESL on {self.esl_port}) within {timeout} s")
 
-    async def _esl_answers(self) -> bool:
+    async def _esl_api(self, command: str) -> str | None:
+        """One API command over a throwaway ESL connection; None while ESL does not answer."""
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.esl_port)
         except OSError:
-            return False
+            return None
         try:
             await asyncio.wait_for(reader.readuntil(b"\n\n"), 2)
             writer.write(f"auth {self.esl_password}\n\n".encode())
-            reply = await asyncio.wait_for(reader.readuntil(b"\n\n"), 2)
-            return b"+OK accepted" in reply
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            return False
+            if b"+OK accepted" not in await asyncio.wait_for(reader.readuntil(b"\n\n"), 2):
+                return None
+            writer.write(f"api {command}\n\n".encode())
+            head = (await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)).decode()
+            length = next((int(line.split(":", 1)[1]) for line in head.splitlines() if line.startswith("Content-Length")), 0)
+            return (await asyncio.wait_for(reader.readexactly(length), 5)).decode(errors="replace")
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            return None
         finally:
             writer.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The FreeSWITCH process's id while it runs (for reading its CPU and memory from /proc)."""
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
 
     @property
     def log_file(self) -> Path:

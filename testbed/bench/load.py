@@ -13,9 +13,12 @@ All of it runs in ONE asyncio process (the bench runner), apart from the server 
   ``uuid_send_dtmf`` and ``sendmsg`` execute playback. Playback runs on the 20 ms clock:
   PLAYBACK_START one tick (20 ms) after the command (REF: 20 ms median), files queued with
   event-lock play back to back, PLAYBACK_STOP ``done``/``break`` then
-  CHANNEL_EXECUTE_COMPLETE; ``uuid_break all`` drops the queue (REF "Barge-in").
+  CHANNEL_EXECUTE_COMPLETE; ``uuid_break all`` drops the queue (REF "Barge-in"). Its events,
+  their sizes and the caller frames a playback blanks are the real switch's, measured
+  2026-12-06 on FreeSWITCH 1.10.12 (see the class).
 * :class:`ConnectorConn` — the voice connector (docs/connector-protocol.md): takes ``start``,
-  counts and timestamps caller frames, answers pings, and speaks: TTS bursts, marks, and a
+  counts and timestamps caller frames (and, in the window, checks each for blanking:
+  :mod:`testbed.bench.framecheck`), answers pings, and speaks: TTS bursts, marks, and a
   barge-in ``clear`` now and then (:class:`TtsProfile`).
 
 One timer drives everything: the 20 ms period is cut into ``SLOTS`` sub-ticks and each call
@@ -48,8 +51,13 @@ import numpy as np
 from testbed.freeswitch.esl_server import EslServer
 
 from . import wsframes as wf
+from .benchconf import RouteFlags
+from .framecheck import FrameLog
+from .fsevents import ChannelEvents, EventTemplates
+from .rtp import Heard
 
-__all__ = ["TtsProfile", "LoadGen", "BenchCall", "LeanSwitch", "SLOTS", "FRAME_NS"]
+__all__ = ["TtsProfile", "LoadGen", "BenchCall", "LeanSwitch", "ConnectorConn", "Recorder", "SLOTS", "FRAME_NS", "now_ns",
+           "percentiles"]
 
 log = logging.getLogger("testbed.bench.load")
 
@@ -107,7 +115,8 @@ class BenchCall:
         "idx", "uuid", "route", "rate", "slot", "number", "media", "conn", "t0", "sent", "recv",
         "send_ns", "frames", "hdr16", "body16", "m8", "tts_next", "tts_state", "utt", "utt_start",
         "chunks_left", "tts_t0", "marks_sent", "marks_back", "clears", "tts_bytes", "started",
-        "mismatch", "ended", "stop_reason", "phase", "killed",
+        "mismatch", "ended", "stop_reason", "phase", "killed", "heard", "flog", "first_tts_ns", "clear_ns",
+        "cut_last", "zero_next", "zero8", "zbody16",
     )
 
     def __init__(self, idx: int, route: str, rate: int, slot: int, phase: float) -> None:
@@ -136,6 +145,14 @@ class BenchCall:
         self.hdr16 = b""
         self.body16: list[bytes] = []
         self.m8 = 0
+        self.heard = Heard()  # the bot's audio as the caller got it (real RTP, or the emulated 20 ms clock)
+        self.flog = FrameLog()  # the caller's frames as the connector got them (in the window)
+        self.first_tts_ns = 0  # the connector's first TTS byte of the utterance, until its first audio is heard
+        self.clear_ns = 0  # a barge-in ``clear`` sent in the window, until the cut is measured
+        self.cut_last = 0  # the last bot audio heard after that clear
+        self.zero_next = 0  # caller frames the emulated switch blanks next (REF "Playback methods compared")
+        self.zero8 = b""
+        self.zbody16 = b""
 
     def prepare_frames(self, mask: bytes) -> None:
         """Pre-masked payloads: 8k frames whole; 16k bodies after the 8-byte timestamp."""
@@ -145,10 +162,12 @@ class BenchCall:
         if self.rate == 8000:
             hdr = wf.header(wf.OP_BINARY, 2 * spf, mask)
             self.frames = [hdr + wf.unmask(audio[i * spf : (i + 1) * spf].tobytes(), mask) for i in range(_LOOP_FRAMES)]
+            self.zero8 = hdr + wf.unmask(bytes(2 * spf), mask)
         else:
             self.hdr16 = wf.header(wf.OP_BINARY, 2 * spf, mask)
             # Offset 8 is a multiple of 4, so the mask phase of the body is the mask itself.
             self.body16 = [wf.unmask(audio[i * spf : (i + 1) * spf].tobytes()[8:], mask) for i in range(_LOOP_FRAMES)]
+            self.zbody16 = wf.unmask(bytes(2 * spf - 8), mask)
 
 
 class Recorder:
@@ -169,6 +188,8 @@ class Recorder:
         self.breaks = 0
         self.segments = 0
         self.tts_sent_ms = 0
+        self.first_audio = array("q")  # connector's first TTS byte -> first bot audio at the caller, ns
+        self.cuts = array("q")  # clear -> last bot audio at the caller, ns
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -257,7 +278,9 @@ class MediaClient(asyncio.Protocol):
             return 0
         k = c.sent
         ring = c.send_ns
-        if c.rate == 8000:
+        if c.zero_next:
+            self._send_blanked(due, now)
+        elif c.rate == 8000:
             if due == 1:
                 self.transport.write(c.frames[k % _LOOP_FRAMES])  # type: ignore[union-attr]
             else:
@@ -274,6 +297,26 @@ class MediaClient(asyncio.Protocol):
             ring[(k + i) % _RING] = now
         c.sent = k + due
         return due
+
+    def _send_blanked(self, due: int, now: int) -> None:
+        """The due frames with the next ``zero_next`` of them blanked (all-zero samples, the 16k
+        frames keeping their 8-byte send stamp): REF "What the AI hears while the bot plays", the
+        switch replaces caller frames by ~zero at each playback start and return to park, keeping
+        their count and timing."""
+        c = self.call
+        parts = []
+        for i in range(due):
+            k = c.sent + i
+            blank = c.zero_next > 0
+            if blank:
+                c.zero_next -= 1
+            if c.rate == 8000:
+                parts.append(c.zero8[8:] if blank else c.frames[k % _LOOP_FRAMES][8:])
+            else:
+                ts = ((now ^ c.m8) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+                parts.append(ts + (c.zbody16 if blank else c.body16[k % _LOOP_FRAMES]))
+        payload = b"".join(parts)
+        self.transport.write(wf.header(wf.OP_BINARY, len(payload), self.mask) + payload)  # type: ignore[union-attr]
 
     def hangup(self) -> None:
         """REF "Close": a hangup closes with 1000 and an empty reason, no final text."""
@@ -342,12 +385,18 @@ class ConnectorConn(asyncio.Protocol):
             return
         c = self.call
         rec = self.gen.rec
+        real = self.gen.real
         for op, payload, mask in frames:
             if op == wf.OP_BINARY:
                 if c is None:
                     continue
                 k = c.recv
                 c.recv = k + 1
+                if real:  # what the caller said, through the switch: placed on its clock after the run (framecheck)
+                    if rec.on:
+                        rec.frames_in_window += 1
+                        c.flog.add(wf.unmask(payload, mask) if mask is not None else payload, t, anchors=True)
+                    continue
                 sent = c.send_ns[k % _RING]
                 if c.rate == 16000 and len(payload) >= 8 and mask is not None:
                     emb = int.from_bytes(payload[:8], "big") ^ int.from_bytes(mask * 2, "big")
@@ -355,9 +404,13 @@ class ConnectorConn(asyncio.Protocol):
                         c.mismatch += 1
                         sent = emb
                 if rec.on:
+                    rec.frames_in_window += 1
+                    c.flog.add(wf.unmask(payload, mask) if mask is not None else payload, t, anchors=False)
+                    if sent <= 0:  # more frames than were sent (a resumed leg's replay): no send time
+                        c.mismatch += 1
+                        continue
                     lat = t - sent
                     (rec.lat16 if c.rate == 16000 else rec.lat8).append(lat)
-                    rec.frames_in_window += 1
                     if lat > FRAME_NS:
                         rec.late_frames += 1
             elif op == wf.OP_TEXT:
@@ -381,10 +434,15 @@ class ConnectorConn(asyncio.Protocol):
             return
         kind = msg.get("type")
         if self.call is None:
-            # Our fork server sends ``start``; the bare relay forwards the fork metadata.
+            # Our fork server sends ``start``; the bare relay forwards the fork metadata. A real
+            # switch picks the uuid itself: the call is then known by its caller's number.
             info = msg.get("call") if kind == "start" else msg
             uuid = info.get("uuid") if isinstance(info, dict) else None
             c = self.gen.by_uuid.get(uuid) if isinstance(uuid, str) else None
+            if c is None and isinstance(info, dict) and isinstance(info.get("from"), str):
+                c = self.gen.by_number.get(info["from"])
+                if c is not None and isinstance(uuid, str):
+                    c.uuid = uuid
             if c is not None:
                 self.call = c
                 c.conn = self
@@ -408,73 +466,91 @@ class ConnectorConn(asyncio.Protocol):
 
 
 class _Chan:
-    __slots__ = ("call", "static", "queue", "current", "left_ms", "start_tick", "rate_of")
+    __slots__ = ("call", "events", "blank", "queue", "current", "left_ms", "seq", "ts")
 
-    def __init__(self, call: BenchCall, static: dict[str, str]) -> None:
+    def __init__(self, call: BenchCall, events: ChannelEvents, blank: int) -> None:
         self.call = call
-        self.static = static
+        self.events = events
+        self.blank = blank  # caller frames blanked at each playback start and each return to park
         self.queue: deque[tuple[str, int]] = deque()
         self.current: str | None = None
         self.left_ms = 0
-        self.start_tick = 0
+        self.seq = 0  # of the bot's 20 ms frames, as RTP to the caller would number them
+        self.ts = 0
 
 
 _EXT_RATE = {".r8": 8000, ".r16": 16000, ".r24": 24000, ".r32": 32000, ".r48": 48000}
+_TEMPLATES: EventTemplates | None = None
+_REF_DIALPLAN = RouteFlags(verbose_events=True, jitter_ms=None)
+
+
+def _templates() -> EventTemplates:
+    global _TEMPLATES
+    if _TEMPLATES is None:
+        _TEMPLATES = EventTemplates()
+    return _TEMPLATES
 
 
 class LeanSwitch:
-    """EslCore for :class:`EslServer`: channels without a media engine, playback on the 20 ms tick."""
+    """EslCore for :class:`EslServer`: channels without a media engine, playback on the 20 ms tick.
 
-    def __init__(self, rec: Recorder) -> None:
+    What it copies from the real switch (FreeSWITCH 1.10.12 with the drachtio mod_audio_fork,
+    measured 2026-12-06 with ``python -m testbed.bench.fsprobe``, and REF):
+
+    * Channels are what the bench's SIP calls are on the real switch: PCMU at 8 kHz on either
+      route (the route sets only the fork's rate), so the fork server writes ``.r8`` segments.
+    * Events are the captured ones (:mod:`testbed.bench.fsevents`): 6.1-6.8 KB, 143-163
+      headers, every channel variable; CHANNEL_HANGUP_COMPLETE 9.2-9.6 KB. Whether the channel
+      ran ``verbose_events`` changes only PRIVATE_COMMAND among the events here (6.4 KB with,
+      2.3 KB without); FreeSWITCH puts the variables in the others whatever the flag.
+    * Each file: CHANNEL_EXECUTE and PLAYBACK_START when it starts, one tick (20 ms) after the
+      command (REF: PLAYBACK_START 20 ms median); PLAYBACK_STOP (``done``/``break``),
+      CHANNEL_EXECUTE_COMPLETE and PRIVATE_COMMAND when it ends: 5 events, 3 of which reach a
+      listener subscribed as the fork server subscribes (seen on the real switch: exactly these,
+      for every segment). A file still queued at ``uuid_break all`` gives no event (seen).
+    * Caller frames blanked, on a channel with no jitter buffer: 2 at every file's start and 2
+      when the channel goes back to park after its last queued file, a break included (fsprobe,
+      either route: one 1 s file 2 + 2; three files queued at once 2 + 2 + 2 + 2; a file broken by
+      ``uuid_break all`` 2 + 2; REF "Playback methods compared"). With a jitter buffer
+      (``jitterbuffer_msec`` set before ``answer``, as the dialplan rendered since does) none, and
+      none missing either (fsprobe, 20 ms: 0 of ~670 frames over the same playbacks; other sizes
+      not measured, taken to be the same). The switch only counts them (``call.zero_next``); the
+      media client blanks the next frames it sends. The ~10 frames REF saw at an utterance's
+      start are this mechanism, not a separate rule: whenever the queue runs dry between short
+      first segments the channel parks (2) and starts again (2).
+
+    ``flags`` (per route, :func:`testbed.bench.benchconf.route_flags` of the rendered dialplan)
+    says which; a route not in it gets verbose events and no jitter buffer (the dialplan REF
+    measured).
+    """
+
+    def __init__(self, rec: Recorder, *, flags: Mapping[str, RouteFlags] | None = None, spool: str = "") -> None:
         self.rec = rec
-        self.core_uuid = str(uuidlib.uuid4())
+        self.flags = dict(flags or {})
+        self.spool = spool
         self.channels: dict[str, _Chan] = {}
         self.listeners: list[Callable[[Mapping[str, str], str | None], None]] = []
         self.playing: set[_Chan] = set()
         self.tick_no = 0
         self.on_kill: Callable[[BenchCall], None] | None = None
+        # Each 20 ms frame of bot audio "sent to the caller": (call, seq, ts, t_ns).
+        self.on_audio: Callable[[BenchCall, int, int, int], None] | None = None
 
     # ---- channels
 
-    def add(self, call: BenchCall, route: str) -> None:
-        codec = "L16" if call.rate == 16000 else "PCMU"
-        static = {
-            "Core-UUID": self.core_uuid,
-            "FreeSWITCH-Hostname": "bench",
-            "Event-Calling-File": "bench",
-            "Channel-State": "CS_EXECUTE",
-            "Channel-Name": f"sofia/external/{call.number}@127.0.0.1",
-            "Unique-ID": call.uuid,
-            "Call-Direction": "inbound",
-            "Answer-State": "answered",
-            "Channel-Read-Codec-Name": codec,
-            "Channel-Read-Codec-Rate": str(call.rate),
-            "Channel-Write-Codec-Name": codec,
-            "Channel-Write-Codec-Rate": str(call.rate),
-            "Caller-Caller-ID-Number": call.number,
-            "Caller-Caller-ID-Name": f"Bench {call.idx}",
-            "Caller-Destination-Number": "+15550000000",
-            "Caller-Unique-ID": call.uuid,
-            "Caller-Context": "public",
-            "Caller-Network-Addr": "127.0.0.1",
-            "variable_uuid": call.uuid,
-            "variable_call_uuid": call.uuid,
-            "variable_direction": "inbound",
-            "variable_read_codec": codec,
-            "variable_write_codec": codec,
-            "variable_read_rate": str(call.rate),
-            "variable_write_rate": str(call.rate),
-            "variable_destination_number": "+15550000000",
-            "variable_caller_id_number": call.number,
-            "variable_voicefork_route": route,
-        }
-        self.channels[call.uuid] = _Chan(call, static)
+    def add(self, call: BenchCall, route: str, destination: str = "+15550000000") -> None:
+        flags = self.flags.get(route, _REF_DIALPLAN)
+        events = _templates().channel(
+            verbose=flags.verbose_events, uuid=call.uuid, number=call.number, name=f"Bench {call.idx}",
+            destination=destination, route=route, spool=self.spool,
+        )
+        self.channels[call.uuid] = _Chan(call, events, 0 if flags.jitter_ms else 2)
 
     def remove(self, uuid: str) -> None:
         ch = self.channels.pop(uuid, None)
         if ch is not None:
             self.playing.discard(ch)
-            self._emit("CHANNEL_HANGUP_COMPLETE", ch, {"Hangup-Cause": "NORMAL_CLEARING"})
+            self._emit("CHANNEL_HANGUP_COMPLETE", ch)
 
     # ---- EslCore
 
@@ -497,9 +573,9 @@ class LeanSwitch:
         if ch is None:
             return "-ERR No such channel!\n"
         if command == "uuid_dump":
-            return "".join(f"{k}: {quote(v, safe='')}\n" for k, v in ch.static.items())
+            return "".join(f"{k}: {quote(v, safe='')}\n" for k, v in ch.events.dump.items())
         if command == "uuid_getvar":
-            v = ch.static.get("variable_" + parts[1]) if len(parts) > 1 else None
+            v = ch.events.dump.get("variable_" + parts[1]) if len(parts) > 1 else None
             return "_undef_" if v is None else v
         if command == "uuid_break":
             self._break(ch, all_=len(parts) > 1 and parts[1] == "all")
@@ -532,7 +608,7 @@ class LeanSwitch:
         try:
             ms = os.stat(path).st_size * 1000 // (2 * rate)
         except OSError:
-            ms = -1  # FILE NOT FOUND: no PLAYBACK_* (assumption, as the full emulator)
+            ms = -1  # FILE NOT FOUND: no PLAYBACK_* (fork_server.app: seen on 1.10.12); EXECUTE/PRIVATE_COMMAND assumed
         c = ch.call
         rec = self.rec
         if c.tts_t0:
@@ -553,47 +629,56 @@ class LeanSwitch:
         self.tick_no += 1
         done: list[_Chan] = []
         on = self.rec.on
+        t = now_ns()
+        audio = self.on_audio
         for ch in self.playing:
             if ch.current is not None:
                 ch.left_ms -= 20
-                if on:
-                    self.rec.played_ms += 20
-                if ch.left_ms > 0:
-                    continue
-                self._stop(ch, "done")
+                if ch.left_ms <= 0:
+                    self._stop(ch, "done")
             while ch.current is None and ch.queue:
                 path, ms = ch.queue.popleft()
+                self._emit("CHANNEL_EXECUTE", ch, path)
                 if ms < 0:
-                    self._emit("CHANNEL_EXECUTE_COMPLETE", ch, {"Application": "playback", "Application-Data": path, "Application-Response": "FILE NOT FOUND"})
+                    self._emit("CHANNEL_EXECUTE_COMPLETE", ch, path, {"Application-Response": "FILE NOT FOUND"})
+                    self._emit("PRIVATE_COMMAND", ch, path)
                     continue
                 ch.current, ch.left_ms = path, -(-ms // 20) * 20  # padded to whole ptimes (REF)
-                self._emit("PLAYBACK_START", ch, {"Playback-File-Path": path})
+                ch.call.zero_next += ch.blank  # a playback start blanks 2 caller frames (no jitter buffer)
+                self._emit("PLAYBACK_START", ch, path)
             if ch.current is None:
+                ch.call.zero_next += ch.blank  # back to park: 2 more
                 done.append(ch)
+                continue
+            if on:
+                self.rec.played_ms += 20
+            ch.seq += 1
+            ch.ts += 160
+            if audio is not None:
+                audio(ch.call, ch.seq, ch.ts, t)
         for ch in done:
             self.playing.discard(ch)
 
     def _stop(self, ch: _Chan, status: str) -> None:
-        path, ch.current = ch.current, None
-        self._emit("PLAYBACK_STOP", ch, {"Playback-File-Path": path or "", "Playback-Status": status})
-        self._emit(
-            "CHANNEL_EXECUTE_COMPLETE",
-            ch,
-            {"Application": "playback", "Application-Data": path or "", "Application-Response": "FILE PLAYED"},
-        )
+        path, ch.current = ch.current or "", None
+        self._emit("PLAYBACK_STOP", ch, path, {"Playback-Status": status})
+        self._emit("CHANNEL_EXECUTE_COMPLETE", ch, path, {"Application-Response": "FILE PLAYED"})
+        self._emit("PRIVATE_COMMAND", ch, path)
 
     def _break(self, ch: _Chan, all_: bool) -> None:
         if all_:
-            ch.queue.clear()  # assumption (REF silent): no events for the dropped files
+            ch.queue.clear()  # seen on 1.10.12: the dropped files give no event
         if ch.current is not None:
             if self.rec.on:
                 self.rec.breaks += 1
             self._stop(ch, "break")
 
-    def _emit(self, name: str, ch: _Chan, extra: Mapping[str, str]) -> None:
-        h = {"Event-Name": name, "Event-Date-Timestamp": str(time.time_ns() // 1000)}
-        h.update(ch.static)
-        h.update(extra)
+    def _emit(self, name: str, ch: _Chan, path: str = "", extra: Mapping[str, str] | None = None) -> None:
+        if not self.listeners:
+            return
+        h = ch.events.headers(name, path)
+        if extra:
+            h.update(extra)
         for listener in list(self.listeners):
             listener(h, None)
 
@@ -602,19 +687,27 @@ class LeanSwitch:
 
 
 class LoadGen:
-    """Owns the ESL server, the connector server, the calls and the one clock."""
+    """Owns the ESL server, the connector server, the calls and the one clock.
+
+    ``real`` is False here: the calls are emulated forks to the fork server. A subclass that
+    calls through a real switch (:class:`testbed.bench.caller.SipLoadGen`) sets it, and the
+    connector then places the caller's frames on the caller's clock after the run."""
+
+    real = False
 
     def __init__(self, *, esl_password: str, tts: TtsProfile | None = None, seed: int = 1,
                  first_tts_within_s: float | None = None) -> None:
         self.rec = Recorder()
         self.switch = LeanSwitch(self.rec)
         self.switch.on_kill = self._killed
+        self.switch.on_audio = self.bot_audio
         self.esl = EslServer(self.switch, esl_password)
         self.tts = tts or TtsProfile()
         # Each call's first utterance starts at a random point of this span after its connector is up.
         self.first_tts_within_s = self.tts.period_s if first_tts_within_s is None else first_tts_within_s
         self.calls: list[BenchCall] = []
         self.by_uuid: dict[str, BenchCall] = {}
+        self.by_number: dict[str, BenchCall] = {}
         self.slots: list[list[BenchCall]] = [[] for _ in range(SLOTS)]
         self._connector: asyncio.base_events.Server | None = None
         self.connector_port = 0
@@ -677,6 +770,7 @@ class LoadGen:
             c = BenchCall(idx, route, rate, idx % SLOTS, float(self._rng.uniform(0, self.first_tts_within_s)))
             self.calls.append(c)
             self.by_uuid[c.uuid] = c
+            self.by_number[c.number] = c
             self.switch.add(c, route)
             delay = start + i / ramp_per_s - loop.time()
             if delay > 0:
@@ -713,6 +807,31 @@ class LoadGen:
         except ValueError:
             pass
         self.switch.remove(c.uuid)
+
+    def bot_audio(self, c: BenchCall, seq: int, ts: int, t: int, marker: bool = False) -> None:
+        """One 20 ms frame of the bot's speech reached the caller at ``t`` (a real RTP packet, or
+        the emulated switch's clock): utterance starts, holes, first audio, barge-in cut."""
+        if c.heard.receive(seq, ts, marker, t):
+            if c.first_tts_ns:
+                if self.rec.on:
+                    self.rec.first_audio.append(t - c.first_tts_ns)
+                c.first_tts_ns = 0
+            self._cut_done(c)
+        if c.clear_ns and t > c.clear_ns:
+            c.cut_last = t
+
+    def _cut_done(self, c: BenchCall) -> None:
+        """The barge-in cut: the last bot audio the caller got after the ``clear`` (0 if none came
+        after it; not counted if the caller heard none of that utterance, e.g. the bare relay)."""
+        if c.clear_ns:
+            runs = c.heard.runs
+            if runs and runs[-1][1] >= c.utt_start:
+                self.rec.cuts.append(max(0, c.cut_last - c.clear_ns))
+            c.clear_ns = c.cut_last = 0
+
+    def finish_cuts(self) -> None:
+        for c in self.calls:
+            self._cut_done(c)
 
     def _killed(self, c: BenchCall) -> None:
         if c.media is not None:
@@ -775,9 +894,13 @@ class LoadGen:
             c.chunks_left = len(self._tts_frames)
             c.utt_start = t
             c.tts_t0 = t  # read by LeanSwitch.sendmsg: first playback of this utterance
+            c.first_tts_ns = t  # read by bot_audio: the utterance's first audio at the caller
         if self._bargein(c) and t - c.utt_start >= int(p.bargein_after_s * 1e9):
             conn.send(self._clear)
             c.clears += 1
+            self._cut_done(c)
+            if self.rec.on:
+                c.clear_ns, c.cut_last = t, 0
             c.tts_state = 0
             c.tts_t0 = 0
             c.tts_next = c.utt_start + int(p.period_s * 1e9)
