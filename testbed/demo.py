@@ -3,8 +3,10 @@
 The caller asks a question (real synthesised speech), the script connector answers with TTS,
 the caller barges in, the bot stops, the caller hangs up. Prints a timeline, writes
 ``build/demo/caller_heard.wav`` (8 kHz, what the caller's ear got, holes as silence) and
-``build/demo/ai_heard.wav`` (16 kHz, what the connector got), and exits non-zero if any
-step failed.
+``build/demo/ai_heard.wav`` (16 kHz, what the connector got), draws
+``build/demo/timeline.png`` (:mod:`testbed.timeline_plot`: the four audio lanes on one time
+axis) and exits non-zero if any step of the call failed. A picture that cannot be drawn is a
+warning, never a failure.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from fs_dialplan.render import rate_name
 
+from . import timeline_plot as tp
+from .connector.modes import ScriptBehaviour, make_options
 from .speech import CALLER_BARGEIN, CALLER_QUESTION, load_wav, write_wav
 from .stack import EXAMPLE_CONFIG, Stack
 
@@ -29,10 +34,18 @@ class Timeline:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
         self.rows: list[tuple[float, str]] = []
+        self.moments: dict[str, float] = {}  # for the picture: "barge_in", "hangup"
+        self.said: list[tuple[float, bytes, str]] = []  # (when, PCM at the channel rate, words)
+        self.title = "voicefork demo"
 
-    def at(self, t: float | None, what: str) -> None:
+    def at(self, t: float | None, what: str, key: str | None = None) -> None:
         if t is not None:
             self.rows.append((t, what))
+            if key is not None:
+                self.moments[key] = t
+
+    def ms(self, t: float) -> float:
+        return 1000 * (t - self.t0)
 
     def print(self) -> None:
         for t, what in sorted(self.rows):
@@ -56,7 +69,8 @@ async def run_demo(config: str, out_dir: Path, route: str = "support") -> int:
     async with Stack(config, connector_mode="script", connector_options=options) as s:
         number = s.number_of(route)
         r = s.config.route(route)
-        print(f"demo: calling {number} (route {route}, fork {r.rate // 1000}k, playback {s.config.playback.command})")
+        print(f"demo: calling {number} (route {route}, fork {rate_name(r.rate)}, playback {s.config.playback.command})")
+        tl.title = f"voicefork demo: route {route} ({number}, fork {rate_name(r.rate)}, playback {s.config.playback.command})"
         fork_events: dict[str, float] = {}
         s.switch.subscribe(
             lambda h, b: h.get("Event-Subclass", "").startswith("mod_audio_fork::")
@@ -72,20 +86,26 @@ async def run_demo(config: str, out_dir: Path, route: str = "support") -> int:
         tl.at(record.start_at, "connector got `start` (caller id looked up over ESL)")
 
         said_at = time.monotonic()
-        ch.say(load_wav(CALLER_QUESTION, ch.rate))
+        question = load_wav(CALLER_QUESTION, ch.rate)
+        ch.say(question)
+        tl.said.append((said_at, question, "\u201cHello, I would like to check the status of my order\u201d"))
         tl.at(said_at, "caller starts speaking: \"Hello, I would like to check the status of my order\"")
         await _until(lambda: record.first_audio_at is not None, 5, "caller audio at the connector", failures)
         tl.at(record.first_audio_at, "first caller audio at the voice connector")
 
         if not await _until(lambda: ch.ear.frames, 20, "the bot's first word in the caller's ear", failures):
             return _finish(failures, tl, s, record, ch, out_dir)
+        first_tts = record.sent_of("audio")
+        tl.at(first_tts[0].t if first_tts else None, "connector sends its first TTS audio")
         tl.at(ch.ear.frames[0].time, "caller hears the bot's first TTS audio")
         heard_enough = lambda: len(ch.ear.frames) * ch.ptime_ms >= BARGE_IN_AFTER_S * 1000  # noqa: E731
         await _until(heard_enough, 10, "1.5 s of bot speech", failures)
 
         barge_at = time.monotonic()
-        ch.say(load_wav(CALLER_BARGEIN, ch.rate))
-        tl.at(barge_at, "caller barges in: \"Wait, stop, stop.\"")
+        bargein = load_wav(CALLER_BARGEIN, ch.rate)
+        ch.say(bargein)
+        tl.said.append((barge_at, bargein, "\u201cWait, stop, stop.\u201d"))
+        tl.at(barge_at, "caller barges in: \"Wait, stop, stop.\"", key="barge_in")
         if await _until(lambda: record.clears_sent, 5, "the connector's `clear`", failures):
             clear_at = record.clears_sent[0]
             tl.at(clear_at, "connector sends `clear` (its VAD heard the caller)")
@@ -99,7 +119,7 @@ async def run_demo(config: str, out_dir: Path, route: str = "support") -> int:
 
         hangup_at = time.monotonic()
         ch.hangup()
-        tl.at(hangup_at, "caller hangs up (BYE)")
+        tl.at(hangup_at, "caller hangs up (BYE)", key="hangup")
         await _until(lambda: record.closed, 5, "the connector to see `stop`", failures)
         tl.at(record.stop_at, f"connector gets `stop` ({record.stop_reason})")
         await _until(lambda: not s.app.calls and not s.spool_files(), 5, "the fork server to clean up", failures)
@@ -125,11 +145,90 @@ def _finish(failures, tl, s, record, ch, out_dir: Path) -> int:  # type: ignore[
         failures.append(f"the emulated FreeSWITCH crashed: {s.switch.crashed}")
     failures.extend(f"emulated FreeSWITCH logged: {e}" for e in s.switch.errors)
     print(f"wrote {out_dir / 'caller_heard.wav'} and {out_dir / 'ai_heard.wav'}")
+    _draw(out_dir / "timeline.png", tl, s, record, ch, failures)
     if failures:
         print("DEMO FAILED:", *failures, sep="\n  ", file=sys.stderr)
         return 1
     print("demo: OK")
     return 0
+
+
+def _draw(png: Path, tl: Timeline, s, record, ch, failures: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Draw the timeline picture; any failure to draw is a warning (the call decides pass/fail)."""
+    try:
+        p = tp.draw_timeline(_call_timeline(tl, s, record, ch, failures), png)
+    except Exception as e:  # noqa: BLE001 - whatever breaks the picture must not break the demo
+        hint = " (install the dev extras: pip install 'matplotlib>=3.8')" if isinstance(e, ImportError) else ""
+        print(f"warning: {png} not drawn: {type(e).__name__}: {e}{hint}", file=sys.stderr)
+        return
+    print(f"wrote {png} ({p.subtitle.replace('   ·   ', '; ')})")
+
+
+def _call_timeline(tl: Timeline, s, record, ch, failures: list[str]) -> tp.CallTimeline:  # type: ignore[no-untyped-def]
+    """The call as plain data for :mod:`testbed.timeline_plot`, in ms since the INVITE.
+
+    Every lane is rebuilt from what the call kept: the caller's clips with the times they were
+    said, the connector's received frames with their arrival times, its TTS messages (sizes and
+    send times; the PCM is the script's WAV, which it streams in order from the start) and the
+    caller's ear frames with the times they were written.
+    """
+    said = [tp.Clip(tl.ms(t), pcm, ch.rate, label=words) for t, pcm, words in tl.said] if ch is not None else []
+    heard = [tp.Clip(tl.ms(f.time), f.pcm, ch.rate) for f in ch.ear.frames] if ch is not None else []
+    ai: list[tp.Clip] = []
+    sent: list[tp.Clip] = []
+    marks: list[tp.MarkEvent] = []
+    rate = f"{ch.rate // 1000} kHz" if ch is not None else ""
+    notes = {"caller_said": f"{rate}, when said", "caller_heard": f"{rate}, at arrival"}
+    if record is not None:
+        ai = [tp.Clip(tl.ms(f.t), f.pcm, 16000) for f in record.frames]
+        notes["ai_heard"] = "16 kHz, at arrival"
+        sent, notes["bot_sent"] = _sent_clips(tl, s, record)
+        sent_at = {x.message["name"]: tl.ms(x.t) for x in record.sent_of("mark") if x.message}
+        reports = {m.name: m for m in record.marks}
+        marks = [
+            tp.MarkEvent(name, at, tl.ms(reports[name].t) if name in reports else None,
+                         reports[name].status if name in reports else None)
+            for name, at in sent_at.items()
+        ]
+    clears = record.clears_sent if record is not None else []
+    return tp.CallTimeline(
+        title=tl.title,
+        caller_said=said,
+        ai_heard=ai,
+        bot_sent=sent,
+        caller_heard=heard,
+        barge_in_ms=tl.ms(tl.moments["barge_in"]) if "barge_in" in tl.moments else None,
+        clear_ms=tl.ms(clears[0]) if clears else None,
+        hangup_ms=tl.ms(tl.moments["hangup"]) if "hangup" in tl.moments else None,
+        marks=marks,
+        lane_notes=notes,
+        outcome="FAILED" if failures else "OK",
+        failure=(failures[0] + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")) if failures else None,
+    )
+
+
+def _sent_clips(tl: Timeline, s, record) -> tuple[list[tp.Clip], str]:  # type: ignore[no-untyped-def]
+    """The TTS messages at their send times, each squeezed to the time until the next one
+    (the connector sends faster than real time), and a note for the lane."""
+    opts = make_options(s.connector_mode, **s.connector_options)
+    rate = next((int(x.message["sample_rate"]) for x in record.sent_of("audio_format") if x.message), 16000)
+    pcm = ScriptBehaviour.prepare(opts) if rate == getattr(opts, "rate", None) else b""
+    audio = record.sent_of("audio")
+    clips: list[tp.Clip] = []
+    pos = 0
+    for i, x in enumerate(audio):
+        chunk = pcm[pos : pos + x.nbytes]
+        if len(chunk) != x.nbytes:  # not the script's WAV after all: show the message, silent
+            chunk = bytes(x.nbytes)
+        pos += x.nbytes
+        natural = 1000 * x.nbytes / 2 / rate
+        if i + 1 < len(audio):
+            span = min(natural, 1000 * (audio[i + 1].t - x.t))
+        else:
+            earlier = [c.span_ms for c in clips if c.span_ms]
+            span = min(natural, sorted(earlier)[len(earlier) // 2]) if earlier else natural
+        clips.append(tp.Clip(tl.ms(x.t), chunk, rate, span_ms=span))
+    return clips, f"{rate // 1000} kHz, at send\npaced {getattr(opts, 'speed', 1.0):g}\u00d7 real time"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("websockets", "testbed"):
+    for noisy in ("websockets", "testbed", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     sys.exit(asyncio.run(run_demo(args.config, Path(args.out), args.route)))
 
