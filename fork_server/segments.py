@@ -8,14 +8,20 @@ Facts it implements (REF "Playback timing"):
   sub-ptime remainder stays buffered until more audio or ``flush()`` comes.
 * ``sendmsg`` playback with event-lock plays queued files back to back, sample-exact. So
   the first segment of an utterance is small (``first_segment_ms``, 80 by default) for a
-  fast start and each later one twice the one before, up to ``segment_ms`` (400): 80, 160,
-  320, 400. REF: "queue each segment as soon as it is written, keeping at least one ahead";
-  with TTS faster than real time the doubling has the next file queued before the one
-  ahead has played, without waiting for its PLAYBACK_START (measured on the emulator, 50
-  calls starting at once: a flat 80-then-400 plan left the second file late in most calls). ``take_ready()`` tops up a queue
-  about to run dry with whatever whole ptimes are buffered: 20 ms segments sent on
-  PLAYBACK_START sometimes fell behind and 40 ms never did, so while something still
+  fast start and each later one at least twice the one before: 80, 160, 320, ... REF: "queue
+  each segment as soon as it is written, keeping at least one ahead"; with TTS faster than
+  real time the doubling has the next file queued before the one ahead has played, without
+  waiting for its PLAYBACK_START (measured on the emulator, 50 calls starting at once: a flat
+  80-then-400 plan left the second file late in most calls). Once a segment is due it takes
+  every whole ptime buffered, up to ``segment_ms`` (2000): TTS that comes faster than real
+  time makes fewer, longer files, and every file costs the switch 5 events of ~6 KB and us 3
+  (measured on 1.10.12, 2026-12-06: ~5 segments per TTS second at 400 ms). ``take_ready()``
+  tops up a queue about to run dry with whatever whole ptimes are buffered: 20 ms segments
+  sent on PLAYBACK_START sometimes fell behind and 40 ms never did, so while something still
   plays it waits for ``min_refill_ms`` (40).
+* ``cut_at()`` (a mark): the segment holding the end of what is buffered ends there, rounded
+  up to a whole ptime, so the mark's own file stops at most one ptime after its audio (not a
+  2 s segment later). uuid_broadcast ignores it: a cut costs a 100 ms hole there.
 * ``uuid_broadcast`` puts ``lead_ms`` (5 × ptime = 100 ms) of no audio before EVERY file.
   So a cut is made only once a pause (every 10 ms window below ``silence_dbfs``) has
   lasted ``lead_ms``: the segment ends where the speech did, and those ``lead_ms`` of
@@ -50,6 +56,7 @@ Policy = Literal["sendmsg", "uuid_broadcast"]
 POLICIES: tuple[str, ...] = ("sendmsg", "uuid_broadcast")
 _RATES = (8000, 16000, 24000, 32000, 48000)  # raw files FreeSWITCH plays as .r8 ... .r48
 _WINDOW_MS = 10  # silence is judged per 10 ms window
+_MAX_CUTS = 1024  # pending mark cuts (each distinct ptime at most once); past it marks share a later cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,7 @@ class SegmentPlanner:
         *,
         ptime_ms: int = 20,
         first_segment_ms: int = 80,
-        segment_ms: int = 400,
+        segment_ms: int = 2000,
         lead_ms: int | None = None,
         low_water_ms: int = 60,
         min_refill_ms: int = 40,
@@ -127,6 +134,7 @@ class SegmentPlanner:
         # Mean square of a window at the threshold, in int16 units squared.
         self._silent_power = (32768.0 * 10 ** (silence_dbfs / 20)) ** 2
         self._buf = bytearray()
+        self._cuts: list[int] = []  # forced segment ends (mark positions), bytes from the buffer start
         self._index = 0
         self.dropped_ms = 0
         self._new_utterance()
@@ -154,7 +162,9 @@ class SegmentPlanner:
 
     def _emit(self, nbytes: int, *, trimmed_frames: int = 0, pad: int = 0) -> Segment:
         pcm = bytes(self._buf[:nbytes]) + bytes(pad)
-        del self._buf[: nbytes + trimmed_frames * self.frame_bytes]
+        gone = nbytes + trimmed_frames * self.frame_bytes
+        del self._buf[:gone]
+        self._cuts = [c - gone for c in self._cuts if c - gone > 0]
         seg = Segment(
             pcm=pcm,
             ms=len(pcm) * 1000 // (2 * self.rate),
@@ -181,18 +191,32 @@ class SegmentPlanner:
         if over <= 0:
             return
         frames = -(-over // self.frame_bytes)  # whole ptimes, so later cuts stay aligned
-        del self._buf[: frames * self.frame_bytes]
+        gone = frames * self.frame_bytes
+        del self._buf[:gone]
+        self._cuts = [c - gone for c in self._cuts if c - gone > 0]
         self.dropped_ms += frames * self.ptime_ms
         self._scan_reset()  # the scan restarts on what is left (rare: a pathological stream)
+
+    def cut_at(self) -> None:
+        """End a segment where the buffered audio ends now, rounded up to a whole ptime (a mark)."""
+        if self.policy != "sendmsg" or not self._buf:
+            return
+        cut = -(-len(self._buf) // self.frame_bytes) * self.frame_bytes
+        if (not self._cuts or self._cuts[-1] < cut) and len(self._cuts) < _MAX_CUTS:
+            self._cuts.append(cut)
 
     def _cut_sendmsg(self) -> list[Segment]:
         out = []
         while True:
-            want = self._bytes(self._next_ms)
-            if len(self._buf) < want:
-                return out
-            out.append(self._emit(want))
-            self._next_ms = min(self.segment_ms, 2 * self._next_ms)
+            if self._cuts and self._cuts[0] <= len(self._buf):  # a mark's segment ends exactly there
+                seg = self._emit(self._cuts[0])
+            else:
+                whole = len(self._buf) - len(self._buf) % self.frame_bytes
+                if whole < self._bytes(self._next_ms):
+                    return out
+                seg = self._emit(min(whole, self._bytes(self.segment_ms)))
+            out.append(seg)
+            self._next_ms = min(self.segment_ms, max(self._next_ms, 2 * seg.ms))
 
     def _cut_at_pauses(self) -> list[Segment]:
         out = []
@@ -236,6 +260,8 @@ class SegmentPlanner:
         if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms:
             return []
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
+        if self._cuts:
+            whole = min(whole, self._cuts[0])  # never across a mark's cut
         busy = queued_ahead_ms > 0 or playing
         if whole == 0 or (busy and whole * 1000 < self.min_refill_ms * 2 * self.rate):
             return []
@@ -244,14 +270,18 @@ class SegmentPlanner:
     def flush(self) -> list[Segment]:
         """End of an utterance (or a mark): everything buffered goes out, padded to a whole ptime."""
         out = []
+        while self._cuts and self._cuts[0] < len(self._buf):  # marks inside keep their own segments
+            out.append(self._emit(self._cuts[0]))
         if self._buf:
             out.append(self._emit(len(self._buf), pad=(-len(self._buf)) % self.frame_bytes))
+        self._cuts.clear()
         self._new_utterance()
         return out
 
     def clear(self) -> None:
         """Barge-in: drop what is buffered; the next segment starts a new utterance."""
         self._buf.clear()
+        self._cuts.clear()
         self._new_utterance()
 
 

@@ -364,7 +364,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         command=_opt(pb, "command", lambda n: _key_str(ctx, n, "playback.command", P["command"]), "sendmsg"),
         transport=_opt(pb, "transport", lambda n: _key_str(ctx, n, "playback.transport", P["transport"]), "file"),
         first_segment_ms=_opt(pb, "first_segment_ms", lambda n: _key_int(ctx, n, "playback.first_segment_ms", P["first_segment_ms"]), 80),
-        segment_ms=_opt(pb, "segment_ms", lambda n: _key_int(ctx, n, "playback.segment_ms", P["segment_ms"]), 400),
+        segment_ms=_opt(pb, "segment_ms", lambda n: _key_int(ctx, n, "playback.segment_ms", P["segment_ms"]), 2000),
         lead_ms=_opt(pb, "lead_ms", lambda n: _key_int(ctx, n, "playback.lead_ms", P["lead_ms"]), 100),
         max_spool_bytes_per_call=_opt(pb, "max_spool_bytes_per_call", lambda n: _key_int(ctx, n, "playback.max_spool_bytes_per_call", P["max_spool_bytes_per_call"]), 8 << 20),
     )

@@ -113,7 +113,7 @@ class PlaybackSettings:
     command: str = "sendmsg"  # | uuid_broadcast
     transport: str = "file"  # | inband
     first_segment_ms: int = 80
-    segment_ms: int = 400
+    segment_ms: int = 2000
     lead_ms: int = 100
     max_spool_bytes_per_call: int = 8 << 20
 

@@ -190,7 +190,8 @@ PLAYBACK = _section(
     transport=Key("file, or inband (playAudio over the fork socket).", enum=PLAYBACK_TRANSPORTS,
                   expected="file or inband"),
     first_segment_ms=Key("First TTS segment of an utterance, ms.", "int", lo=40, hi=120, step=20),
-    segment_ms=Key("Later TTS segments, ms.", "int", lo=40, hi=5000, step=20),
+    segment_ms=Key("Longest later TTS segment, ms (TTS faster than real time fills it: fewer files, fewer events).", "int",
+                   lo=40, hi=5000, step=20),
     lead_ms=Key("uuid_broadcast lead trimmed at each cut, ms.", "int", lo=20, hi=1000, step=20),
     max_spool_bytes_per_call=Key("Spool limit per call.", "int", lo=64 << 10, hi=1 << 30),
 )

@@ -35,7 +35,7 @@ def feed_in(p, audio, chunk):
 
 def test_sendmsg_first_segment_small_then_doubling_up_to_the_segment_size():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80, segment_ms=400)
-    segs = p.feed(tone(1400))
+    segs = feed_in(p, tone(1400), 2 * 160)  # 20 ms chunks: TTS streamed
     # Each file is twice the one before it, so at TTS faster than real time the next one
     # is queued before the one ahead has played, whatever PLAYBACK_START's delay.
     assert [s.ms for s in segs] == [80, 160, 320, 400, 400]
@@ -44,14 +44,49 @@ def test_sendmsg_first_segment_small_then_doubling_up_to_the_segment_size():
     assert p.buffered_ms == 40
     (rest,) = p.flush()
     assert rest.ms == 40 and rest.padded_ms == 0 and not rest.first
-    (again,) = p.feed(tone(100))
+    (again,) = feed_in(p, tone(100), 2 * 160)
     assert again.first and again.ms == 80 and again.index == 6  # after flush a new utterance starts small
-    assert [s.ms for s in p.feed(tone(140))] == [160]  # and ramps up again
+    assert [s.ms for s in feed_in(p, tone(140), 2 * 160)] == [160]  # and ramps up again
+
+
+def test_tts_faster_than_real_time_makes_fewer_longer_files():
+    # A due segment takes every whole ptime buffered, up to segment_ms (default 2 s): each file
+    # costs 3 events of ~6.6 KB at the fork server on a real 1.10.12, so a burst is one file.
+    p = SegmentPlanner(RATE, "sendmsg")
+    assert [s.ms for s in p.feed(tone(3000))] == [2000]
+    assert [s.ms for s in p.flush()] == [1000]
+    p = SegmentPlanner(RATE, "sendmsg")
+    segs = feed_in(p, tone(3000), 2 * 800)  # 100 ms chunks: 100, then at least twice the last
+    assert [s.ms for s in segs] == [100, 200, 400, 800] and p.buffered_ms == 1500
+
+
+def test_a_mark_cuts_its_segment_where_its_audio_ends():
+    p = SegmentPlanner(RATE, "sendmsg")
+    assert [s.ms for s in p.feed(tone(90))] == [80]  # 10 ms left over
+    p.cut_at()  # a mark after 90 ms: its segment ends at 100 ms, the next whole ptime
+    assert p.feed(tone(5)) == []
+    # Exactly up to the cut, then the ramp goes on (due at 160 ms: every whole ptime buffered).
+    assert [s.ms for s in p.feed(tone(300))] == [20, 280] and p.buffered_ms == 15
+    p.cut_at()
+    (tail,) = p.flush()  # the cut at the end: padded as any flush
+    assert tail.ms == 20 and tail.padded_ms == 5
+
+
+def test_a_cut_ends_a_segment_before_the_first_is_due_and_vanishes_on_clear():
+    p = SegmentPlanner(RATE, "sendmsg")
+    p.feed(tone(30))
+    p.cut_at()  # at 40 ms
+    assert [s.ms for s in p.feed(tone(50))] == [40]  # the mark's segment, before the first is due
+    assert [s.ms for s in p.flush()] == [40]
+    p.feed(tone(30))
+    p.cut_at()
+    p.clear()
+    assert [s.ms for s in feed_in(p, tone(200), 2 * 160)] == [80]  # no stale cut at 40 ms
 
 
 def test_sendmsg_ramp_restarts_after_barge_in():
     p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80, segment_ms=400)
-    assert [s.ms for s in p.feed(tone(240))] == [80, 160]
+    assert [s.ms for s in feed_in(p, tone(240), 2 * 160)] == [80, 160]
     p.clear()
     assert [(s.ms, s.first) for s in p.feed(tone(80))] == [(80, True)]
 
@@ -243,7 +278,7 @@ def test_broadcast_cuts_do_not_depend_on_chunking(parts, chunks):
 def test_sizes_round_up_to_whole_ptimes():
     p = SegmentPlanner(RATE, "sendmsg", ptime_ms=30, first_segment_ms=80, segment_ms=400)
     assert (p.first_segment_ms, p.segment_ms, p.lead_ms) == (90, 420, 150)
-    assert [s.ms for s in p.feed(tone(1050))] == [90, 180, 360, 420]  # the ramp stays on whole ptimes
+    assert [s.ms for s in feed_in(p, tone(1050), 2 * 240)] == [90, 180, 360, 420]  # the ramp stays on whole ptimes
 
 
 def test_segment_is_a_frozen_value():
@@ -273,7 +308,7 @@ def test_bad_arguments_raise():
 
 
 def test_buffer_is_bounded_dropping_the_oldest_and_counting():
-    p = SegmentPlanner(RATE, "uuid_broadcast", max_buffer_ms=1000)
+    p = SegmentPlanner(RATE, "uuid_broadcast", max_buffer_ms=1000, segment_ms=400)
     head = tone(500, amp=1000)
     tail = tone(1000)
     assert p.feed(head + tail) == []
@@ -283,6 +318,6 @@ def test_buffer_is_bounded_dropping_the_oldest_and_counting():
 
 
 def test_sendmsg_takes_a_big_chunk_without_dropping():
-    p = SegmentPlanner(RATE, "sendmsg", max_buffer_ms=1000)
+    p = SegmentPlanner(RATE, "sendmsg", max_buffer_ms=1000, segment_ms=400)
     segs = p.feed(tone(30_000))
     assert p.dropped_ms == 0 and sum(s.ms for s in segs) + p.buffered_ms == 30_000
