@@ -182,11 +182,19 @@ class RealSwitch:
             "-db", str(dirs["db"]), "-run", str(dirs["run"]), "-temp", str(dirs["temp"]),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
+        try:
+            await self._wait_ready(timeout, dirs["log"])
+        except BaseException:
+            await self.close()  # never leave a switch behind that the caller cannot stop
+            raise
+
+    async def _wait_ready(self, timeout: float, log_dir: Path) -> None:
+        assert self.proc is not None
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
             if self.proc.returncode is not None:
-                raise RuntimeError(f"FreeSWITCH exited with {self.proc.returncode}; see {dirs['log']}")
+                raise RuntimeError(f"FreeSWITCH exited with {self.proc.returncode}; see {log_dir}")
             # Ready means the SIP profile runs, not only ESL: an INVITE sent before the profile is
             # up gets no answer, and a fork started within ~50 ms of ESL answering crashed the
             # switch (SIGSEGV, 2 of 3 tries on 1.10.12, seen by the bench on 2026-12-06).
@@ -257,8 +265,18 @@ class RealStack:
         self.playback = dict(playback or {})
         self.connector_url_override = connector_url_override
         self.app: App | None = None
+        self.switch: RealSwitch | None = None
+        self.caller: SipCaller | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     async def __aenter__(self) -> "RealStack":
+        try:
+            return await self._enter()
+        except BaseException:
+            await self.__aexit__()  # a switch that did not come up must not outlive the test
+            raise
+
+    async def _enter(self) -> "RealStack":
         self._tmp = tempfile.TemporaryDirectory(prefix="voicefork-realfs-")
         self.workdir = Path(self._tmp.name)
         self.spool = self.workdir / "spool"
@@ -295,10 +313,13 @@ class RealStack:
         return sorted(str(p.relative_to(self.spool)) for p in self.spool.rglob("*") if p.is_file())
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.caller.close()
+        if self.caller is not None:
+            await self.caller.close()
         if self.app is not None:
             await self.app.drain(2.0)
             await self.app.stop()
-        await self.switch.close()
+        if self.switch is not None:
+            await self.switch.close()
         await self.connector.close()
-        self._tmp.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
