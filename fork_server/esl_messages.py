@@ -40,6 +40,7 @@ __all__ = [
     "HangupComplete",
     "ForkEvent",
     "parse_event",
+    "parse_plain",
     "parse_dump",
     "parse_api_reply",
     "CallerInfo",
@@ -211,6 +212,42 @@ def _int(value: Any) -> int | None:
 def _field(headers: Mapping[str, str], name: str) -> str:
     value = headers.get(name, "")
     return value[:_MAX_FIELD] if isinstance(value, str) else ""
+
+
+# The header lines _parse reads (and Content-Length, for a CUSTOM event's body). A real event
+# of our channel has ~150 lines, 6-7 KB (every channel variable, on 1.10.12); these are 14.
+_USED_HEADERS = (
+    "Event-Name", "Event-Subclass", "Unique-ID", "variable_voicefork_route", "Playback-File-Path",
+    "Playback-Status", "variable_playback_ms", "Application", "Application-Data", "Application-Response",
+    "DTMF-Digit", "DTMF-Duration", "Hangup-Cause", "Content-Length",
+)
+_USED_KEYS = tuple((name, b"\n" + name.encode() + b": ") for name in _USED_HEADERS)
+_MAX_PLAIN = 4 << 20
+
+
+def parse_plain(raw: bytes) -> EslEvent | None:
+    """A ``text/event-plain`` payload (``Name: url-encoded value`` lines, a blank line, then the
+    event's own body after its ``Content-Length``), reading only the header lines
+    :func:`parse_event` uses: 40 us against 210 us for splitting and decoding all of a real
+    6.3 KB PLAYBACK_START (measured). The first occurrence of a name counts. Never raises."""
+    try:
+        if len(raw) > _MAX_PLAIN:
+            return None
+        end = raw.find(b"\n\n")
+        head = b"\n" + (raw if end < 0 else raw[:end]) + b"\n"
+        headers: dict[str, str] = {}
+        for name, key in _USED_KEYS:
+            i = head.find(key)
+            if i >= 0:
+                j = head.index(b"\n", i + len(key))
+                headers[name] = unquote(head[i + len(key) : min(j, i + len(key) + 4 * _MAX_FIELD)].decode("utf-8", "replace"))
+        body = None
+        n = _int(headers.get("Content-Length"))
+        if end >= 0 and n is not None and n >= 0:
+            body = raw[end + 2 : end + 2 + n].decode("utf-8", "replace")
+        return _parse(headers, body)
+    except Exception:  # noqa: BLE001 - arbitrary switch input must never escape as an exception
+        return None
 
 
 def parse_event(headers: Mapping[str, str], body: str | None) -> EslEvent | None:
