@@ -85,7 +85,14 @@ schema out="build/voicefork.schema.json": bootstrap
 # and without its framing guard, the asyncio client), and capacity: N calls through the fork server against a bare
 # websockets relay (`just bench --quick` for CI; other args go to `python -m testbed.bench.capacity`,
 # e.g. `just bench --calls 100,500 --workers 2 --esl asyncio`).
+# With `--switch real` the same N also go through a real FreeSWITCH (FREESWITCH_BIN, else `just freeswitch`'s).
 bench *args: bootstrap
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [[ " {{args}} " == *" --switch real "* ]] && [ -z "${FREESWITCH_BIN:-}" ]; then
+        out="$(testbed/build_freeswitch.sh | tee /dev/stderr)"
+        export FREESWITCH_BIN="${out##*FREESWITCH_BIN=}"
+    fi
     {{py}} -m testbed.bench_resample {{ if args =~ '--quick' { "2" } else { "" } }}
     {{py}} -m testbed.bench_render 10000
     {{py}} -m testbed.bench.hotpath
