@@ -269,7 +269,8 @@ class App:
             self.log.warning("ESL link down; reconnecting")
 
     def wants_event(self, event: Any) -> bool:
-        """Would ``_on_esl_event`` act on it? (Read from the ESL event thread: dict lookups only.)"""
+        """Would ``_on_esl_event`` act on it? (Asked for every event before it is posted, on the loop, or on
+        python-ESL's event thread in the unguarded comparison mode: dict lookups only.)"""
         if event.uuid in self.calls:
             return True
         return self.orphan_events and isinstance(event, em.ForkEvent) and event.name == "connect_failed"

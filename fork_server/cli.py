@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes sharing the listen port (SO_REUSEPORT); default 1")
     parser.add_argument("--esl", choices=("python-esl", "asyncio", "python-esl-unguarded"), default="python-esl",
-                        help="ESL client: python-ESL on two threads behind the framing guard (default), "
+                        help="ESL client: python-ESL for commands behind the framing guard, events on the event loop (default), "
                              "fork_server.esl_async on the event loop, or python-ESL without the guard (for "
                              "comparison only: a hostile ESL peer can crash it)")
     args = parser.parse_args(argv)

@@ -23,6 +23,10 @@ longer be matched). Framing and its limits are :class:`fork_server.esl_wire.EslR
 guard in front of python-ESL reads with the same one); ≤ 10 000 commands waiting; a peer
 over a limit is disconnected.
 
+:class:`EslEvents` is the event connection alone (subscribe, filter, reconnect, frame, parse
+with :func:`fork_server.esl_messages.parse_plain`, ``event_filter``): this client's, and the
+default EslClient's, which keeps python-ESL for its commands only.
+
 Selected with ``voicefork-server --esl asyncio``; python-ESL stays the default.
 """
 
@@ -40,7 +44,7 @@ from .errors import EslCommandError, EslLostInFlight, EslProtocolError, EslUnava
 from .esl_wire import EslReader
 from .spool import valid_uuid
 
-__all__ = ["AsyncEslClient", "EslReader"]
+__all__ = ["AsyncEslClient", "EslEvents", "EslReader", "parse_plain_event"]
 
 _QUEUE_MAX = 10_000
 
@@ -55,7 +59,9 @@ def _parse_lines(text: str, *, decode: bool) -> dict[str, str]:
 
 
 def parse_plain_event(raw: bytes) -> tuple[dict[str, str], str | None]:
-    """A ``text/event-plain`` payload: URL-decoded headers, then the event's own body if any."""
+    """A ``text/event-plain`` payload: all its URL-decoded headers, then the event's own body if
+    any. For tools that look at every header (testbed.bench.esltap); the clients read events
+    with :func:`fork_server.esl_messages.parse_plain`, which reads only the lines they use."""
     text = raw.decode("utf-8", "replace")
     head, sep, rest = text.partition("\n\n")
     headers = _parse_lines(head, decode=True)
@@ -70,10 +76,10 @@ def parse_plain_event(raw: bytes) -> tuple[dict[str, str], str | None]:
 
 
 class _Link(asyncio.Protocol):
-    """One ESL connection: auth, then replies in order (commands) or events."""
+    """One ESL connection: auth, then replies in order (commands) or events (``keeper.events``)."""
 
-    def __init__(self, client: "AsyncEslClient", kind: str) -> None:
-        self.client, self.kind = client, kind
+    def __init__(self, keeper: "_Keeper") -> None:
+        self.keeper = keeper
         self.reader = EslReader()
         self.transport: asyncio.Transport | None = None
         self.pending: deque[tuple[asyncio.Future[tuple[dict[str, str], bytes | None]], str]] = deque()
@@ -93,16 +99,19 @@ class _Link(asyncio.Protocol):
         try:
             messages = self.reader.feed(data)
         except EslProtocolError as exc:
-            self.client.log.error("ESL %s link: %s; dropping it", self.kind, exc)
+            self.keeper.dropped += 1
+            self.keeper.log.error("ESL %s link: %s; dropping it", self.keeper.kind, exc.message)
             self.transport.abort()  # type: ignore[union-attr]
             return
         for head, body, _ in messages:
             ctype = head.get("Content-Type", "")
-            if ctype == "auth/request":
-                self.transport.write(f"auth {self.client._password}\n\n".encode())  # type: ignore[union-attr]
-            elif ctype == "text/event-plain":
-                if body is not None:
-                    self.client._event(body)
+            if ctype == "text/event-plain":
+                # Only on the connection that subscribed: mod_event_socket sends a connection
+                # the events it asked for, so one elsewhere is not ours to take.
+                if body is not None and self.keeper.events:
+                    self.keeper.event(body)
+            elif ctype == "auth/request":
+                self.transport.write(self.keeper.auth)  # type: ignore[union-attr]
             elif ctype == "text/disconnect-notice":
                 self.transport.close()  # type: ignore[union-attr]
             elif ctype in ("command/reply", "api/response"):
@@ -128,6 +137,158 @@ class _Link(asyncio.Protocol):
             self.lost.set_result(None)
 
 
+class _Keeper:
+    """Keeps one ESL connection up: connects, authenticates, sends ``_setup()``'s commands, and
+    when the connection fails or is lost backs off (jittered, exponential, capped) and connects
+    again. ``link`` is the connection while it is up; ``on_change(up)`` hears each change."""
+
+    kind = "commands"
+    events = False
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        *,
+        logger: logging.Logger,
+        on_change: Callable[[bool], None] | None,
+        backoff: tuple[float, float],
+        timeout: float,
+    ) -> None:
+        if any(ch in password for ch in "\r\n\0"):
+            raise LocalUsageError("the ESL password holds a CR, LF or NUL")  # it would end the auth command
+        self._addr = (host, port)
+        self.auth = f"auth {password}\n\n".encode()
+        self.log = logger
+        self._on_change = on_change
+        self._backoff = backoff
+        self.timeout = timeout
+        self.link: _Link | None = None
+        self.reconnects = 0  # connections made after one or more failed attempts
+        self.dropped = 0  # links dropped on framing EslReader refuses
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._keep(), name=f"esl-{self.kind}")
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self.link is not None and self.link.transport is not None:
+            self.link.transport.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def event(self, raw: bytes) -> None:
+        """A ``text/event-plain`` payload from the switch (only a keeper with ``events`` gets any)."""
+
+    def _setup(self) -> list[tuple[str, str]]:
+        return []
+
+    def _unreachable(self, attempt: int) -> None:
+        pass
+
+    def _set(self, link: _Link | None) -> None:
+        self.link = link
+        if self._on_change is not None:
+            self._on_change(link is not None)
+
+    async def _keep(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            link = await self._open()
+            if link is None:
+                if not self._stopping:
+                    self._unreachable(attempt)
+                lo, hi = self._backoff
+                await asyncio.sleep(min(hi, lo * 2**attempt) * random.uniform(0.5, 1.0))
+                attempt += 1
+                continue
+            if attempt:
+                self.reconnects += 1
+            attempt = 0
+            self._set(link)
+            try:
+                await link.lost
+            finally:
+                self._set(None)
+
+    async def _open(self) -> _Link | None:
+        loop = asyncio.get_running_loop()
+        link: _Link | None = None
+        try:
+            _, link = await asyncio.wait_for(loop.create_connection(lambda: _Link(self), *self._addr), self.timeout)
+            if not await asyncio.wait_for(asyncio.shield(link.authed), self.timeout):
+                link.transport.close()  # type: ignore[union-attr]
+                return None
+            for text, what in self._setup():
+                await asyncio.wait_for(link.send(text, what), self.timeout)
+            return link
+        except (OSError, TimeoutError, EslUnavailable):
+            if link is not None and link.transport is not None:
+                link.transport.abort()  # a half set-up connection is not left open
+            return None
+        except BaseException:  # cancelled by close(): nothing left open behind it
+            if link is not None and link.transport is not None:
+                link.transport.abort()
+            raise
+
+
+class EslEvents(_Keeper):
+    """The event connection, on the event loop: ``event plain <names>`` and the filters on each
+    (re)connect; each event framed by :class:`~fork_server.esl_wire.EslReader`, read by
+    :func:`fork_server.esl_messages.parse_plain` (the ~14 header lines the server uses, of a
+    real event's ~150), dropped here unless ``event_filter`` (set by worker processes) wants it,
+    else handed to ``on_event``. The receiving side of both clients: AsyncEslClient's and the
+    default EslClient's (whose commands go through python-ESL). A switch that cannot be reached
+    is one error line, then one every 30 attempts."""
+
+    kind = "events"
+    events = True
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        *,
+        on_event: Callable[[em.EslEvent], None],
+        event_names: list[str],
+        filters: list[tuple[str, str]],
+        logger: logging.Logger,
+        on_change: Callable[[bool], None] | None = None,
+        backoff: tuple[float, float] = (0.1, 0.5),
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(host, port, password, logger=logger, on_change=on_change, backoff=backoff, timeout=timeout)
+        self._on_event = on_event
+        self._subscribe = f"event plain {' '.join(event_names)}\n\n"
+        self._filters = [f"filter {header} {value}\n\n" for header, value in filters]
+        self.event_filter: Callable[[em.EslEvent], bool] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.link is not None
+
+    def event(self, raw: bytes) -> None:
+        parsed = em.parse_plain(raw)
+        if parsed is not None and (self.event_filter is None or self.event_filter(parsed)):
+            self._on_event(parsed)
+
+    def _setup(self) -> list[tuple[str, str]]:
+        return [(self._subscribe, "event"), *((f, "filter") for f in self._filters)]
+
+    def _unreachable(self, attempt: int) -> None:
+        if attempt % 30 == 0:  # one clear line, then one every ~30 attempts
+            self.log.error(
+                "ESL %s:%s unreachable or refusing our password (attempt %d); /healthz is 503 until it is up; retrying",
+                self._addr[0], self._addr[1], attempt + 1,
+            )
+
+
 class AsyncEslClient:
     """Drop-in for :class:`~fork_server.esl_client.EslClient` (same constructor and methods)."""
 
@@ -146,32 +307,39 @@ class AsyncEslClient:
         backoff_max: float = 0.5,  # as EslClient: a local switch, and every second back is a second of silence
         command_timeout: float = 5.0,
     ) -> None:
-        self._addr = (host, port)
-        self._password = password
-        self._on_event = on_event
-        self._event_names = " ".join(event_names)
-        self._filters = list(filters)
         self.log = logger
         self._on_state = on_state
-        self._backoff = (backoff_initial, backoff_max)
         self.command_timeout = command_timeout
-        self.event_filter: Callable[[em.EslEvent], bool] | None = None
-        self.reconnects = 0
-        self._cmd: _Link | None = None
-        self._evt: _Link | None = None
+        backoff = (backoff_initial, backoff_max)
+        self._commands = _Keeper(host, port, password, logger=logger, on_change=self._changed, backoff=backoff,
+                                 timeout=command_timeout)
+        self.event_link = EslEvents(host, port, password, on_event=on_event, event_names=event_names, filters=filters,
+                                    logger=logger, on_change=self._changed, backoff=backoff, timeout=command_timeout)
         self._cmd_up = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._waiting = 0
         self._was_up = False
 
     @property
     def up(self) -> bool:
-        return self._cmd is not None and self._evt is not None
+        return self._commands.link is not None and self.event_link.link is not None
+
+    @property
+    def reconnects(self) -> int:
+        return self._commands.reconnects
+
+    @property
+    def event_filter(self) -> Callable[[em.EslEvent], bool] | None:
+        """Worker processes (issue 5): drops other workers' events as they are parsed."""
+        return self.event_link.event_filter
+
+    @event_filter.setter
+    def event_filter(self, wants: Callable[[em.EslEvent], bool] | None) -> None:
+        self.event_link.event_filter = wants
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._keep(kind), name=f"esl-{kind}") for kind in ("commands", "events")]
+        await self._commands.start()
+        await self.event_link.start()
 
     async def wait_up(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -182,72 +350,14 @@ class AsyncEslClient:
 
     async def close(self) -> None:
         self._stopping = True
-        for link in (self._cmd, self._evt):
-            if link is not None and link.transport is not None:
-                link.transport.close()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(self._commands.close(), self.event_link.close())
 
-    # ---------------------------------------------------------------- connections
-
-    def _set(self, kind: str, link: _Link | None) -> None:
-        if kind == "commands":
-            self._cmd = link
-            self._cmd_up.set() if link is not None else self._cmd_up.clear()
-        else:
-            self._evt = link
+    def _changed(self, _: bool) -> None:
+        self._cmd_up.set() if self._commands.link is not None else self._cmd_up.clear()
         if self.up != self._was_up:
             self._was_up = self.up
             if self._on_state is not None:
                 self._on_state(self.up)
-
-    async def _keep(self, kind: str) -> None:
-        attempt = 0
-        while not self._stopping:
-            link = await self._connect(kind)
-            if link is None:
-                if kind == "events" and attempt % 30 == 0 and not self._stopping:  # as EslClient: one clear line
-                    self.log.error(
-                        "ESL %s:%s unreachable or refusing our password (attempt %d); /healthz is 503 until it is up; retrying",
-                        self._addr[0], self._addr[1], attempt + 1,
-                    )
-                lo, hi = self._backoff
-                await asyncio.sleep(min(hi, lo * 2**attempt) * random.uniform(0.5, 1.0))
-                attempt += 1
-                continue
-            if attempt and kind == "commands":
-                self.reconnects += 1
-            attempt = 0
-            self._set(kind, link)
-            try:
-                await link.lost
-            finally:
-                self._set(kind, None)
-
-    async def _connect(self, kind: str) -> _Link | None:
-        loop = asyncio.get_running_loop()
-        try:
-            _, link = await asyncio.wait_for(
-                loop.create_connection(lambda: _Link(self, kind), *self._addr), self.command_timeout
-            )
-            if not await asyncio.wait_for(asyncio.shield(link.authed), self.command_timeout):
-                link.transport.close()
-                return None
-            if kind == "events":
-                await asyncio.wait_for(link.send(f"event plain {self._event_names}\n\n", "event"), self.command_timeout)
-                for header, value in self._filters:
-                    await asyncio.wait_for(link.send(f"filter {header} {value}\n\n", "filter"), self.command_timeout)
-            return link
-        except (OSError, TimeoutError, EslUnavailable):
-            return None
-
-    def _event(self, raw: bytes) -> None:
-        headers, body = parse_plain_event(raw)
-        parsed = em.parse_event(headers, body)
-        if parsed is not None and (self.event_filter is None or self.event_filter(parsed)):
-            self._on_event(parsed)
 
     # ---------------------------------------------------------------- commands
 
@@ -258,7 +368,7 @@ class AsyncEslClient:
         deadline = loop.time() + self.command_timeout
         self._waiting += 1
         try:
-            while self._cmd is None:
+            while self._commands.link is None:
                 left = deadline - loop.time()
                 if left <= 0 or self._stopping:
                     raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})")
@@ -266,7 +376,7 @@ class AsyncEslClient:
                     await asyncio.wait_for(self._cmd_up.wait(), left)
                 except TimeoutError:
                     raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})") from None
-            link = self._cmd
+            link = self._commands.link
             fut = link.send(text, what)
             try:
                 return await asyncio.wait_for(fut, max(deadline - loop.time(), 0.001))

@@ -1,13 +1,31 @@
-"""asyncio adapter over python-ESL (blocking), kept off the event loop.
+"""asyncio adapter: commands through python-ESL (blocking, kept off the event loop), events on
+the event loop.
 
-Several command connections and one event connection. Each command connection is served
+Events do not go through python-ESL. Every event the fork server subscribes to for its
+channels (PLAYBACK_START/STOP, CHANNEL_EXECUTE_COMPLETE, CHANNEL_HANGUP_COMPLETE, CUSTOM
+mod_audio_fork::*) carries every channel variable: 6.3-6.8 KB, ~150 header lines each on
+FreeSWITCH 1.10.12. Profiling 30 real calls, python-ESL's event thread (``recvEventTimed``:
+libesl splits and %-decodes all ~150 headers in C), the guard relaying every event byte over
+its socket pair and the guard's check of every frame cost together ~20-25 % of the fork
+server's CPU: ~14.3 ms of CPU per call-second against ~12.2 for ``--esl asyncio``. So events
+come in on one asyncio connection, :class:`fork_server.esl_async.EslEvents` (the asyncio
+client's own event side): framed by :class:`~fork_server.esl_wire.EslReader` and read by
+:func:`fork_server.esl_messages.parse_plain`, which reads only the ~14 header lines the server
+uses (40 us against 210 us for parsing all of a real 6.3 KB event). ``event_filter`` (set by
+worker processes) drops other workers' events right there, before they cost anything more.
+Measured after the move (``python -m testbed.bench.esl``): 194 us of CPU per 8 KB event
+against 650 through the guard and python-ESL; capacity bench, 30 calls on a real 1.10.12 and
+on the emulator: 14.1 ms of fork-server CPU per call-second against 16.9-17.6 the same day.
+
+Commands (api, sendmsg) go through python-ESL on several command connections. Each is served
 by its own thread (python-ESL connections are not thread-safe) and all of them take from
 one queue: a command's round trip blocks only its own connection, so 50 calls starting at
 once no longer queue behind one socket (measured on the emulator: one connection, 50 calls
 starting together, round trip p50 150 ms and the second TTS segment of every call late).
 mod_event_socket serves every inbound connection on its own thread, so they run in
 parallel on the switch too. A call awaits each command before its next one, so its own
-commands stay in order whichever connection carries them.
+commands stay in order whichever connection carries them. ``up`` is the event connection up
+and at least one command connection up.
 
 Every connection reconnects with jittered exponential backoff, capped at 0.5 s: the switch is
 local and a refused connect costs nothing, while every second of delay after it is back is a
@@ -18,10 +36,11 @@ each command (python-ESL notices only when a command fails), so a command is not
 dead connection; one lost in flight is sent again only when that is harmless (uuid_kill,
 uuid_break, uuid_dump, ...), never a playback.
 
-python-ESL never talks to the switch itself: every connection goes through
-:class:`~fork_server.esl_guard.EslGuard`, which drops the link (or skips the event) before
-python-ESL reads a frame it would crash or hang on (issue 6: a negative or huge Content-Length
-segfaulted the process). ``guard=False`` connects python-ESL directly, for comparison only.
+python-ESL never talks to the switch itself: every command connection goes through
+:class:`~fork_server.esl_guard.EslGuard`, which drops the link before python-ESL reads a frame
+it would crash or hang on (issue 6: a negative or huge Content-Length segfaulted the process).
+``guard=False`` connects python-ESL directly, for comparison only, and then receives events
+on a python-ESL event thread too, as before.
 """
 
 from __future__ import annotations
@@ -37,6 +56,7 @@ from typing import Any, Callable, Mapping
 
 from . import esl_messages as em
 from .errors import EslCommandError, EslLostInFlight, EslUnavailable, LocalUsageError
+from .esl_async import EslEvents
 from .esl_guard import EslGuard
 from .spool import valid_uuid
 
@@ -117,21 +137,41 @@ class EslClient:
         self._threads: list[threading.Thread] = []
         self.reconnects = 0
         self.guard = EslGuard(host, port, password, logger=logger, timeout=command_timeout) if guard else None
-        # Worker processes (issue 5): every worker gets every event; this drops the ones for
-        # other workers' calls in the event thread, before they wake the event loop.
-        self.event_filter: Callable[[em.EslEvent], bool] | None = None
+        # Events on the event loop (the module docstring says why); python-ESL's event thread
+        # only without the guard, the comparison mode.
+        self.event_link = EslEvents(
+            host, port, password, on_event=on_event, event_names=event_names, filters=filters, logger=logger,
+            on_change=lambda up: self._set_state(self._evt_up, up), backoff=self._backoff, timeout=command_timeout,
+        ) if guard else None
+        self._event_filter: Callable[[em.EslEvent], bool] | None = None
 
     @property
     def up(self) -> bool:
         return self._evt_up.is_set() and any(flag.is_set() for flag in self._cmd_up)
 
+    @property
+    def event_filter(self) -> Callable[[em.EslEvent], bool] | None:
+        """Worker processes (issue 5): every worker gets every event; this drops the ones for
+        other workers' calls as they are parsed, before they reach the app."""
+        return self._event_filter
+
+    @event_filter.setter
+    def event_filter(self, wants: Callable[[em.EslEvent], bool] | None) -> None:
+        self._event_filter = wants
+        if self.event_link is not None:
+            self.event_link.event_filter = wants
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         workers = [(self._command_thread, f"esl-commands-{i}", (flag,)) for i, flag in enumerate(self._cmd_up)]
-        for target, name, args in [*workers, (self._event_thread, "esl-events", ())]:
+        if self.event_link is None:
+            workers.append((self._event_thread, "esl-events", ()))
+        for target, name, args in workers:
             t = threading.Thread(target=target, name=name, args=args, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.event_link is not None:
+            await self.event_link.start()
 
     async def wait_up(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -142,6 +182,8 @@ class EslClient:
 
     async def close(self) -> None:
         self._stop.set()
+        if self.event_link is not None:
+            await self.event_link.close()
         for t in self._threads:
             await asyncio.to_thread(t.join, 2.0)
         self._threads.clear()
@@ -181,12 +223,12 @@ class EslClient:
         if not reply.startswith("+OK"):
             raise EslCommandError("sendmsg " + headers.get("execute-app-name", ""), reply)
 
-    def _connect(self, kind: str) -> Any:
+    def _connect(self) -> Any:
         ESL = _load_esl()
         if self.guard is None:
             con = ESL.ESLconnection(self._addr[0], self._addr[1], self._password)
         else:
-            fd = self.guard.open_for_thread(kind, self._loop) if self._loop is not None else None
+            fd = self.guard.open_for_thread(self._loop) if self._loop is not None else None
             if fd is None:
                 return None
             con = ESL.ESLconnection(fd)  # python-ESL's attach: it sends "connect", the guard answers
@@ -209,7 +251,7 @@ class EslClient:
         attempt = 0
         carry: tuple[str, Any, Any, bool] | None = None  # a command for the next connection
         while not self._stop.is_set():
-            con = self._connect("commands")
+            con = self._connect()
             if con is None:
                 self._backoff_sleep(attempt)
                 attempt += 1
@@ -279,12 +321,14 @@ class EslClient:
             if not fut.done():
                 fut.set_exception(EslUnavailable("ESL client closed"))
 
-    # ---------------------------------------------------------------- events
+    # ---------------------------------------------------------------- events, without the guard only
 
     def _event_thread(self) -> None:
+        """python-ESL's event connection, for ``guard=False`` (the comparison mode): nothing
+        stands between it and the switch, as before the guard."""
         attempt = 0
         while not self._stop.is_set():
-            con = self._connect("events")
+            con = self._connect()
             if con is None:
                 self._log_unreachable(attempt)
                 self._backoff_sleep(attempt)
@@ -301,7 +345,7 @@ class EslClient:
                     continue
                 parsed = em.parse_event(_EventHeaders(e), e.getBody())
                 if parsed is not None and self._loop is not None:
-                    if self.event_filter is None or self.event_filter(parsed):
+                    if self._event_filter is None or self._event_filter(parsed):
                         self._loop.call_soon_threadsafe(self._on_event, parsed)
             self._set_state(self._evt_up, False)
             con.disconnect()

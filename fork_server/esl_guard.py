@@ -3,15 +3,21 @@
 python-ESL 1.4.18 parses the switch's framing in C without checks: a negative or huge
 ``Content-Length`` and a handful of other inputs crash the whole process
 (:mod:`fork_server.esl_wire` lists them). So :class:`~fork_server.esl_client.EslClient` never
-lets python-ESL reach the switch. For each connection the guard connects to the switch, answers
-its ``auth/request``, and hands python-ESL one end of a private socket pair through
-``ESLconnection(fd)`` (python-ESL's outbound-socket constructor; it sends ``connect`` first and
-the guard answers that itself). From then on bytes pass both ways; what comes from the switch is
-read with :class:`~fork_server.esl_wire.EslReader` and each frame goes through
-:func:`~fork_server.esl_wire.python_esl_verdict`: forwarded, skipped (an event python-ESL cannot
-take, with a log line), or the link is dropped with one log line naming the fault. A dropped
-link is an ordinary ESL drop to EslClient: it reconnects with backoff, and a command in flight
-fails as ``EslLostInFlight``.
+lets python-ESL reach the switch. It fronts python-ESL's command connections only: EslClient
+receives events itself, on the event loop (:class:`fork_server.esl_async.EslEvents`), so no
+event ever reaches python-ESL, and no event needs to be skipped for its sake (an event
+python-ESL could not take, e.g. a caller name holding ``ARRAY::``, is now delivered).
+
+For each command connection the guard connects to the switch, answers its ``auth/request``,
+and hands python-ESL one end of a private socket pair through ``ESLconnection(fd)``
+(python-ESL's outbound-socket constructor; it sends ``connect`` first and the guard answers
+that itself). From then on bytes pass both ways; what comes from the switch is read with
+:class:`~fork_server.esl_wire.EslReader` and each frame goes through
+:func:`~fork_server.esl_wire.python_esl_verdict`: forwarded (a reply python-ESL can take, or a
+disconnect notice), or the link is dropped with one log line naming the fault (a reply it
+cannot take, or any other frame: on a command connection python-ESL would queue an event for
+ever). A dropped link is an ordinary ESL drop to EslClient: it reconnects with backoff, and a
+command in flight fails as ``EslLostInFlight``.
 
 Why a socket pair and not a loopback listener: there is nothing to connect to, so nothing to
 authenticate and no open relay to the switch's ESL for other local users. Why
@@ -28,22 +34,21 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import re
 import socket
 from collections import deque
 
 from .errors import EslProtocolError, LocalUsageError
-from .esl_wire import DROP, FORWARD, MAX_HEAD, EslFrame, EslReader, python_esl_verdict
+from .esl_wire import FORWARD, MAX_HEAD, EslFrame, EslReader, python_esl_verdict
 
 __all__ = ["EslGuard"]
 
 RECORD = MAX_HEAD  # python-ESL recv()s 65 535 bytes; a longer record would be cut
 _CONNECT_REPLY = b"Content-Type: command/reply\nReply-Text: +OK\n\n"
-_EVENT_ID = re.compile(rb"^Event-Name: ([^\n]{1,64})$|^Unique-ID: ([^\n]{1,64})$", re.M)
 
 
 class EslGuard:
-    """Opens guarded connections for python-ESL; ``open_for_thread`` is called from its threads."""
+    """Opens guarded command connections for python-ESL; ``open_for_thread`` is called from its
+    threads."""
 
     def __init__(self, host: str, port: int, password: str, *, logger: logging.Logger, timeout: float = 5.0) -> None:
         if any(ch in password for ch in "\r\n\0"):
@@ -55,13 +60,12 @@ class EslGuard:
         self._links: set[_Link] = set()
         self._closing = False
         self.dropped = 0  # links dropped on a frame python-ESL cannot take
-        self.skipped = 0  # events not passed to python-ESL
 
-    def open_for_thread(self, kind: str, loop: asyncio.AbstractEventLoop) -> int | None:
+    def open_for_thread(self, loop: asyncio.AbstractEventLoop) -> int | None:
         """From a python-ESL thread: the fd of an authenticated connection for
         ``ESLconnection(fd)`` (python-ESL then owns it), or None (unreachable or refused)."""
         try:
-            fut = asyncio.run_coroutine_threadsafe(self.open(kind), loop)
+            fut = asyncio.run_coroutine_threadsafe(self.open(), loop)
         except RuntimeError:  # the loop is closed: the client is going away
             return None
         try:
@@ -71,15 +75,13 @@ class EslGuard:
             fut.add_done_callback(_close_unclaimed)
             return None
 
-    async def open(self, kind: str) -> int | None:
-        if kind not in ("commands", "events"):
-            raise LocalUsageError(f"ESL link kind must be commands or events, got {kind!r}")
+    async def open(self) -> int | None:
         if self._closing:
             return None
         loop = asyncio.get_running_loop()
         link: _Link | None = None
         try:
-            _, link = await asyncio.wait_for(loop.create_connection(lambda: _Link(self, kind), *self._addr), self.timeout)
+            _, link = await asyncio.wait_for(loop.create_connection(lambda: _Link(self), *self._addr), self.timeout)
             if not await asyncio.wait_for(asyncio.shield(link.authed), self.timeout) or self._closing:
                 link.close()
                 return None
@@ -105,10 +107,10 @@ def _close_unclaimed(fut: concurrent.futures.Future[int | None]) -> None:
 
 
 class _Link(asyncio.Protocol):
-    """One guarded connection: the switch on a TCP transport, python-ESL on ``sock``."""
+    """One guarded command connection: the switch on a TCP transport, python-ESL on ``sock``."""
 
-    def __init__(self, guard: EslGuard, kind: str) -> None:
-        self.guard, self.kind, self.events = guard, kind, kind == "events"
+    def __init__(self, guard: EslGuard) -> None:
+        self.guard = guard
         self.loop = asyncio.get_running_loop()
         self.reader = EslReader()
         self.transport: asyncio.Transport | None = None
@@ -137,14 +139,11 @@ class _Link(asyncio.Protocol):
                 continue
             if self.state == "closed":
                 return
-            verdict, why = python_esl_verdict(frame, events=self.events)
-            if verdict == FORWARD:
-                self._queue(frame)
-            elif verdict == DROP:
+            verdict, why = python_esl_verdict(frame, events=False)  # forward or drop, never skip
+            if verdict != FORWARD:
                 self._flush()  # what came before it is fine and goes first
                 return self.fault(why)
-            else:
-                self._skipped(frame, why)
+            self._queue(frame)
         self._flush()
 
     def _handshake(self, frame: EslFrame) -> None:
@@ -252,18 +251,8 @@ class _Link(asyncio.Protocol):
 
     def fault(self, why: str) -> None:
         self.guard.dropped += 1
-        self.guard.log.error("ESL %s link: %s; dropping it before python-ESL reads it", self.kind, why)
+        self.guard.log.error("ESL commands link: %s; dropping it before python-ESL reads it", why)
         self.close()
-
-    def _skipped(self, frame: EslFrame, why: str) -> None:
-        self.guard.skipped += 1
-        n = self.guard.skipped
-        if n == 1 or n % 100 == 0:  # an event a caller can shape may repeat on every event of the call
-            found = dict.fromkeys(("name", "uuid"), "?")
-            for m in _EVENT_ID.finditer(frame.body or b""):
-                found["name" if m.group(1) else "uuid"] = (m.group(1) or m.group(2)).decode("utf-8", "replace")
-            self.guard.log.warning("ESL event %s of %s not passed to python-ESL: %s (%d skipped so far)",
-                                   found["name"], found["uuid"], why, n)
 
     def close(self) -> None:
         if self.state == "closed" and self.sock is None and self.transport is None:

@@ -10,6 +10,12 @@ import asyncio
 from urllib.parse import quote
 
 
+def event_frame(headers):
+    """A ``text/event-plain`` frame as mod_event_socket writes it: URL-encoded values."""
+    data = "".join(f"{k}: {quote(v)}\n" for k, v in headers.items()) + "\n"
+    return b"Content-Type: text/event-plain\nContent-Length: %d\n\n" % len(data) + data.encode()
+
+
 class MiniEsl:
     def __init__(self, password="pw"):
         self.password = password
@@ -57,9 +63,13 @@ class MiniEsl:
             return
 
     def emit(self, headers):
-        data = "".join(f"{k}: {quote(v)}\n" for k, v in headers.items()) + "\n"
+        self.send_events(event_frame(headers))
+
+    def send_events(self, raw):
+        """Raw bytes on every live event connection (a test's own framing, good or not)."""
+        self.event_writers = [w for w in self.event_writers if not w.is_closing()]
         for w in self.event_writers:
-            w.write(b"Content-Type: text/event-plain\nContent-Length: %d\n\n" % len(data) + data.encode())
+            w.write(raw)
 
     async def close(self):
         self.server.close()

@@ -1,5 +1,8 @@
-"""The ESL adapters on loopback, against a minimal ESL peer written here: the python-ESL one
-(the default) and, where the behaviour is shared, the asyncio one (``--esl asyncio``).
+"""The ESL adapters on loopback, against a minimal ESL peer written here: the default one
+(commands through python-ESL behind the guard, events on the event loop), python-ESL alone
+(``--esl python-esl-unguarded``, for comparison) and, where the behaviour is shared, the
+asyncio one (``--esl asyncio``). The default client and the asyncio one receive events with
+the same code (esl_async.EslEvents), tested here for both.
 
 The peer frames replies as FreeSWITCH's mod_event_socket does (auth/request, command/reply
 with Reply-Text, api/response with Content-Length, text/event-plain with URL-encoded
@@ -7,9 +10,11 @@ header values).
 """
 
 import asyncio
+import functools
 import logging
 import os
 import sys
+import threading
 
 import pytest
 
@@ -22,7 +27,11 @@ from fork_server.esl_client import EslClient  # noqa: E402
 from mini_esl import MiniEsl  # noqa: E402
 
 U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
+V = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a"
 both_clients = pytest.mark.parametrize("cls", [EslClient, AsyncEslClient], ids=["python-esl", "asyncio"])
+every_client = pytest.mark.parametrize(
+    "cls", [EslClient, AsyncEslClient, functools.partial(EslClient, guard=False)],
+    ids=["python-esl", "asyncio", "python-esl-unguarded"])
 
 
 async def started(peer, events, password="pw", cls=EslClient, **kw):
@@ -34,7 +43,15 @@ async def started(peer, events, password="pw", cls=EslClient, **kw):
     return client
 
 
-@both_clients
+async def _until(pred, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return True
+        await asyncio.sleep(0.02)
+    return pred()
+
+
+@every_client
 async def test_api_sendmsg_and_events_round_trip(cls):
     peer, events = MiniEsl(), []
     await peer.start()
@@ -62,7 +79,7 @@ async def test_api_sendmsg_and_events_round_trip(cls):
         await peer.close()
 
 
-@both_clients
+@every_client
 async def test_wrong_password_stays_down_and_commands_fail_cleanly(cls):
     peer, events = MiniEsl(), []
     await peer.start()
@@ -75,6 +92,94 @@ async def test_wrong_password_stays_down_and_commands_fail_cleanly(cls):
         await client.close()
         await peer.close()
 
+
+@every_client
+async def test_event_filter_drops_other_workers_events_before_they_are_delivered(cls):
+    # Worker processes set it after the client is built (cli.py): it must reach the event link.
+    peer, events, asked = MiniEsl(), [], []
+    await peer.start()
+    client = await started(peer, events, cls=cls)
+    client.event_filter = lambda ev: asked.append(ev.uuid) or ev.uuid == U
+    try:
+        assert await client.wait_up(5) and await _until(lambda: peer.event_writers)
+        for uuid, path in ((V, "/spool/v.r8"), (U, "/spool/u.r8"), (V, "/spool/w.r8")):
+            peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": uuid, "Playback-File-Path": path})
+        assert await _until(lambda: len(asked) == 3)
+        await asyncio.sleep(0.05)
+        assert events == [em.PlaybackStarted(U, None, "/spool/u.r8")] and asked == [V, U, V]
+    finally:
+        await client.close()
+        await peer.close()
+
+
+async def test_the_default_client_takes_events_on_the_loop_and_python_esl_only_commands():
+    # python-ESL's event thread is gone from the default client (its C parse of every header of
+    # every 6-7 KB event, and the guard's relay of it, cost ~20 % of the server's CPU); it is
+    # still there without the guard, the comparison mode.
+    for guard, names in ((True, ["esl-commands-0"]), (False, ["esl-commands-0", "esl-events"])):
+        peer, events = MiniEsl(), []
+        await peer.start()
+        before = set(threading.enumerate())
+        client = await started(peer, events, command_connections=1, guard=guard)
+        try:
+            assert sorted(t.name for t in set(threading.enumerate()) - before if t.name.startswith("esl-")) == names
+            assert (client.event_link is not None) == guard
+            assert any(t.get_name() == "esl-events" for t in asyncio.all_tasks()) == guard
+            assert await client.wait_up(5) and await _until(lambda: peer.event_writers)
+            peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/a.r8"})
+            assert await _until(lambda: events) and events == [em.PlaybackStarted(U, None, "/spool/a.r8")]
+        finally:
+            await client.close()
+            await peer.close()
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("esl-")]
+
+
+@both_clients
+async def test_a_frame_our_reader_refuses_drops_the_event_link_alone_and_it_comes_back(cls, caplog):
+    # A Content-Length python-ESL would segfault on, sent where events come in: our own reader
+    # refuses it, the event link is dropped with one line and reconnects (subscribing and
+    # filtering again); the command connections are not touched.
+    caplog.set_level(logging.ERROR, logger="t")
+    peer, events, states = MiniEsl(), [], []
+    await peer.start()
+    client = await started(peer, events, cls=cls, on_state=states.append, backoff_initial=0.02)
+    try:
+        assert await client.wait_up(5) and await _until(lambda: peer.event_writers)
+        assert await _until(lambda: states == [True])
+        peer.send_events(b"Content-Length: -5\nContent-Type: text/event-plain\n\n")
+        assert await _until(lambda: states == [True, False, True])
+        assert await _until(lambda: sum(c.startswith("filter ") for c in peer.commands) == 2)
+        peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/b.r8"})
+        assert await _until(lambda: events) and events == [em.PlaybackStarted(U, None, "/spool/b.r8")]
+        assert (await client.api("status")).startswith("+OK")
+        assert client.event_link.dropped == 1 and client.reconnects == 0
+        assert getattr(client, "guard", None) is None or client.guard.dropped == 0
+        (line,) = [r.getMessage() for r in caplog.records if "dropping it" in r.getMessage()]
+        assert line == "ESL events link: Content-Length '-5' is not 0..4194304; dropping it"
+    finally:
+        await client.close()
+        await peer.close()
+
+
+@both_clients
+async def test_an_event_that_is_junk_is_passed_over_and_the_link_stays(cls):
+    # Framed right, but its lines are junk (bad escapes, bytes that are not UTF-8, a NUL):
+    # not an event of ours, so nothing is delivered; the next one is.
+    peer, events = MiniEsl(), []
+    await peer.start()
+    client = await started(peer, events, cls=cls)
+    try:
+        assert await client.wait_up(5) and await _until(lambda: peer.event_writers)
+        junk = b"Event-Name: %%%ZZ%\nUnique-ID: %\xff\xfe\n\x00\n\n"
+        peer.send_events(b"Content-Type: text/event-plain\nContent-Length: %d\n\n" % len(junk) + junk)
+        peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/b.r8"})
+        assert await _until(lambda: events)
+        await asyncio.sleep(0.05)
+        assert events == [em.PlaybackStarted(U, None, "/spool/b.r8")]
+        assert client.event_link.dropped == 0 and client.reconnects == 0
+    finally:
+        await client.close()
+        await peer.close()
 
 async def test_sendmsg_refuses_newlines_before_anything_is_sent():
     from fork_server.errors import LocalUsageError

@@ -1,8 +1,10 @@
 """The framing guard between python-ESL and the switch, on loopback (EslClient's default path).
 
-Frames python-ESL would die on are sent to a child process in tests/chaos/test_fuzz.py; here
-the peer sends only what python-ESL survives, and the tests check what the guard does with it:
-records, skips, drops, and the handshake it now runs itself.
+The guard fronts python-ESL's command connections only; the default client takes its events
+on the event loop (esl_async.EslEvents), so no event reaches python-ESL. Frames python-ESL
+would die on are sent to a child process in tests/chaos/test_fuzz.py; here the peer sends only
+what python-ESL survives, and the tests check what the guard does with it: records, drops, and
+the handshake it now runs itself.
 """
 
 import asyncio
@@ -17,7 +19,8 @@ from fork_server import esl_messages as em  # noqa: E402
 from fork_server.errors import EslLostInFlight, LocalUsageError  # noqa: E402
 from fork_server.esl_client import EslClient  # noqa: E402
 from fork_server.esl_guard import EslGuard  # noqa: E402
-from mini_esl import MiniEsl  # noqa: E402
+from fork_server.esl_wire import SKIP, EslReader, python_esl_verdict  # noqa: E402
+from mini_esl import MiniEsl, event_frame  # noqa: E402
 
 U = "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"
 
@@ -52,7 +55,9 @@ async def test_a_reply_larger_than_a_record_reaches_python_esl_whole():
         await peer.close()
 
 
-async def test_an_event_python_esl_cannot_take_is_skipped_with_a_line_and_the_link_stays(caplog):
+async def test_an_event_python_esl_cannot_take_is_delivered_now_and_never_reaches_python_esl(caplog):
+    # The guard used to skip it (python-ESL recurses on it), so a caller could keep their own
+    # call's events from the server. Events no longer go through python-ESL: our parser takes it.
     caplog.set_level(logging.WARNING, logger="t.guard")
     peer, events = MiniEsl(), []
     await peer.start()
@@ -61,14 +66,17 @@ async def test_an_event_python_esl_cannot_take_is_skipped_with_a_line_and_the_li
     try:
         assert await client.wait_up(5) and await _until(lambda: peer.event_writers)
         # A caller-ID name with ARRAY:: at byte 7 or later: the switch sends ':' as %3A.
-        peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/a.r8",
-                   "Caller-Caller-ID-Name": "Mallory the ARRAY::"})
+        hostile = event_frame({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/a.r8",
+                               "Caller-Caller-ID-Name": "Mallory the ARRAY::"})
+        (frame,) = EslReader().feed(hostile)
+        verdict, why = python_esl_verdict(frame, events=True)
+        assert verdict == SKIP and "nested ARRAY::" in why  # still one python-ESL cannot take
+        peer.send_events(hostile)
         peer.emit({"Event-Name": "PLAYBACK_START", "Unique-ID": U, "Playback-File-Path": "/spool/b.r8"})
-        assert await _until(lambda: events)
-        assert events == [em.PlaybackStarted(U, None, "/spool/b.r8")]
-        assert client.guard.skipped == 1 and client.guard.dropped == 0 and client.reconnects == 0
-        (line,) = [r.getMessage() for r in caplog.records if "not passed to python-ESL" in r.getMessage()]
-        assert f"PLAYBACK_START of {U}" in line and "nested ARRAY::" in line and "Caller-Caller-ID-Name" in line
+        assert await _until(lambda: len(events) == 2)
+        assert events == [em.PlaybackStarted(U, None, "/spool/a.r8"), em.PlaybackStarted(U, None, "/spool/b.r8")]
+        assert client.guard.dropped == 0 and client.event_link.dropped == 0 and client.reconnects == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     finally:
         await client.close()
         await peer.close()
@@ -146,7 +154,10 @@ async def test_a_switch_that_never_says_auth_request_is_given_up_on_and_close_do
         loop = asyncio.get_running_loop()
         t = loop.time()
         await client.close()
-        assert len(ours) == 2 and loop.time() - t < 1.5 and not any(th.is_alive() for th in ours)
+        # The command thread (python-ESL's) and the event link's task (on the loop) are gone.
+        assert [th.name for th in ours] == ["esl-commands-0"] and loop.time() - t < 1.5
+        assert not any(th.is_alive() for th in ours)
+        assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("esl-")]
         await peer.close()
 
 
