@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from websockets.exceptions import ConnectionClosed
@@ -247,7 +248,15 @@ class App:
             connector.send_queue_ms,
             connector.ping_timeout_s,
         )
-        session = CallSession(meta.uuid, self._settings(route, fork_rate))
+        settings = self._settings(route, fork_rate)
+        if meta.stream_args_ignored:
+            # playback.transport: stream, but the switch runs a mod_audio_fork that took the
+            # jambonz module's bidirectional arguments for metadata (the drachtio one): files.
+            self.metrics.errors.labels("stream_not_playing").inc()
+            self.log.error("< fork for %s: playback.transport is stream but this switch's mod_audio_fork is not the jambonz "
+                           "module (it took the bidirectional arguments as metadata); this call plays files", meta.uuid)
+            settings = replace(settings, transport="file")
+        session = CallSession(meta.uuid, settings)
         call = Call(session, ws, intake, target, self.esl, self.metrics, self.log)
         self.calls[meta.uuid] = call
         self.metrics.active_calls.inc()

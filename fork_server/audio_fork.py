@@ -45,6 +45,10 @@ __all__ = [
     "Event",
     "play_audio",
     "kill_audio",
+    "stream_mark",
+    "ModuleMark",
+    "parse_module_text",
+    "MAX_MARK_NAME",
     "disconnect",
     "transcription",
     "transfer",
@@ -79,6 +83,9 @@ class ForkMetadata:
     uuid: str
     raw: str
     rate: int | None = None  # the fork rate the switch was told ("rate" of the rendered metadata)
+    # The drachtio module given the jambonz module's start (playback.transport: stream): it takes
+    # the three bidirectional arguments as part of the metadata (measured) and will never play our audio.
+    stream_args_ignored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +155,17 @@ _SPLIT_HINT = (
 )
 
 
+_STREAM_ARGS_TAIL = re.compile(r"^(\{.*\}) true true [0-9]{1,6}$", re.S)
+
+
 def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
     """Check the metadata text; raise ForkProtocolError with a message that says what to fix."""
     if not text:
         raise ForkProtocolError("empty metadata text frame")
+    tail = _STREAM_ARGS_TAIL.match(text)
+    if tail is not None:
+        meta = _parse_metadata(tail.group(1), expected_route)
+        return ForkMetadata(meta.route, meta.uuid, text, meta.rate, stream_args_ignored=True)
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -393,8 +407,51 @@ def play_audio(pcm: bytes, sample_rate: int, *, content_type: str = "raw", text:
 
 
 def kill_audio() -> str:
-    """``killAudio``: FreeSWITCH stops the current playback (PLAYBACK_STOP ``break``)."""
+    """``killAudio``: FreeSWITCH stops the current playback (PLAYBACK_STOP ``break``); the jambonz
+    module's stream mode also drops the audio it holds (not its 80 ms pre-buffer)."""
     return '{"type":"killAudio"}'
+
+
+# --------------------------------------------------------------------------- the jambonz module's stream mode
+# Measured 2026-12-06 on 1.10.12 with the jambonz mod_audio_fork (bidirectional audio, stream on):
+# a mark is played back as the text frame {"type": "mark", "data": {"name":"<n>", "event": "playout"}}
+# (or "cleared" at a killAudio), with the name NOT JSON-escaped: names are ours, [a-z0-9] only.
+
+MAX_MARK_NAME = 32
+_MARK_NAME = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+
+
+def stream_mark(name: str) -> str:
+    """A mark in the jambonz module's stream: reported back when the audio sent before it has played."""
+    if not isinstance(name, str) or not _MARK_NAME.match(name):
+        raise LocalUsageError(f"stream mark names are ours: [a-z][a-z0-9]{{0,31}}, got {name!r}")
+    return '{"type":"mark","data":{"name":"%s"}}' % name
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleMark:
+    """The module's report of one of our stream marks: ``event`` is "playout" or "cleared"."""
+
+    name: str
+    event: str
+
+
+def parse_module_text(text: str) -> ModuleMark | None:
+    """A text frame from the jambonz module after the metadata: its mark reports; anything else
+    (text a ``send_text`` or ``stop <text>`` carried) is None. Never raises."""
+    if not isinstance(text, str) or len(text) > 4096 or '"mark"' not in text:
+        return None
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    data = doc.get("data") if isinstance(doc, dict) and doc.get("type") == "mark" else None
+    if not isinstance(data, dict):
+        return None
+    name, event = data.get("name"), data.get("event")
+    if not isinstance(name, str) or not _MARK_NAME.match(name) or event not in ("playout", "cleared"):
+        return None
+    return ModuleMark(name, event)
 
 
 def _with_data(kind: str, data: Any) -> str:

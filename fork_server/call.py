@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from websockets.exceptions import ConnectionClosed
 
 from . import esl_messages as em
-from .audio_fork import CallerAudio, ForkDrained, ForkIntake
+from .audio_fork import CallerAudio, ForkDrained, ForkIntake, ForkText, parse_module_text
 from .connector_link import ConnectorLink
 from .errors import (
     ConnectorProtocolError,
@@ -38,6 +38,7 @@ from .session import (
     CallerInfoReady,
     CallSession,
     CloseConnector,
+    CloseFork,
     ConnectConnector,
     ConnectorClosed,
     ConnectorFailed,
@@ -52,6 +53,7 @@ from .session import (
     PlayFile,
     QueueHangup,
     SendAudioToConnector,
+    SendAudioToFork,
     SendDtmfToCaller,
     SendToConnector,
     SendToFork,
@@ -232,6 +234,8 @@ class Call:
                 # REF "Close": after graceful-shutdown the server must close.
                 self.log.info("< fork drained (graceful-shutdown); closing")
                 self.fork.close_now(1000)
+            elif type(ev) is ForkText and (mark := parse_module_text(ev.text)) is not None:
+                self.post(mark)  # the jambonz module reporting one of our stream marks
             else:
                 self.log.info("< fork text %.80r", getattr(ev, "text", ev))
 
@@ -457,11 +461,14 @@ class Call:
         else:
             await self.esl.execute_playback(em.PlaybackCommand(action.uuid, action.path))
 
-    async def _send_fork(self, action: SendToFork) -> None:
+    async def _send_fork(self, action: SendToFork | SendAudioToFork) -> None:
         try:
-            await self.fork.send(action.text)
+            await self.fork.send(action.text if type(action) is SendToFork else action.pcm)  # type: ignore[union-attr]
         except ConnectionClosed:
             pass
+
+    async def _close_fork(self, action: CloseFork) -> None:
+        self.fork.close_now(1000)
 
     async def _break(self, action: BreakPlayback) -> None:
         self.metrics.barge_ins.inc()
@@ -546,6 +553,8 @@ _ACTIONS: dict[type, Callable[[Call, Any], Awaitable[None]]] = {
     WriteSegment: Call._write_segment,
     PlayFile: Call._play,
     SendToFork: Call._send_fork,
+    SendAudioToFork: Call._send_fork,
+    CloseFork: Call._close_fork,
     BreakPlayback: Call._break,
     HangupCall: Call._hangup,
     TransferCall: Call._transfer,

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import connector_protocol as cp, esl_messages as em
+from . import audio_fork, connector_protocol as cp, esl_messages as em
 from .actions import (
     ArmTimer,
     BreakPlayback,
@@ -30,6 +30,7 @@ from .actions import (
     CallerInfoReady,
     CallSummary,
     CloseConnector,
+    CloseFork,
     ConnectConnector,
     ConnectorClosed,
     ConnectorFailed,
@@ -56,7 +57,7 @@ from .actions import (
 )
 from .errors import InvalidTransition, LocalUsageError
 from .pcm import Framer, StreamResampler
-from .playback import FileTransport, InbandTransport, Playback
+from .playback import PROBE_TIMER, FileTransport, InbandTransport, Playback, StreamPlayback
 from .spool import SpoolLayout, valid_uuid
 
 __all__ = [
@@ -129,7 +130,8 @@ def _table() -> dict[State, dict[type, Any]]:
         cp.SendDtmf,
         cp.Malformed,
     )
-    esl_events = (em.PlaybackStarted, em.PlaybackStopped, em.ExecuteComplete, em.Dtmf, em.ForkEvent)
+    esl_events = (em.PlaybackStarted, em.PlaybackStopped, em.ExecuteComplete, em.Dtmf, em.ForkEvent,
+                  audio_fork.ModuleMark)
     ending = {ForkClosed: S.ENDED, em.HangupComplete: S.ENDED}
     late_connector = {ev: IGNORE for ev in connector_events}
     late_connector.update({ConnectorUp: IGNORE, ConnectorFailed: IGNORE, ConnectorClosed: IGNORE})
@@ -242,7 +244,7 @@ class CallSession:
         if settings.playback_command not in ("sendmsg", "uuid_broadcast"):
             raise LocalUsageError(f"unknown playback command {settings.playback_command!r}")
         transport: FileTransport | InbandTransport
-        if settings.transport == "file":
+        if settings.transport in ("file", "stream"):
             transport = FileTransport(settings.spool, settings.playback_command)
         elif settings.transport == "inband":
             transport = InbandTransport(settings.switch_temp_dir, settings.playback_command)
@@ -264,33 +266,41 @@ class CallSession:
         self.replayed_frames = 0
         self.connector_frames = 0
         self.dropped_frames = 0
-        # connector → caller
-        self.playback = Playback(
+        # connector → caller: files (the fallback prompt in every mode, and the TTS unless it streams)
+        self.files = Playback(
             uuid, transport, command=settings.playback_command, ptime_ms=settings.ptime_ms,
             first_segment_ms=settings.first_segment_ms, segment_ms=settings.segment_ms, lead_ms=settings.lead_ms,
             max_spool_bytes=settings.max_spool_bytes, tts_idle_flush_s=settings.tts_idle_flush_s,
         )
-        self.playback.errors = self.errors  # one count per call, whoever counts
+        self.files.errors = self.errors  # one count per call, whoever counts
+        self.stream: StreamPlayback | None = None
+        if settings.transport == "stream":
+            self.stream = StreamPlayback(uuid, tts_idle_flush_s=settings.tts_idle_flush_s)
+            self.stream.errors = self.errors
+        self.playback: Playback | StreamPlayback = self.stream or self.files
         self.barge_ins = 0
         self._reconnects_left = settings.reconnect_attempts
         self._pending_end: HangupRequest | TransferRequest | None = None  # type: ignore[name-defined]
         self._connector_connected = False
 
+    def _cores(self) -> list[Playback | StreamPlayback]:
+        return [self.files] if self.stream is None else [self.files, self.stream]
+
     @property
     def tts_bytes(self) -> int:
-        return self.playback.tts_bytes
+        return sum(c.tts_bytes for c in self._cores())
 
     @property
     def segments_played(self) -> int:
-        return self.playback.segments_played
+        return sum(c.segments_played for c in self._cores())
 
     @property
     def marks_played(self) -> int:
-        return self.playback.marks_played
+        return sum(c.marks_played for c in self._cores())
 
     @property
     def marks_cleared(self) -> int:
-        return self.playback.marks_cleared
+        return sum(c.marks_cleared for c in self._cores())
 
     # ---------------------------------------------------------------- entry points
 
@@ -350,10 +360,10 @@ class CallSession:
             actions += self._enter(target, event)
         if handler is not None and self.state is not State.ENDED:
             actions += handler(self, event)
-        if self.playback.queue and self.state is not State.ENDED and (
-            type(event) in _PLAYBACK_PROGRESS or any(type(a) is PlayFile for a in actions)
-        ):
-            actions.append(self.playback.watchdog())
+        if self.state is not State.ENDED:
+            for core in self._cores():
+                if core.needs_watchdog(event, actions):
+                    actions.append(core.watchdog())
         return actions
 
     def _move(self, target: State) -> None:
@@ -416,19 +426,23 @@ class CallSession:
         # is back, since nothing else can end or move the call (REF: no mod_audio_fork message
         # hangs up, transfers or plays).
         if s.fallback_action == "transfer" and s.fallback_target:
-            return acts + [TransferCall(self.uuid, s.fallback_target), StopFork(self.uuid)]
+            return acts + [TransferCall(self.uuid, s.fallback_target), self._stop_fork()]
         if isinstance(event, ForkFailed):
             self.outcome = "fork_error"
             if s.fallback_action != "transfer":  # (a transfer stops the fork anyway)
-                acts.append(StopFork(self.uuid))  # we close it: the bug would stay attached (REF "Close")
+                acts.append(self._stop_fork())  # we close it: the bug would stay attached (REF "Close")
         if s.fallback_action == "play" and s.fallback_file:
             # Queued behind the prompt on the switch (event-lock): the hangup happens after it
             # has played even if we never see its PLAYBACK_STOP, or the fork is gone by then.
-            return acts + self.playback.prompt(s.fallback_file) + [QueueHangup(self.uuid)]
+            return acts + self.files.prompt(s.fallback_file) + [QueueHangup(self.uuid)]
         return acts + [HangupCall(self.uuid)]
 
     def _connector_open(self) -> bool:
         return self._connector_connected
+
+    def _stop_fork(self) -> StopFork | CloseFork:
+        # Streaming: never `uuid_audio_fork stop` while our frames may still arrive (see CloseFork).
+        return CloseFork() if self.stream is not None else StopFork(self.uuid)
 
     def _finish(self, event: Any) -> list[Any]:
         acts: list[Any] = []
@@ -444,7 +458,8 @@ class CallSession:
             acts += [SendToConnector(cp.stop(reason)), CloseConnector()]
         else:
             acts.append(CloseConnector())
-        acts += self.playback.finish()
+        for core in self._cores():
+            acts += core.finish()
         acts.append(Finished(self.summary()))
         return acts
 
@@ -475,8 +490,10 @@ class CallSession:
             self.write_rate = ev.write_rate
         else:
             self._count("write_rate_unusable")
-        self.playback.begin(self.write_rate)
-        return [ConnectConnector(resumed=False)]
+        acts: list[Any] = []
+        for core in self._cores():
+            acts += core.begin(self.write_rate)
+        return acts + [ConnectConnector(resumed=False)]
 
     def _on_connector_lost(self, ev: ConnectorClosed | ConnectorFailed) -> list[Any]:
         if self.state is not State.ACTIVE and self.state is not State.RECONNECTING:
@@ -500,14 +517,19 @@ class CallSession:
         return self.playback.tts(ev)
 
     def _on_audio_format(self, ev: cp.AudioFormat) -> list[Any]:
-        return self.playback.audio_format(ev)
+        acts: list[Any] = []
+        for core in self._cores():  # both: the files take over if the stream never plays
+            acts += core.audio_format(ev)
+        return acts
 
     def _on_clear(self, ev: cp.Clear) -> list[Any]:
         self.barge_ins += 1
         return self._drop_playback()
 
     def _drop_playback(self) -> list[Any]:
-        acts = self.playback.drop()
+        acts: list[Any] = []
+        for core in self._cores():
+            acts += core.drop()
         if self._pending_end is not None:
             # Nothing is left to wait for: the requested hangup/transfer happens now.
             pending, self._pending_end = self._pending_end, None
@@ -541,14 +563,14 @@ class CallSession:
                 SendToConnector(cp.stop("transfer")),
                 CloseConnector(),
                 TransferCall(self.uuid, ev.target),
-                StopFork(self.uuid),
+                self._stop_fork(),
             ]
         self.outcome = "connector_hangup"
         return [SendToConnector(cp.stop("connector_hangup")), CloseConnector(), HangupCall(self.uuid)]
 
     def _end_if_played(self) -> list[Any]:
         """A hangup or transfer asked for after playback goes once nothing is left to play."""
-        if self.state is State.ENDING and self._pending_end is not None and self.playback.idle:
+        if self.state is State.ENDING and self._pending_end is not None and all(c.idle for c in self._cores()):
             pending, self._pending_end = self._pending_end, None
             return self._end_now(pending)
         return []
@@ -563,13 +585,18 @@ class CallSession:
     # ---------------------------------------------------------------- handlers: ESL
 
     def _on_playback_started(self, ev: em.PlaybackStarted) -> list[Any]:
-        return self.playback.started(ev)
+        return self.files.started(ev)
 
     def _on_playback_stopped(self, ev: em.PlaybackStopped) -> list[Any]:
-        return self.playback.stopped(ev) + self._end_if_played()
+        return self.files.stopped(ev) + self._end_if_played()
 
     def _on_playback_failed(self, ev: PlaybackFailed) -> list[Any]:
-        return self.playback.failed(ev.path) + self._end_if_played()
+        return self.files.failed(ev.path) + self._end_if_played()
+
+    def _on_module_mark(self, ev: audio_fork.ModuleMark) -> list[Any]:
+        if self.stream is None:
+            return []
+        return self.stream.module_mark(ev) + self._end_if_played()
 
     def _on_dtmf(self, ev: em.Dtmf) -> list[Any]:
         if self.state is not State.ACTIVE:
@@ -577,11 +604,11 @@ class CallSession:
         return [SendToConnector(cp.dtmf(ev.digit, ev.duration_ms))]
 
     def _on_execute_complete(self, ev: em.ExecuteComplete) -> list[Any]:
-        return self.playback.not_started(ev) + self._end_if_played()
+        return self.files.not_started(ev) + self._end_if_played()
 
     def _on_fork_event(self, ev: em.ForkEvent) -> list[Any]:
         if ev.name == "play_audio":
-            return self.playback.file_arrived(ev)
+            return self.files.file_arrived(ev)
         if ev.name == "buffer_overrun":
             self._count("fork_buffer_overrun")
         elif ev.name == "disconnect":
@@ -589,11 +616,30 @@ class CallSession:
         return []
 
     def _on_timer(self, ev: TimerFired) -> list[Any]:
-        return self.playback.timer(ev.name) + self._end_if_played()
+        acts: list[Any] = []
+        for core in self._cores():
+            acts += core.timer(ev.name)
+        if ev.name == PROBE_TIMER and self.stream is not None and self.stream.failed:
+            acts += self._stream_to_files()
+        return acts + self._end_if_played()
+
+    def _stream_to_files(self) -> list[Any]:
+        """The module never answered the probe (the drachtio module, or a start without the
+        bidirectional arguments): this call's speech goes as files, what waited included."""
+        stream = self.stream
+        if stream is None:
+            return []
+        audio, marks = stream.take_unsent()
+        self.playback = self.files
+        acts: list[Any] = []
+        if audio and self.state is State.ACTIVE:
+            acts += self.files.tts(cp.TtsAudio(audio, self.write_rate))
+        for name in marks:
+            acts += self.files.mark(name)
+        return acts
 
 
 _MISSING = object()
-_PLAYBACK_PROGRESS = frozenset({em.PlaybackStarted, em.PlaybackStopped})
 
 # Imported names used in annotations above.
 HangupRequest = cp.HangupRequest
@@ -616,6 +662,7 @@ _HANDLERS = {
     em.Dtmf: CallSession._on_dtmf,
     em.ExecuteComplete: CallSession._on_execute_complete,
     em.ForkEvent: CallSession._on_fork_event,
+    audio_fork.ModuleMark: CallSession._on_module_mark,
     TimerFired: CallSession._on_timer,
     PlaybackFailed: CallSession._on_playback_failed,
 }

@@ -126,9 +126,22 @@ def fork_metadata(route: Route) -> str:
     return json.dumps({"route": route.name, "uuid": "${uuid}", "rate": rate_token(route.rate)}, separators=(",", ":"))
 
 
+# playback.transport: stream (the jambonz mod_audio_fork, measured on 1.10.12 on 2026-12-06): its
+# bidirectional arguments are read only with all 10 tokens, the bugname included; its audio is
+# played at the channel's own rate (bit-exact at read_rate, broken at any other); and it plays
+# only while the channel writes frames, which a parked channel does with send_silence_when_idle.
+STREAM_ARGS = "true true ${read_rate}"
+STREAM_BUGNAME = "audio_fork"
+STREAM_IDLE_DATA = "send_silence_when_idle=-1"
+
+
 def fork_action_data(config: Config, route: Route) -> str:
     url = _safe(config.fork_server.fork_url(route.name), f"routes[{route.name}] fork URL", argument=True)
-    return f"fork_result=${{uuid_audio_fork(${{uuid}} start {url} mono {rate_token(route.rate)} {fork_metadata(route)})}}"
+    if config.playback.transport == "stream":
+        args = f"{STREAM_BUGNAME} {fork_metadata(route)} {STREAM_ARGS}"
+    else:
+        args = fork_metadata(route)
+    return f"fork_result=${{uuid_audio_fork(${{uuid}} start {url} mono {rate_token(route.rate)} {args})}}"
 
 
 def route_expression(route: Route) -> str:
@@ -138,10 +151,9 @@ def route_expression(route: Route) -> str:
 class _RouteView(NamedTuple):  # attributes, not a dict: Jinja's r.name is a plain getattr then
     name: str
     expression: str
-    fork_url: str
-    rate: str
+    fork: str  # the fork action's data
     auto_rate: str | None  # the set action's data for rate: auto
-    metadata: str
+    stream: bool  # playback.transport: stream
     max_duration_s: int | None
     greeting: str | None
 
@@ -157,10 +169,9 @@ def _route_view(config: Config, r: Route) -> _RouteView:
     return _RouteView(
         name=_safe(r.name, f"{where}.name", argument=True),
         expression=_safe(route_expression(r), f"{where}.pattern", expression=True),
-        fork_url=_safe(config.fork_server.fork_url(r.name), f"{where} fork URL", argument=True),
-        rate=rate_token(r.rate),
+        fork=fork_action_data(config, r),
         auto_rate=AUTO_RATE_DATA if r.rate == AUTO_RATE else None,
-        metadata=fork_metadata(r),
+        stream=config.playback.transport == "stream",
         max_duration_s=r.max_duration_s,
         greeting=_safe(r.greeting, f"{where}.greeting", argument=True) if r.greeting else None,
     )
@@ -274,7 +285,7 @@ def _parse(path: str, text: str) -> ET.Element:
         raise RenderError(f"{path}: rendered XML is not well-formed: {e}") from None
 
 
-def _expected_actions(r: Route, auth: Mapping[str, str] | None, fork: str) -> list[tuple[str, str | None]]:
+def _expected_actions(r: Route, fork: str, stream: bool) -> list[tuple[str, str | None]]:
     """DESIGN.md "Rendered dialplan": the exact action list of a route's extension."""
     actions: list[tuple[str, str | None]] = [
         ("set", f"voicefork_route={r.name}"), ("set", f"jitterbuffer_msec={JITTER_BUFFER_MS}"), ("answer", None),
@@ -286,6 +297,8 @@ def _expected_actions(r: Route, auth: Mapping[str, str] | None, fork: str) -> li
         actions.append(("sched_hangup", f"+{r.max_duration_s} ALLOTTED_TIMEOUT"))
     if r.greeting:
         actions.append(("playback", r.greeting))
+    if stream:
+        actions.append(("set", STREAM_IDLE_DATA))
     actions.append(("park", None))
     return actions
 
@@ -330,7 +343,8 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
         if any(a.tag != "action" or len(a.attrib) > 2 for a in cond):
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected element in the condition")
         fork = fork_action_data(config, r)
-        expected = _expected_actions(r, auth, fork)
+        stream = config.playback.transport == "stream"
+        expected = _expected_actions(r, fork, stream)
         if actions != expected:
             apps, want = [a for a, _ in actions], [a for a, _ in expected]
             if apps != want:
@@ -342,7 +356,7 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
         for _, data in actions:
             if data and data not in (fork, AUTO_RATE_DATA) and "${" in data:
                 raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected expansion in {data!r}")
-        if fork.count("${") != (5 if r.rate == AUTO_RATE else 3):
+        if fork.count("${") != (5 if r.rate == AUTO_RATE else 3) + (1 if stream else 0):
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: the fork action holds an extra expansion")
 
 

@@ -181,14 +181,15 @@ TRUNK = _section(
 )
 
 PLAYBACK_COMMANDS = ("sendmsg", "uuid_broadcast")
-PLAYBACK_TRANSPORTS = ("file", "inband")
+PLAYBACK_TRANSPORTS = ("file", "inband", "stream")
 PLAYBACK = _section(
     spool_dir=Key("Spool directory as the fork server sees it.", required=True),
     freeswitch_spool_dir=Key("The same directory as FreeSWITCH sees it.", required=True, pattern=ABS_PATH,
                              expected="an absolute path without spaces"),
     command=Key("sendmsg (gap-free) or uuid_broadcast.", enum=PLAYBACK_COMMANDS, expected="sendmsg or uuid_broadcast"),
-    transport=Key("file, or inband (playAudio over the fork socket).", enum=PLAYBACK_TRANSPORTS,
-                  expected="file or inband"),
+    transport=Key("file (the default), inband (playAudio over the fork socket), or stream (binary audio over the "
+                  "fork socket; needs the jambonz mod_audio_fork, AGPL outside jambonz).", enum=PLAYBACK_TRANSPORTS,
+                  expected="file, inband or stream"),
     first_segment_ms=Key("First TTS segment of an utterance, ms.", "int", lo=40, hi=120, step=20),
     segment_ms=Key("Longest later TTS segment, ms (TTS faster than real time fills it: fewer files, fewer events).", "int",
                    lo=40, hi=5000, step=20),

@@ -159,11 +159,18 @@ class RealSwitch:
     """``FREESWITCH_BIN`` on a throwaway conf tree; ``start()`` returns once ESL answers."""
 
     def __init__(self, binary: str, rendered: Mapping[str, str], workdir: Path, *, sip_port: int, esl_port: int, esl_password: str,
-                 rtp_base: int | None = None, log_level: str | None = None) -> None:
+                 rtp_base: int | None = None, log_level: str | None = None, fork_module: str = "drachtio") -> None:
         """``rtp_base``: first of the 1000 RTP ports (default: a random free-looking range, see
-        :func:`rtp_range`); ``log_level``: switch.conf's ``loglevel`` (default: FreeSWITCH's own, debug)."""
+        :func:`rtp_range`); ``log_level``: switch.conf's ``loglevel`` (default: FreeSWITCH's own, debug);
+        ``fork_module``: ``jambonz`` runs the module dir ``just freeswitch`` builds beside the stock
+        one, ``mod-jambonz/`` (the jambonz mod_audio_fork, for ``playback.transport: stream``)."""
         self.binary, self.workdir = binary, workdir
         self.sip_port, self.esl_port, self.esl_password = sip_port, esl_port, esl_password
+        if fork_module not in ("drachtio", "jambonz"):
+            raise ValueError(f"fork_module is drachtio or jambonz, got {fork_module!r}")
+        self.module_dir = Path(binary).resolve().parents[1] / "mod-jambonz" if fork_module == "jambonz" else None
+        if self.module_dir is not None and not (self.module_dir / "mod_audio_fork.so").exists():
+            raise RuntimeError(f"no jambonz mod_audio_fork at {self.module_dir} (just freeswitch builds it)")
         base = rtp_range() if rtp_base is None else rtp_base
         self.files = _conf_tree(rendered, sip_port, base, workdir / "conf", log_level)
         self.proc: asyncio.subprocess.Process | None = None
@@ -180,6 +187,7 @@ class RealSwitch:
         self.proc = await asyncio.create_subprocess_exec(
             self.binary, "-nonat", "-nc", "-nf", "-np", "-conf", str(conf), "-log", str(dirs["log"]),
             "-db", str(dirs["db"]), "-run", str(dirs["run"]), "-temp", str(dirs["temp"]),
+            *(["-mod", str(self.module_dir)] if self.module_dir is not None else []),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         try:
@@ -257,6 +265,7 @@ class RealStack:
         connector_options: Mapping[str, Any] | None = None,
         playback: Mapping[str, Any] | None = None,
         connector_url_override: str | None = None,
+        fork_module: str = "drachtio",
     ) -> None:
         self.binary = binary
         self.base = load_config(str(config))
@@ -264,6 +273,7 @@ class RealStack:
         self.connector = ConnectorServer(connector_mode, **dict(connector_options or {}))
         self.playback = dict(playback or {})
         self.connector_url_override = connector_url_override
+        self.fork_module = fork_module
         self.app: App | None = None
         self.switch: RealSwitch | None = None
         self.caller: SipCaller | None = None
@@ -297,7 +307,7 @@ class RealStack:
         self.rendered = render(self.config, self.env)
         self.switch = RealSwitch(
             self.binary, self.rendered, self.workdir, sip_port=sip_port, esl_port=esl_port,
-            esl_password=self.env[self.base.freeswitch.esl_password_env],
+            esl_password=self.env[self.base.freeswitch.esl_password_env], fork_module=self.fork_module,
         )
         await self.switch.start()
         if not await self.app.esl.wait_up(20):

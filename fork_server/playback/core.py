@@ -105,10 +105,11 @@ class Playback:
 
     # ------------------------------------------------------------------ set-up and state
 
-    def begin(self, write_rate: int) -> None:
+    def begin(self, write_rate: int) -> list[Any]:
         """The channel's write rate is known (the caller lookup): segments can be made."""
         self.write_rate = write_rate
         self._planner = SegmentPlanner(write_rate, self.command, **self._planner_args)  # type: ignore[arg-type]
+        return []
 
     @property
     def ready(self) -> bool:
@@ -297,6 +298,11 @@ class Playback:
         # before: 11 timer events per call per second, 3x all other events; issue 5.)
         self._tts_idle = True
         return self._refill()
+
+    def needs_watchdog(self, event: Any, actions: list[Any]) -> bool:
+        """Playback progress, or a file newly queued: the watchdog is (re)armed."""
+        return bool(self.queue) and (
+            type(event) in (em.PlaybackStarted, em.PlaybackStopped) or any(type(a) is PlayFile for a in actions))
 
     def watchdog(self) -> ArmTimer:
         """(Re)arm the playback watchdog: if the switch reports no playback progress for as long

@@ -366,3 +366,13 @@ def test_kill_audio_and_other_messages():
 )
 def test_expected_play_audio_extension_follows_ref_table(content_type, rate, ext):
     assert af.expected_play_audio_extension(content_type, rate) == ext
+
+
+def test_the_drachtio_module_given_the_stream_start_is_recognised():
+    # Measured: the drachtio module takes the jambonz module's three bidirectional arguments as
+    # part of the metadata; such a fork will never play streamed audio.
+    text = '{"route":"support","uuid":"%s","rate":"8k"} true true 8000' % UUID
+    (meta,) = ForkIntake(expected_route="support").receive_text(text)
+    assert (meta.uuid, meta.rate, meta.stream_args_ignored, meta.raw) == (UUID, 8000, True, text)
+    (plain,) = ForkIntake().receive_text(META)
+    assert plain.stream_args_ignored is False

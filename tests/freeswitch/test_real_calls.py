@@ -21,7 +21,7 @@ BIN = os.environ.get("FREESWITCH_BIN")
 pytestmark = pytest.mark.freeswitch  # skipped without FREESWITCH_BIN, failed under CI=true (conftest.py)
 pytest.importorskip("ESL")
 
-from testbed.audio_compare import best_aligned_snr, lag_of  # noqa: E402
+from testbed.audio_compare import best_aligned_snr, blockwise, lag_of  # noqa: E402
 from testbed.real_switch import RealStack  # noqa: E402
 from testbed.sip_caller import ulaw_decode, ulaw_encode  # noqa: E402
 from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav, sentences_with_pauses  # noqa: E402
@@ -190,4 +190,76 @@ async def test_unreachable_connector_runs_the_route_fallback():
             assert time.monotonic() < end, await dests()
             await asyncio.sleep(0.1)
         b.hangup()
+        await cleaned_up(s)
+
+
+# ------------------------------------------------------------------ playback.transport: stream (the jambonz module)
+
+STREAM = {"playback": {"transport": "stream"}, "fork_module": "jambonz"}
+
+
+async def test_stream_caller_hears_all_tts_in_order_with_no_gap():
+    async with RealStack(BIN, connector_options=bot(mark_every_ms=1000), **STREAM) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        await record.wait_mark("end", timeout=30)
+        await asyncio.sleep(0.3)
+        # The channel writes frames all the time (send_silence_when_idle): the bot's speech is the
+        # loud part of what the caller heard, and it must be whole, in order, with no hole.
+        heard = np.frombuffer(call.ear.timeline(), "<i2").astype(np.float64)
+        ref = np.frombuffer(load_wav(BOT_ANSWER, 8000), "<i2").astype(np.float64)
+        blocks = blockwise(ref, heard)  # the module slides the audio one sample per mark it is given
+        lags, snrs = [lag for lag, _ in blocks], sorted(snr for _, snr in blocks)
+        loud = [p for p in call.ear.packets if np.abs(np.frombuffer(p.pcm, "<i2")).max() > 300]
+        first_loud = loud[0].time - record.sent_of("audio")[0].t
+        print(f"real FreeSWITCH stream: {len(call.ear.packets)} packets, holes {call.ear.gaps()}, heard vs sent per "
+              f"400 ms block: median {snrs[len(snrs) // 2]:.1f} dB, worst {snrs[0]:.1f} dB, lag {min(lags)}..{max(lags)} "
+              f"samples; first TTS byte sent → first speech at the caller {1000 * first_loud:.0f} ms; "
+              f"marks {[(m.name, m.status) for m in record.marks]}")
+        assert call.ear.gaps() == [] and max(lags) - min(lags) <= 16, lags  # in order, nothing lost or added
+        assert snrs[len(snrs) // 2] >= 30, snrs  # μ-law bounds it at ~38 dB
+        assert all(m.status == "played" for m in record.marks) and record.mark_status("end") == "played"
+        assert not s.spool_files()  # no file was ever written
+        call.hangup()
+        await cleaned_up(s)
+
+
+async def test_stream_barge_in_silences_the_bot_within_60_ms_and_clears_marks():
+    async with RealStack(BIN, connector_options=bot(bargein=True, speed=1.5, mark_every_ms=500), **STREAM) as s:
+        call = await s.place_call(SUPPORT)
+        record = await s.connector.wait_call(0, timeout=10)
+        loud = lambda: [p for p in call.ear.packets if np.abs(np.frombuffer(p.pcm, "<i2")).max() > 300]  # noqa: E731
+        await until(lambda: len(loud()) >= 40, what="0.8 s of bot speech")
+        call.say(ulaw_decode(ulaw_encode(load_wav(CALLER_BARGEIN, 8000))))
+        await until(lambda: record.clears_sent, what="clear")
+        clear_at = record.clears_sent[0]
+        await asyncio.sleep(0.5)
+        late = [p for p in loud() if p.time > clear_at + 0.060]
+        last = max(p.time for p in loud())
+        print(f"real FreeSWITCH stream barge-in: last loud RTP {1000 * (last - clear_at):.0f} ms after clear")
+        assert late == [], f"{len(late)} loud packets more than 60 ms after clear"
+        assert [m for m in record.marks if m.status == "cleared"], record.marks
+        call.hangup()
+        await cleaned_up(s)
+
+
+async def test_stream_the_ai_hears_every_caller_frame_while_the_bot_talks():
+    # Full duplex: the caller talks over the bot for the whole answer; what the connector got is
+    # what the caller's codec carried, frame for frame (file playback silenced 2 frames per file
+    # before the jitter buffer; the stream never touches the caller's read path).
+    async with RealStack(BIN, connector_options=bot(mark_every_ms=0), **STREAM) as s:
+        call = await s.place_call(SALES)
+        record = await s.connector.wait_call(0, timeout=10)
+        said = ulaw_decode(ulaw_encode(load_wav(CALLER_QUESTION, 8000) * 2))
+        await until(lambda: record.sent_of("audio"), what="the bot to start")
+        call.say(said)
+        await until(lambda: not call.speaking, timeout=20, what="the caller to finish")
+        await asyncio.sleep(0.5)
+        call.hangup()
+        await record.wait_stopped(timeout=5)
+        got = np.frombuffer(record.audio(), "<i2")
+        ref = soxr.resample(np.frombuffer(said, "<i2").astype(np.float64), 8000, 16000, "VHQ")
+        snr = best_aligned_snr(ref, got, in_band=True)
+        print(f"real FreeSWITCH stream, caller over the bot: connector audio vs reference {snr:.1f} dB")
+        assert snr >= 85, f"{snr:.1f} dB"
         await cleaned_up(s)

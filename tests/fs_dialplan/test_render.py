@@ -216,3 +216,24 @@ def test_comment_text_cannot_end_an_xml_comment(tmp_path):
         if rel.endswith(".xml"):
             ET.fromstring(text)
             assert "$${" not in text and "a--b" not in text
+
+
+def test_stream_transport_renders_the_jambonz_modules_start_and_idle_silence(example):
+    # Measured on 1.10.12 with the jambonz mod_audio_fork: the bidirectional arguments count only
+    # with all 10 tokens (bugname included), its audio plays bit-exact at the channel's own rate
+    # (read_rate), and a parked channel plays it only with send_silence_when_idle.
+    from dataclasses import replace
+
+    config = replace(example, playback=replace(example.playback, transport="stream"))
+    root = ET.fromstring(render(config, ENV)[DIALPLAN_FILE])
+    ext = next(e for e in root.iter("extension") if e.get("name") == "voicefork_uk-line")
+    data = [a.get("data") for a in ext.iter("action")]
+    apps = [a.get("application") for a in ext.iter("action")]
+    assert ('fork_result=${uuid_audio_fork(${uuid} start ws://127.0.0.1:8099/calls/uk-line mono 16k audio_fork '
+            '{"route":"uk-line","uuid":"${uuid}","rate":"16k"} true true ${read_rate})}') in data
+    assert apps[-2:] == ["set", "park"] and data[-2] == "send_silence_when_idle=-1"
+    from testbed.freeswitch.fork_args import separate_blank
+
+    fork = next(d for d in data if d and d.startswith("fork_result="))
+    line = fork[len("fork_result=${uuid_audio_fork("):-2].replace("${uuid}", "U").replace("${read_rate}", "8000")
+    assert separate_blank(line, 10)[5:] == ["audio_fork", '{"route":"uk-line","uuid":"U","rate":"16k"}', "true", "true", "8000"]
