@@ -7,8 +7,9 @@ report's sections in brackets), not its documentation:
   resampled at low quality and breaks marks) [Q2].
 * It is released in batches, 160 ms the first time per fork, then 80 ms; a tail shorter than a
   batch waits for more audio, with no timer. So messages are whole 80 ms (the fork's first one
-  160 ms), an utterance starts once 160 ms is buffered (staying ahead of real time: sent at
-  real time, holes), and ends with 80 ms of zeros that push the tail out [Q2].
+  160 ms), an utterance starts once one release is buffered (160 ms for the fork's first, then
+  80: a connector faster than real time stays ahead from there; sent at exactly real time the
+  module left holes), and ends with 80 ms of zeros that push the tail out [Q2].
 * Its mark is the only "heard" notice: a ``-1`` sample while a mark is pending is taken for the
   mark's own marker and fires it early, so every ``-1`` becomes ``0``; at most 30 are pending
   (later ones are dropped silently); names are not escaped, so ours are ``[a-z][a-z0-9]*`` and the
@@ -21,6 +22,10 @@ report's sections in brackets), not its documentation:
   heard, and bound how far ahead of the caller we send (the module's buffer has no limit) [Q2].
 * A probe mark at the start: no reply means the audio would never play (the drachtio module, or
   the start without its bidirectional arguments), and the call falls back to files [Q1].
+* An utterance ends (padded, zeros, end mark) only after ``tts_idle_flush_s`` with no TTS, at
+  least 250 ms: an end pad is 80 ms of silence, so ending at the file path's 60 ms put 120 ms of
+  silence after every chunk of a connector sending 100 ms every 83 ms (1.2x real time; measured:
+  308 silent packets inside 5 s of speech). What waits is our sub-message tail, not the module's.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ STREAM_WATCHDOG = "stream_watchdog"
 _PROBE_S = 0.5  # the probe came back within 5.7 ms when the audio would play [Q1]
 _MAX_MODULE_MARKS = 28  # the module keeps 30; two are left for the fence and the end
 _WATCHDOG_SLACK_S = 2.0
+_MIN_IDLE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -80,7 +86,7 @@ class StreamPlayback:
         self.uuid = uuid
         self.message_ms, self.first_ms, self.progress_ms = message_ms, first_ms, progress_ms
         self.max_ahead_ms, self.max_buffer_ms = max_ahead_ms, max_buffer_ms
-        self.tts_idle_flush_s = tts_idle_flush_s
+        self.tts_idle_flush_s = max(tts_idle_flush_s, _MIN_IDLE_S)
         self.write_rate = 0
         self._tts_rate = CONNECTOR_RATE
         self._down: StreamResampler | None = None
@@ -313,8 +319,9 @@ class StreamPlayback:
                 break  # far ahead of the caller: the rest waits here (bounded) for progress marks
             before_mark = len(self._out) > 1
             msg = self._bytes(self.first_ms if self._fork_first else self.message_ms)
-            if not self._speaking and not before_mark and not force and self._buffered < self._bytes(self.first_ms):
-                break  # an utterance starts 160 ms ahead of the caller
+            start = self.first_ms if self._fork_first else self.message_ms
+            if not self._speaking and not before_mark and not force and self._buffered < self._bytes(start):
+                break  # an utterance starts with a whole release of the module (160 ms, then 80)
             if len(head) >= msg:
                 take = msg
             elif before_mark or force:

@@ -57,18 +57,18 @@ routes:
   spool_dir: {spool}
   freeswitch_spool_dir: {spool}
   command: sendmsg
-  transport: file
+  transport: {transport}
 """
 
 
 def write_config(work: Path, *, esl_port: int, connector_url: str, spool: Path, fork_port: int = 8099,
-                 ping_interval: float | None = None) -> Path:
+                 ping_interval: float | None = None, transport: str = "file") -> Path:
     """``<work>/voicefork-bench.yaml``; ``fork_port`` is the one the rendered dialplan forks to."""
     routes = "".join(f'  - name: {r.name}\n    number: "{r.number}"\n    rate: {r.rate // 1000}k\n' for r in ROUTES)
     path = work / "voicefork-bench.yaml"
     path.write_text(CONFIG.format(
         esl_port=esl_port, tmp=work, fork_port=fork_port, user=FORK_AUTH[0], connector=connector_url, spool=spool,
-        ping=f"    ping_interval: {ping_interval}s\n" if ping_interval else "", routes=routes,
+        ping=f"    ping_interval: {ping_interval}s\n" if ping_interval else "", routes=routes, transport=transport,
     ))
     return path
 

@@ -89,6 +89,11 @@ class RtpLeg(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         h = parse_header(data)
         if h is not None and h[0] == _PCMU:
+            # Digital silence (μ-law 0xFF/0x7F) is no bot audio: a channel that writes frames all the
+            # time (the stream transport's send_silence_when_idle) sends it between utterances and on
+            # an underrun, which then reads as a hole. (The bench's bot is never digitally silent.)
+            if not data[12 + 4 * (data[0] & 0x0F):].translate(None, b"\xff\x7f"):
+                return
             self.gen.bot_audio(self.call, h[1], h[2], now_ns(), h[3])
 
     def error_received(self, exc: Exception) -> None:

@@ -116,7 +116,7 @@ class Server:
         self.spool.mkdir(exist_ok=True)
         self.config = benchconf.write_config(
             self.work, esl_port=self.esl_port, connector_url=self.gen.connector_url(), spool=self.spool,
-            fork_port=self.fork_port or 8099, ping_interval=self.opts.ping_interval,
+            fork_port=self.fork_port or 8099, ping_interval=self.opts.ping_interval, transport=self.opts.transport,
         )
         return self.config
 
@@ -223,7 +223,8 @@ async def _point(kind: str, switch: str, n: int, opts: argparse.Namespace, work:
             gen.switch.spool = str(server.spool)
             if real:
                 fs = await start_real_switch(opts.fs_bin, rendered, work, sip_port=sip_port, esl_port=esl_port,
-                                             esl_password=ESL_PASSWORD, log_level=opts.fs_log_level)
+                                             esl_password=ESL_PASSWORD, log_level=opts.fs_log_level,
+                                             fork_module="jambonz" if opts.transport == "stream" else "drachtio")
                 fs_tree = ProcTree(fs.pid)  # type: ignore[arg-type]
         await server.start()
         tree = ProcTree(server.proc.pid)  # type: ignore[union-attr]
@@ -440,7 +441,9 @@ async def run_async(opts: argparse.Namespace) -> dict[str, Any]:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     # Per N: the fork server on the emulated switch, then (--switch real) on the real one, then the baseline.
-    points = [("voicefork", "emulated")] + ([("voicefork", "real")] if opts.switch == "real" else [])
+    # The bench's emulated switch has no jambonz module: a stream run is measured on the real switch only.
+    points = [] if opts.transport == "stream" else [("voicefork", "emulated")]
+    points += [("voicefork", "real")] if opts.switch == "real" else []
     points += [] if opts.no_baseline else [("relay", "emulated")]
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -454,7 +457,7 @@ async def run_async(opts: argparse.Namespace) -> dict[str, Any]:
     talk = (f"bot speaks {p.duty:.0%} of the time ({p.speech_s:g} s TTS every {p.period_s:g} s in {p.chunk_ms} ms chunks "
             f"every {p.chunk_every_ms} ms, every {p.bargein_every}th utterance cut by a barge-in after {p.bargein_after_s:g} s)"
             if p.speech_s else "silent bot (caller audio only)")
-    print(f"capacity bench: switch={opts.switch} loop={opts.loop} workers={opts.workers} esl={opts.esl} window={opts.window:g}s "
+    print(f"capacity bench: switch={opts.switch} loop={opts.loop} workers={opts.workers} esl={opts.esl} transport={opts.transport} window={opts.window:g}s "
           f"spool={opts.work_dir}; {talk}; loadavg {loadavg()}", flush=True)
     print(LEGEND, flush=True)
     print(HEADER, flush=True)
@@ -522,6 +525,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--esl", choices=("python-esl", "asyncio", "python-esl-unguarded"), default="python-esl",
                    help="the fork server's ESL client (python-esl-unguarded: without the framing guard, for comparison)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare websockets relay")
+    p.add_argument("--transport", choices=("file", "stream"), default="file",
+                   help="playback.transport of the fork server; stream needs --switch real (the jambonz module "
+                        "`just freeswitch` builds into mod-jambonz/)")
     p.add_argument("--ping-interval", type=float, default=None,
                    help="the connector's ping_interval, s (default: the config default, 0.5 s)")
     p.add_argument("--silent-bot", action="store_true", help="no TTS, marks or barge-ins: the caller path alone")
@@ -548,6 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             opts.fs_bin = freeswitch_bin()
         except MissingSwitch as exc:
             p.exit(2, f"capacity: --switch real: {exc}\n")
+    if opts.transport == "stream" and opts.switch != "real":
+        p.error("--transport stream needs --switch real (the bench's emulated switch has no jambonz module)")
     if opts.quick:
         opts.window, opts.settle = (10.0, 1.0) if opts.switch == "real" else (8.0, 1.0)
         opts.calls = opts.calls or ("4" if opts.switch == "real" else "20,50")

@@ -36,9 +36,9 @@ def freeswitch_bin() -> str:
 
 
 async def start_real_switch(binary: str, rendered: Mapping[str, str], work: Path, *, sip_port: int, esl_port: int,
-                            esl_password: str, log_level: str | None = None) -> RealSwitch:
+                            esl_password: str, log_level: str | None = None, fork_module: str = "drachtio") -> RealSwitch:
     fs = RealSwitch(binary, rendered, work, sip_port=sip_port, esl_port=esl_port, esl_password=esl_password,
-                    log_level=log_level)
+                    log_level=log_level, fork_module=fork_module)
     await fs.start()
     await asyncio.sleep(SETTLE_S)
     if fs.pid is None:

@@ -62,7 +62,7 @@ def test_the_end_of_an_utterance_is_padded_and_pushed_out_by_80_ms_of_zeros_then
     s = probed()
     acts = s.tts(tts(250))
     assert [len(p) for p in audio(acts)] == [160 * MS, 80 * MS]  # 10 ms left over
-    assert ArmTimer(TTS_IDLE, 0.06) in acts
+    assert ArmTimer(TTS_IDLE, 0.25) in acts  # an end pad is 80 ms of silence: only after a real pause
     end = s.timer(TTS_IDLE)
     pcm = audio(end)
     assert [len(p) for p in pcm] == [80 * MS, 80 * MS]  # the 10 ms padded, then the zero pad
