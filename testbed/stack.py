@@ -32,7 +32,7 @@ from fs_dialplan.render import render, write_tree
 
 from .connector.server import ConnectorServer
 from .freeswitch.esl_server import EslServer
-from .freeswitch.switch import EmulatedSwitch
+from .freeswitch.switch import FORK_MODULES, EmulatedSwitch
 from .freeswitch.timings import Timings
 
 __all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env", "wire", "open_fds", "malloc_trim", "esl_factory"]
@@ -81,6 +81,9 @@ class Stack:
     ``fork_server="process"`` runs the fork server as its own process
     (:mod:`testbed.fork_process`), as deployed; ``s.app`` is then None, ``s.fork_pid`` names
     the process and :meth:`live_calls` asks it over HTTP.
+
+    ``fork_module`` is the emulated switch's mod_audio_fork: ``"drachtio"`` (the default) or
+    ``"jambonz"`` (bidirectional stream playback; see :mod:`testbed.freeswitch.jambonz`).
     """
 
     def __init__(
@@ -97,10 +100,14 @@ class Stack:
         fork_server: str = "inprocess",
         esl_up_at_start: bool = True,
         esl: str = "python-esl",
+        fork_module: str = "drachtio",
     ) -> None:
         if fork_server not in ("inprocess", "process"):
             raise ValueError(f"fork_server must be inprocess or process, got {fork_server!r}")
         esl_factory(esl)  # checks the name
+        if fork_module not in FORK_MODULES:
+            raise ValueError(f"fork_module must be drachtio or jambonz, got {fork_module!r}")
+        self.fork_module = fork_module
         self.fork_server = fork_server
         self.esl_client = esl  # the fork server's ESL client, as voicefork-server --esl
         self.base = config if isinstance(config, Config) else load_config(str(config))
@@ -136,7 +143,7 @@ class Stack:
         for d in (self.spool, self.fs_temp):
             d.mkdir(parents=True, exist_ok=True)
 
-        self.switch = EmulatedSwitch(timings=self.timings, temp_dir=str(self.fs_temp))
+        self.switch = EmulatedSwitch(timings=self.timings, temp_dir=str(self.fs_temp), fork_module=self.fork_module)
         await self.switch.start()
         self.esl = EslServer(self.switch, self.env[self.base.freeswitch.esl_password_env])
         await self.esl.start()

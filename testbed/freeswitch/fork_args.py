@@ -11,10 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ForkCommand", "separate_blank", "parse_fork_command", "parse_rate", "DEFAULT_BUGNAME"]
+__all__ = [
+    "ForkCommand", "separate_blank", "parse_fork_command", "parse_jambonz_fork_command", "parse_rate", "atoi",
+    "DEFAULT_BUGNAME", "JAMBONZ_USAGE",
+]
 
 DEFAULT_BUGNAME = "audio_fork"
 MAX_TOKENS = 7
+JAMBONZ_MAX_TOKENS = 10  # jambonz 30f2189 mod_audio_fork.c:185, argv[10]
+JAMBONZ_USAGE = (
+    "-USAGE: <uuid> [start | stop | send_text | pause | resume | graceful-shutdown | stop_play ] [wss-url | path]"
+    " [mono | mixed | stereo] [8000 | 16000 | 24000 | 32000 | 64000] [bugname] [metadata]"
+    " [bidirectionalAudio_enabled] [bidirectionalAudio_stream_enabled] [bidirectionalAudio_stream_samplerate]\n"
+)
 
 
 def _clean(token: str) -> str:
@@ -74,15 +83,50 @@ def parse_rate(token: str) -> int:
     return int(digits) if digits else 0
 
 
+def atoi(token: str) -> int:
+    """C ``atoi``: optional blanks and sign, then leading digits; 0 when there are none."""
+    t = token.lstrip(" \t\n\r\f\v")
+    sign = 1
+    if t[:1] in ("-", "+"):
+        sign, t = (-1 if t[0] == "-" else 1), t[1:]
+    digits = ""
+    for ch in t:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return sign * int(digits) if digits else 0
+
+
 @dataclass(frozen=True, slots=True)
 class ForkCommand:
     uuid: str
-    verb: str  # start | stop | send_text | pause | resume | graceful-shutdown
+    verb: str  # start | stop | send_text | pause | resume | graceful-shutdown (| stop_play: jambonz)
     url: str | None = None
     mix: str | None = None  # mono | mixed | stereo
     rate: int | None = None
     bugname: str = DEFAULT_BUGNAME
     metadata: str | None = None  # start: metadata; stop/send_text: the text
+    # jambonz only (the drachtio parser leaves these as they are): bidirectionalAudio_enabled,
+    # bidirectionalAudio_stream_enabled, bidirectionalAudio_stream_samplerate.
+    bidi_enabled: bool = False
+    bidi_stream: bool = False
+    bidi_rate: int = 0
+
+    @property
+    def bidi_pipe(self) -> bool:
+        """jambonz: binary frames from the server reach the module (``enabled + stream`` != 0,
+        lws_glue.cpp:452, audio_pipe.cpp:153-161); otherwise they are discarded."""
+        return self.bidi_enabled or self.bidi_stream
+
+    @property
+    def bidi_plays(self) -> bool:
+        """jambonz: the write-replace bug that plays the frames is added (all three non-zero, :275-279)."""
+        return self.bidi_enabled and self.bidi_stream and self.bidi_rate != 0
+
+    @property
+    def file_mode(self) -> bool:
+        """jambonz: ``playAudio`` is handled as by drachtio (enabled and not stream, lws_glue.cpp:212-215)."""
+        return self.bidi_enabled and not self.bidi_stream
 
 
 def parse_fork_command(args: str) -> ForkCommand | str:
@@ -119,3 +163,60 @@ def parse_fork_command(args: str) -> ForkCommand | str:
     if verb in ("pause", "resume", "graceful-shutdown"):
         return ForkCommand(uuid, verb, bugname=rest[0] if rest else DEFAULT_BUGNAME)
     return f"-ERR unknown command {verb}\n"
+
+
+def parse_jambonz_fork_command(args: str) -> ForkCommand | str:
+    """The jambonz module's parse (30f2189 ``mod_audio_fork.c:182-283``), as measured on 1.10.12
+    (/tmp/jambonz_report.md Q1, 2026-12-06).
+
+    The line is split into at most 10 tokens (the last keeps the rest). ``start`` reads the three
+    bidirectional arguments only when all 10 tokens are there: ``argv[5]``/``argv[6]`` are then the
+    bugname and metadata, ``''`` meaning the default bugname or no metadata; the two flags are true
+    only for exactly ``true``; the rate is ``atoi``. With 7-9 tokens it is drachtio's form (bugname,
+    metadata) and the defaults are enabled=1, stream=0, rate 0: file mode. A lone 6th token is
+    metadata if it starts with ``{``/``[``. ``stop``/``send_text`` take ``argv[3]`` (one token) as
+    the text. Returns the command, or the text the API answers.
+    """
+    argv = separate_blank(args, JAMBONZ_MAX_TOKENS)
+    if len(argv) < 2 or (argv[1] == "start" and len(argv) < 4):
+        return JAMBONZ_USAGE
+    uuid, verb = argv[0], argv[1].lower()  # strcasecmp for every verb
+    argc = len(argv)
+    if verb == "start":
+        if argc < 5:
+            # strcmp(argv[4], "16k") with argv[4] NULL (source, :301): not measured.
+            return ForkCommand(uuid, "start", argv[2], argv[3], None)
+        bugname, metadata = DEFAULT_BUGNAME, None
+        enabled, stream, brate = True, False, 0
+        if argc > 9:
+            bugname = argv[5] or DEFAULT_BUGNAME
+            metadata = argv[6] or None
+            enabled, stream, brate = argv[7] == "true", argv[8] == "true", atoi(argv[9])
+        elif argc > 6:
+            bugname, metadata = argv[5], argv[6]
+        elif argc > 5:
+            if argv[5][:1] in ("{", "["):
+                metadata = argv[5]
+            else:
+                bugname = argv[5]
+        return ForkCommand(uuid, "start", argv[2], argv[3], parse_rate(argv[4]), bugname, metadata,
+                           enabled, stream, brate)
+    if verb in ("stop", "send_text"):
+        bugname, text = DEFAULT_BUGNAME, None
+        if argc > 3:
+            bugname, text = argv[2], argv[3]
+        elif argc > 2:
+            if argv[2][:1] in ("{", "["):
+                text = argv[2]
+            else:
+                bugname = argv[2]
+        elif verb == "send_text":
+            # Source: "send_text requires an argument", and nothing is written; mod_event_socket
+            # then answers "-ERR no reply" (assumption: not measured).
+            return "-ERR no reply\n"
+        return ForkCommand(uuid, verb, bugname=bugname, metadata=text)
+    if verb in ("pause", "resume", "graceful-shutdown"):
+        return ForkCommand(uuid, verb, bugname=argv[2] if argc > 2 else DEFAULT_BUGNAME)
+    if verb == "stop_play":
+        return ForkCommand(uuid, verb)  # always the default bugname (:219-220)
+    return "-ERR Operation Failed\n"  # source: "unsupported mod_audio_fork cmd", status false

@@ -15,6 +15,15 @@ Every behaviour here is from REF "The WebSocket as the fork server sees it", "Cl
 * when the server closes, ``disconnect`` fires with no body and the bug stays attached;
 * connect failure: ``connect_failed`` with ``{"reason":"Unable to connect"}``, or
   ``{"reason":"HS: ws upgrade response not 101"}`` for an HTTP refusal (e.g. 401/403).
+
+With ``module="jambonz"`` (measured 2026-12-06 on 1.10.12 with the jambonz module,
+/tmp/jambonz_report.md): the same handshake, close and graceful-shutdown behaviour (Q1, Q6), and
+* binary frames from the server go to ``on_binary`` (the switch decides: play, buffer, discard);
+* a 401 gives ``{"reason":"HS: ws upgrade unauthorized"}`` (Q1; other refusals as above,
+  assumption: from REF's 403);
+* messages received after ``stop`` are dropped (audio_pipe.cpp:148-151), except that binary
+  ones still reach ``on_binary``, where the switch crashes (Q7.2);
+* every text to the server is queued in order (``m_metadata_list``), which ForkBug always does.
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ import asyncio
 import base64
 import logging
 from collections import deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .fork_args import ForkCommand
+
+if TYPE_CHECKING:
+    from .jambonz import StreamPlayout
 
 __all__ = ["ForkBug"]
 
@@ -70,8 +82,14 @@ class ForkBug:
         on_text: Callable[["ForkBug", str], None],
         buffer_secs: float = 2.0,
         merge_frames: int = 1,
+        module: str = "drachtio",
+        on_binary: Callable[[ForkBug, bytes], None] | None = None,
     ) -> None:
         self.cmd = cmd
+        self.module = module
+        self._on_binary = on_binary  # None: binary frames from the server are discarded (drachtio)
+        self.stopping = False  # API stop ran (the socket is closing)
+        self.playout: StreamPlayout | None = None  # jambonz: the fork's stream state, set by the switch
         self.rate = cmd.rate or 8000
         self.channels = channels
         self._auth = auth
@@ -127,6 +145,7 @@ class ForkBug:
         if self.graceful:
             self._queue_control(b"")  # REF: and it never closes
             return
+        self.stopping = True
         if text is not None:
             self._queue_control(text)
         self._queue_control(None)  # close 1000
@@ -182,9 +201,12 @@ class ForkBug:
                 create_connection=_ForkConnection,
                 logger=_WS_LOG,  # the switch's own log, apart from the fork server's
             )
-        except InvalidStatus:
+        except InvalidStatus as e:
             self._done = True
-            self._fire("connect_failed", '{"reason":"HS: ws upgrade response not 101"}')
+            if self.module == "jambonz" and e.response.status_code == 401:
+                self._fire("connect_failed", '{"reason":"HS: ws upgrade unauthorized"}')
+            else:
+                self._fire("connect_failed", '{"reason":"HS: ws upgrade response not 101"}')
             return
         except (OSError, InvalidHandshake, TimeoutError, ValueError) as e:
             log.info("fork %s: connect failed: %s", self.cmd.uuid, e)
@@ -251,8 +273,12 @@ class ForkBug:
         try:
             async for message in self.ws:
                 if isinstance(message, str):
+                    if self.stopping and self.module == "jambonz":
+                        continue  # audio_pipe.cpp:148-151: dropped while closing
                     self._on_text(self, message)
-                # REF (source): binary frames from the server are discarded.
+                elif self._on_binary is not None:
+                    self._on_binary(self, message)
+                # else REF (source): binary frames from the server are discarded.
         except ConnectionClosed:
             pass
         if self.close_code is None and not self._done_by_us():

@@ -81,7 +81,8 @@ class HeardFrame:
     tick: int  # frame index on the channel's clock (ptime each)
     time: float  # loop time when it was "sent"
     pcm: bytes
-    source: str  # the file path it came from
+    source: str  # the file path it came from, or "silence" (send_silence_when_idle on a park)
+    stream: int = 0  # samples of jambonz stream audio added to it (see jambonz.py)
 
 
 @dataclass
@@ -92,8 +93,8 @@ class Ear:
     ptime_ms: int
     frames: list[HeardFrame] = field(default_factory=list)
 
-    def add(self, tick: int, time: float, pcm: bytes, source: str) -> None:
-        self.frames.append(HeardFrame(tick, time, pcm, source))
+    def add(self, tick: int, time: float, pcm: bytes, source: str, stream: int = 0) -> None:
+        self.frames.append(HeardFrame(tick, time, pcm, source, stream))
 
     def pcm(self) -> bytes:
         return b"".join(f.pcm for f in self.frames)

@@ -9,6 +9,18 @@ One clock drives every channel, frame by frame (ptime), as FreeSWITCH's media lo
 each tick a channel reads the caller's frame (fed to its forks) and writes the next frame of
 the playing file into the caller's :class:`~testbed.freeswitch.media.Ear`. So a hole is a
 missing frame on the channel clock, and "within one frame" is countable.
+
+A parked channel writes a frame only while a file plays, or on every tick when the channel
+variable ``send_silence_when_idle`` is a non-zero number when ``park`` starts (source:
+switch_ivr.c:1014-1068, read once per park; ``-1`` writes exact zeros, other values noise of
+amplitude 32768/value, assumption: not the same numbers as FreeSWITCH's generator). Measured with
+the jambonz module (/tmp/jambonz_report.md Q1): without it a plain park writes nothing.
+
+``fork_module`` chooses the mod_audio_fork build: ``"drachtio"`` (REF, the default) or
+``"jambonz"`` (jambonz 30f2189, measured 2026-12-06 on 1.10.12: /tmp/jambonz_report.md, JREP in
+the docstrings). The jambonz module's bidirectional stream plays the server's binary frames into
+every frame the channel writes (:mod:`testbed.freeswitch.jambonz`); ``Ear`` frames say how many
+streamed samples each carried, and ``Channel.mark_replies`` lists the mark replies by tick.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import itertools
 import json
 import logging
@@ -32,17 +45,19 @@ import numpy as np
 
 from .dialplan import Action, Dialplan
 from .expand import expand
-from .fork_args import ForkCommand, parse_fork_command
+from .fork_args import ForkCommand, atoi, parse_fork_command, parse_jambonz_fork_command
 from .fork_client import ForkBug
+from .jambonz import StreamPlayout
 from .media import Ear, Mouth, SoundFileError, read_sound_file, resample_clip
 from .timings import Timings
 
-__all__ = ["EmulatedSwitch", "Channel", "SwitchCrashed", "EmulatorError"]
+__all__ = ["EmulatedSwitch", "Channel", "SwitchCrashed", "EmulatorError", "FORK_MODULES"]
 
 log = logging.getLogger("testbed.freeswitch")
 
 Listener = Callable[[Mapping[str, str], "str | None"], None]
 _PLAY_AUDIO_COUNTER = itertools.count(1)  # REF: the <n> of play_audio files is global
+FORK_MODULES = ("drachtio", "jambonz")
 
 
 class EmulatorError(RuntimeError):
@@ -50,7 +65,9 @@ class EmulatorError(RuntimeError):
 
 
 class SwitchCrashed(EmulatorError):
-    """REF: a playAudio without audioContentType segfaults the whole FreeSWITCH process."""
+    """The whole FreeSWITCH process died. REF: a playAudio without audioContentType segfaults it.
+    JREP Q7 (jambonz): the same ``playAudio`` to a fork in file mode; binary frames from the
+    server arriving while ``uuid_audio_fork <uuid> stop`` runs (heap corruption)."""
 
 
 @dataclass(slots=True)
@@ -155,6 +172,11 @@ class Channel:
         self.sync_silence = 0  # caller frames the forks get as silence (audio sync without a jitter buffer)
         self.silenced_frames = 0  # total, for tests
         self.jitter_buffer_ms = 0  # jitterbuffer_msec when the media came up (answer)
+        self.idle_silence = 0  # atoi(send_silence_when_idle) when park started; 0: park writes nothing
+        self._noise = np.random.default_rng(int(self.uuid[:8], 16))
+        # jambonz: (tick, bugname, text) of every mark reply the module sent on a fork socket.
+        self.mark_replies: list[tuple[int, str, str]] = []
+        self.binary_discarded = 0  # jambonz: binary frames dropped as "unexpected" (bidirectional off)
 
     # ------------------------------------------------------------ test-side controls
 
@@ -199,7 +221,11 @@ class EmulatedSwitch:
         timings: Timings | None = None,
         temp_dir: str = "/tmp",
         globals_: dict[str, str] | None = None,
+        fork_module: str = "drachtio",
     ) -> None:
+        if fork_module not in FORK_MODULES:
+            raise ValueError(f"fork_module must be drachtio or jambonz, got {fork_module!r}")
+        self.fork_module = fork_module
         self.globals: dict[str, str] = dict(globals_ or {})  # the XML preprocessor's "set" lines land here
         self.dialplan = Dialplan.load(dialplan_path, self.globals) if dialplan_path else Dialplan([])
         self.timings = timings or Timings()
@@ -314,6 +340,8 @@ class EmulatedSwitch:
             elif app == "park":
                 ch.parked = True
                 ch.state = "CS_PARK"
+                # switch_ivr_park reads it once, when the media is up (switch_ivr.c:1014-1041).
+                ch.idle_silence = atoi(ch.var("send_silence_when_idle") or "")
                 self._audio_sync(ch)  # switch_ivr_park syncs (REF: 2 frames at each return to park)
                 return
             elif app == "hangup":
@@ -399,6 +427,8 @@ class EmulatedSwitch:
         return self.channels.get(token)
 
     def _api_uuid_audio_fork(self, args: str) -> str:
+        if self.fork_module == "jambonz":
+            return self._api_jambonz_fork(args)
         cmd = parse_fork_command(args)
         if isinstance(cmd, str):
             return cmd
@@ -410,6 +440,39 @@ class EmulatedSwitch:
         bug = ch.bugs.get(cmd.bugname)
         if bug is None:
             return "-ERR Operation Failed\n"
+        return self._fork_verb(ch, bug, cmd)
+
+    def _api_jambonz_fork(self, args: str) -> str:
+        """JREP Q1 and the jambonz source (mod_audio_fork.c:182-330): the parse is
+        :func:`~testbed.freeswitch.fork_args.parse_jambonz_fork_command`; the verbs act as
+        drachtio's (REF), plus ``stop_play``, which empties the playout buffer of the bug named
+        ``audio_fork`` (always that name), fires nothing and keeps the pre-buffer and the marks."""
+        cmd = parse_jambonz_fork_command(args)
+        if isinstance(cmd, str):
+            return cmd
+        ch = self._channel(cmd.uuid)
+        if ch is None:
+            return "-ERR Operation Failed\n"
+        if cmd.verb == "start":
+            if cmd.rate is None:
+                reason = "uuid_audio_fork start without a rate: strcmp(NULL, ...) in the jambonz module"
+                self._crash(f"{reason} (source mod_audio_fork.c:301; assumption: not measured)")
+                raise SwitchCrashed(reason)
+            if cmd.mix not in ("mono", "mixed", "stereo"):
+                self.errors.append(f"invalid mix type: {cmd.mix}")
+                return "-ERR no reply\n"  # source: goto done, nothing written (assumption: ESL's text)
+            return self._fork_start(ch, cmd)
+        bug = ch.bugs.get(cmd.bugname)
+        if bug is None:
+            return "-ERR Operation Failed\n"
+        if cmd.verb == "stop_play":
+            bug.playout.stop_play()
+            return "+OK Success\n"
+        if cmd.verb == "send_text" and cmd.metadata is None:
+            return "+OK Success\n"  # source: a bugname alone, no text: nothing sent
+        return self._fork_verb(ch, bug, cmd)
+
+    def _fork_verb(self, ch: Channel, bug: ForkBug, cmd: ForkCommand) -> str:
         if cmd.verb == "stop":
             bug.stop(cmd.metadata)
             if not bug.graceful:
@@ -450,7 +513,8 @@ class EmulatedSwitch:
         url = cmd.url or ""
         if url.startswith(("http://", "https://")):
             url = "ws" + url[4:]
-        bug_cmd = ForkCommand(cmd.uuid, cmd.verb, url, cmd.mix, cmd.rate or 8000, cmd.bugname, cmd.metadata)
+        bug_cmd = dataclasses.replace(cmd, url=url, rate=cmd.rate or 8000)
+        jambonz = self.fork_module == "jambonz"
         bug = ForkBug(
             bug_cmd,
             auth=(user, password) if user and password else None,
@@ -459,7 +523,13 @@ class EmulatedSwitch:
             on_text=lambda b, text: self._on_fork_text(ch, b, text),
             buffer_secs=self.timings.fork_buffer_secs,
             merge_frames=self.timings.fork_merge_frames,
+            module=self.fork_module,
+            on_binary=(lambda b, data: self._on_jambonz_binary(ch, b, data)) if jambonz else None,
         )
+        if jambonz:
+            # Source: every fork has the buffers and mark lists (fork_data_init); the rate the
+            # stream is resampled to is the channel's read codec rate (lws_glue.cpp:521-528).
+            bug.playout = StreamPlayout(ch.rate, cmd.bidi_rate)
         ch.bugs[cmd.bugname] = bug
         return "+OK Success\n"
 
@@ -667,7 +737,10 @@ class EmulatedSwitch:
             self._audio_sync(ch)  # back to park (REF "Playback methods compared": 2 frames)
 
     def _write_frame(self, ch: Channel, t_ms: float) -> bytes | None:
-        """The frame written to the caller this tick, or None (no RTP: a hole)."""
+        """The frame the channel writes this tick, or None (no RTP: a hole). The caller hears it
+        after the jambonz stream (if any) is added; what is returned is the frame before that,
+        as a fork's own write stream sees it (source: switch_core_media.c:16121-16140 buffers the
+        write stream before the same bug's write-replace)."""
         play = ch.current
         if play is not None and play.broken:
             kind = play.broken
@@ -680,6 +753,10 @@ class EmulatedSwitch:
             self._start_next(ch, t_ms)
         play = ch.current
         if play is None:
+            if ch.parked and ch.idle_silence and ch.alive:  # the park loop's writer (module docstring)
+                frame = self._idle_frame(ch)
+                self._to_caller(ch, frame, "silence")
+                return frame
             return None
         if play.lead_left > 0:  # uuid_broadcast reads lead frames first: no audio out (REF)
             play.lead_left -= 1
@@ -689,11 +766,36 @@ class EmulatedSwitch:
             self._emit("PLAYBACK_START", ch, {"Playback-File-Path": play.path})
         frame = play.pcm[play.pos : play.pos + ch.frame_bytes]
         play.pos += ch.frame_bytes
-        ch.ear.add(ch.tick, self.now(), frame, play.path)
+        self._to_caller(ch, frame, play.path)
         if play.pos >= len(play.pcm):
             self._finish(ch, play, "done")
             # Back to back: the next queued file may start on the very next frame (REF sendmsg).
         return frame
+
+    def _idle_frame(self, ch: Channel) -> bytes:
+        """switch_generate_sln_silence (switch_resample.c:199-230): zeros for -1; otherwise
+        uniform noise divided by the value (assumption: numpy's numbers, not FreeSWITCH's LCG)."""
+        if ch.idle_silence == -1:
+            return bytes(ch.frame_bytes)
+        noise = ch._noise.integers(-32768, 32768, ch.frame_bytes // 2)
+        return np.trunc(noise / ch.idle_silence).astype(np.int32).astype("<i2").tobytes()
+
+    def _to_caller(self, ch: Channel, frame: bytes, source: str) -> None:
+        """A written frame goes out: each jambonz stream bug adds its audio (write-replace),
+        its mark replies go back on its socket, and the caller hears the result."""
+        added = 0
+        for bug in list(ch.bugs.values()):
+            if bug.playout is None or not bug.cmd.bidi_plays:
+                continue
+            dub = bug.playout.dub(frame)
+            frame = dub.frame
+            added += dub.added
+            for text in dub.replies:
+                # Source: send_mark_event queues it only while the pipe exists and is connected.
+                if bug.connected:
+                    ch.mark_replies.append((ch.tick, bug.cmd.bugname, text))
+                    bug.send_text(text)
+        ch.ear.add(ch.tick, self.now(), frame, source, added)
 
     # ------------------------------------------------------------ the clock
 
@@ -743,6 +845,9 @@ class EmulatedSwitch:
 
     def _on_fork_text(self, ch: Channel, bug: ForkBug, text: str) -> None:
         """REF "Messages from the server to FreeSWITCH"."""
+        if self.fork_module == "jambonz":
+            self._on_jambonz_text(ch, bug, text)
+            return
         try:
             msg = json.loads(text)
         except ValueError:
@@ -764,6 +869,81 @@ class EmulatedSwitch:
             self._emit_custom(ch, kind, json.dumps(data, separators=(",", ":")))
         else:
             self.errors.append(f"{ch.uuid}: unknown message type {kind!r} from the fork server")
+
+    def _on_jambonz_text(self, ch: Channel, bug: ForkBug, text: str) -> None:
+        """The jambonz module's processIncomingMessage (lws_glue.cpp:205-390), JREP Q3, Q4, Q6, Q7:
+
+        * not JSON: logged, nothing else; a ``type`` that is not a string (or no object at all)
+          is type ``json``: ``mod_audio_fork::json`` with the whole message (parser.cpp);
+        * ``playAudio`` only in file mode (``enabled`` and not ``stream``), as drachtio's, except
+          that data without a string ``audioContentType`` segfaults the switch (JREP Q7.1: no
+          ``audioContentType``, and ``"data":"x"``); no ``data``: logged only. In stream mode, or
+          with ``enabled`` false, it is an "unsupported msg type" (JREP Q6);
+        * ``killAudio``: ``mod_audio_fork::kill_audio`` (no body), CF_BREAK (a playing file
+          breaks, as drachtio's), and the stream buffer is emptied at the next written frame;
+        * ``mark`` with a string ``data.name``; ``clearMarks``; see :mod:`testbed.freeswitch.jambonz`;
+        * ``transcription``/``transfer``/``disconnect``/``error``: their event, body the compact
+          ``data`` or none without it (JREP Q6).
+        """
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            self.errors.append(f"{ch.uuid}: fork server sent text that is not JSON")
+            return
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if not isinstance(kind, str):
+            kind = "json"
+        has_data = isinstance(msg, dict) and "data" in msg
+        data = msg.get("data") if has_data else None
+        if kind == "playAudio" and bug.cmd.file_mode:
+            if not has_data:
+                self.errors.append(f"{ch.uuid}: missing data payload in playAudio request")
+            elif not isinstance(data, dict) or not isinstance(data.get("audioContentType"), str):
+                self._crash(f"playAudio without a string audioContentType to a jambonz fork in file mode on {ch.uuid}: "
+                            "strcmp(NULL) segfaults FreeSWITCH (JREP Q7.1)")
+            else:
+                self._play_audio(ch, data)
+        elif kind == "killAudio":
+            self._emit_custom(ch, "kill_audio", None)
+            self._break(ch, all_=False)
+            bug.playout.kill()
+        elif kind == "mark":
+            name = data.get("name") if isinstance(data, dict) else None
+            if isinstance(name, str) and not bug.playout.mark(name):
+                log.info("fork %s: mark count exceeded, discarding mark %s", ch.uuid, name)
+        elif kind == "clearMarks":
+            bug.playout.clear_marks()
+        elif kind in ("transcription", "transfer", "disconnect", "error"):
+            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False) if has_data else None
+            self._emit_custom(ch, kind, body)
+        elif kind == "json":
+            self._emit_custom(ch, "json", json.dumps(msg, separators=(",", ":"), ensure_ascii=False))
+        else:
+            self.errors.append(f"{ch.uuid}: unsupported msg type {kind!r} from the fork server")
+
+    def _on_jambonz_binary(self, ch: Channel, bug: ForkBug, data: bytes) -> None:
+        """A binary message from the server to a jambonz fork (JREP Q2, Q6, Q7.2).
+
+        After ``uuid_audio_fork <uuid> stop`` (the socket closing), it crashes the switch: the
+        real module's processIncomingBinary touches the pre-buffer and mark lists with no lock
+        while stop frees them; 5 crashes in 60 stops under a binary flood, none with 20 ms frames
+        at real time or with no binary in flight, none at hangup. Modelled as always: any binary
+        message that reaches the fork after its stop crashes it (the server was still sending
+        while stop ran). Otherwise: empty ones are dropped; with both bidirectional flags false
+        they are discarded ("unexpected binary frame", and no crash); else they go into the stream
+        buffers, played only in stream mode and otherwise kept, unbounded, until the fork ends."""
+        if self.crashed or not data:
+            return
+        if not bug.cmd.bidi_pipe:  # never reaches processIncomingBinary, so no crash either
+            ch.binary_discarded += 1
+            if ch.binary_discarded == 1:
+                self.errors.append(f"{ch.uuid}: received unexpected binary frame, discarding")
+            return
+        if bug.stopping:
+            self._crash(f"binary frame from the fork server while uuid_audio_fork {ch.uuid} stop ran: heap "
+                        "corruption in the jambonz module (JREP Q7.2; modelled as always crashing)")
+            return
+        bug.playout.receive_binary(data)
 
     def _play_audio(self, ch: Channel, data: dict) -> None:
         if "audioContentType" not in data:
