@@ -136,6 +136,12 @@ class WsConnection(asyncio.Protocol):
         self.on_ack: Callable[[int], None] | None = None  # called with acked_messages on each pong
         self.last_rtt = 0.0  # of the last answered ping
         self._ping_sent_at = 0.0
+        # Bytes handed to the transport, and how many the kernel had taken when writing first
+        # paused in this pong window (its send buffer was full then, so it only takes more as
+        # the peer reads; see _peer_reading). None: not paused in this window.
+        self._bytes_handed = 0
+        self._taken_at_pause: int | None = None
+        self._paused_at = 0.0
         self.keepalive_failed = False
         self.connection_exc: BaseException | None = None
 
@@ -249,7 +255,9 @@ class WsConnection(asyncio.Protocol):
             return False
         self.sent_messages += len(messages)
         if p.side is CLIENT and not p.expect_continuation_frame and self.transport is not None:
-            self.transport.write(_masked_binary_frames(messages))
+            data = _masked_binary_frames(messages)
+            self._bytes_handed += len(data)
+            self.transport.write(data)
             return True
         for m in messages:
             p.send_binary(m)
@@ -313,6 +321,7 @@ class WsConnection(asyncio.Protocol):
             return
         for data in self.protocol.data_to_send():
             if data:
+                self._bytes_handed += len(data)
                 t.write(data)
             elif t.can_write_eof():
                 try:
@@ -418,11 +427,25 @@ class WsConnection(asyncio.Protocol):
         ``ping_timeout`` of it aborts the connection. The timer wakes exactly at the next ping
         or at the pong's deadline, so a dead peer is found ``ping_interval + ping_timeout``
         after its last pong at the latest (websockets' own keepalive can take a tick more), or
-        ``ping_interval + 2 x`` its last round trip if that is longer (a slow reader)."""
+        ``ping_interval + 2 x`` its last round trip if that is longer (a slow reader). A peer
+        that keeps taking our bytes against backpressure is alive however late its pong (its
+        ping waits behind the audio in its socket); it is cut once a ping_timeout passes with
+        writing paused and nothing taken."""
         self._ping_timer = None
         if self.protocol.state is not OPEN:
             return
         now = self.loop.time()
+        if self._pong_due is not None and now >= self._pong_due - 0.001 and self._taken_at_pause is not None:
+            timeout = self.ping_timeout or 1.0
+            if self._peer_reading():
+                # The pong waits behind audio the peer is still reading (a slow but live
+                # reader): give it another ping_timeout rather than cut a call that is only behind.
+                self._pong_due = now + timeout
+                self._start_window()
+            elif now < self._paused_at + timeout - 0.001:
+                # Writing paused late in the window: the kernel takes more in bursts (window
+                # updates), so judge only after a full ping_timeout of backpressure.
+                self._pong_due = self._paused_at + timeout
         if self._pong_due is not None and now >= self._pong_due - 0.001:
             self.logger.warning("keepalive ping timeout (%.2f s); closing", self.ping_timeout or 0)
             self.keepalive_failed = True
@@ -443,12 +466,31 @@ class WsConnection(asyncio.Protocol):
             self._send_data()
             self._next_ping_at = now + interval
             self._ping_sent_at = now
+            self._start_window()
             if self.ping_timeout is not None:
                 # A peer that reads slowly answers late (the ping waits behind the audio in its
                 # socket), but it answers: allow twice its last round trip before calling it dead.
                 self._pong_due = now + max(self.ping_timeout, 2 * self.last_rtt)
         wake = self._pong_due if self._pong_due is not None else self._next_ping_at
         self._ping_timer = self.loop.call_at(wake, self._keepalive)
+
+    def _taken(self) -> int:
+        """Bytes the kernel has taken from us (handed to the transport minus its buffer)."""
+        t = self.transport
+        return self._bytes_handed - (t.get_write_buffer_size() if t is not None else 0)
+
+    def _start_window(self) -> None:
+        self._taken_at_pause = self._taken() if self._writing_paused else None
+        self._paused_at = self.loop.time()
+
+    def _peer_reading(self) -> bool:
+        """The kernel took more of our bytes after writing paused in this window. With its send
+        buffer full it only takes more as the peer reads, so the peer is alive and the pong waits
+        behind audio. Bytes that went into a kernel buffer with room prove nothing: a hung
+        peer's socket absorbs them too (that window ends in a pause with no progress after it,
+        and the pong deadline holds; a window with no pause keeps the plain deadline)."""
+        mark = self._taken_at_pause
+        return mark is not None and self._taken() > mark
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -478,6 +520,9 @@ class WsConnection(asyncio.Protocol):
         self._send_data()
 
     def pause_writing(self) -> None:
+        if self._taken_at_pause is None:
+            self._taken_at_pause = self._taken()
+            self._paused_at = self.loop.time()
         self._writing_paused = True
 
     def resume_writing(self) -> None:

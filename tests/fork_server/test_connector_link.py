@@ -3,6 +3,7 @@ it hands back when lost (issue 6: a hung connector's socket buffers swallow the 
 
 import asyncio
 import logging
+import socket
 
 from websockets.asyncio.server import serve
 
@@ -146,3 +147,49 @@ async def test_the_loss_is_reported_at_the_peers_close_frame_not_when_it_drops_t
         # Reported while TCP is still up: neither the peer's close nor our close timer (2 s) ended it.
         assert not closed_tcp.is_set() and not tcp_closing
         assert (code, reason) == (1011, "no resume")
+
+
+async def test_a_slow_but_reading_connector_is_not_cut_by_keepalive_and_a_stopped_one_is():
+    # A connector reading at 0.5x real time answers our ping only after the audio queued ahead
+    # of it in the socket buffers (~1.3 s here), past ping_timeout. While the kernel keeps
+    # taking our bytes it is alive (CI flake: a 0.5x connector was cut after 1 s); once it
+    # stops reading, the pong deadline holds.
+    stop = asyncio.Event()
+    done = asyncio.Event()
+    read: list[int] = []
+
+    async def handler(ws):
+        async def slow():
+            async for m in ws:
+                read.append(len(m))
+                await asyncio.sleep(0.04)  # one 20 ms frame per 40 ms: 0.5x
+                if stop.is_set():
+                    ws.transport.pause_reading()
+                    return
+        task = asyncio.create_task(slow())
+        try:
+            await asyncio.wait_for(done.wait(), 15)
+        finally:
+            task.cancel()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted sockets inherit it
+    sock.bind(("127.0.0.1", 0))
+    async with serve(handler, sock=sock, subprotocols=["voicefork.v1"], close_timeout=0.2, max_queue=4) as server:
+        port = server.sockets[0].getsockname()[1]
+        lost = asyncio.get_running_loop().create_future()
+        link = await _link(f"ws://127.0.0.1:{port}/", lost, ping_interval_s=0.5, ping_timeout_s=1.0)
+        try:
+            await _pump(link, 0, 250)  # 5 s
+            assert not lost.done(), lost.result()
+            assert link._ws.last_rtt > 1.0  # it really was behind: pongs came after ping_timeout
+            stop.set()
+            t0 = asyncio.get_running_loop().time()
+            pump = asyncio.create_task(_pump(link, 250, 250))
+            await asyncio.wait_for(lost, 5)
+            pump.cancel()
+            assert link.timed_out
+            assert asyncio.get_running_loop().time() - t0 < 4
+        finally:
+            done.set()
+            link.abort()
