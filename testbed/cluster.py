@@ -186,7 +186,8 @@ class Cluster:
         # The rendered fragment, with the global and defaults sections an operator's file has.
         self.stats_socket = self.workdir / "haproxy.sock"
         cfg.write_text(f"global\n    maxconn 4096\n    stats socket {self.stats_socket} level operator\n"
-                       "defaults\n    timeout connect 2s\n\n" + files[HAPROXY_FILE])
+                       "    log stderr format raw local0 info\n"
+                       "defaults\n    timeout connect 2s\n    log global\n    option httplog\n\n" + files[HAPROXY_FILE])
         self.haproxy = await asyncio.create_subprocess_exec(
             "haproxy", "-db", "-f", str(cfg), stdout=asyncio.subprocess.DEVNULL,
             stderr=open(self.workdir / "haproxy.log", "wb"))  # noqa: SIM115
@@ -242,6 +243,17 @@ class Cluster:
             except OSError:
                 pass
         return None
+
+    def logs(self, lines: int = 60) -> str:
+        """The end of each fork server's and HAProxy's log (for a failing test to print)."""
+        out = []
+        for path in [fs.log_path for fs in self.fork_servers] + [self.workdir / "haproxy.log"]:
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                tail = ["(no log)"]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
 
     async def __aexit__(self, *exc: object) -> None:
         for caller in self.callers:
