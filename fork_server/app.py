@@ -24,6 +24,7 @@ from .errors import EslError, ForkProtocolError, LocalUsageError
 from .esl_client import EslClient
 from .intake import BasicCredentials, ForkConnection, IntakeServer
 from .metrics import CONTENT_TYPE, Metrics
+from .recording import RecordingStore
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
 
@@ -49,6 +50,7 @@ SUBSCRIBED_EVENTS = [
     "mod_audio_fork::play_audio",
     "mod_audio_fork::kill_audio",
 ]
+RETENTION_INTERVAL_S = 3600.0  # retention is in days; an hourly sweep is late by at most an hour
 _METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
 
 # What the switch sends us (mod_event_socket filters are OR'ed; switch_regex_perform takes
@@ -123,6 +125,7 @@ class App:
             accepting=lambda: self._accepting,
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
         )
+        self.recordings = RecordingStore(config.recording) if config.recording is not None else None
         self.port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # With worker processes (cli --workers) every worker sees every ESL event: only one
@@ -136,6 +139,8 @@ class App:
         await self.esl.start()
         fs = self.config.fork_server
         self.port = await self.intake.start(fs.listen_host, self._listen_port)
+        if self.recordings is not None and self.recordings.settings.retention_days > 0:
+            self._spawn(self._retention_loop(self.recordings))
         self.log.info(
             "fork server listening on %s:%d (%d routes, auth %s, playback %s/%s, ESL %s:%d %s)",
             fs.listen_host,
@@ -257,7 +262,7 @@ class App:
                            "module (it took the bidirectional arguments as metadata); this call plays files", meta.uuid)
             settings = replace(settings, transport="file")
         session = CallSession(meta.uuid, settings)
-        call = Call(session, ws, intake, target, self.esl, self.metrics, self.log)
+        call = Call(session, ws, intake, target, self.esl, self.metrics, self.log, recordings=self.recordings)
         self.calls[meta.uuid] = call
         self.metrics.active_calls.inc()
         call.log.info("< fork open on /calls/%s from %s (%d Hz)", route.name, peer, fork_rate)
@@ -266,6 +271,20 @@ class App:
         finally:
             self.calls.pop(meta.uuid, None)
             self.metrics.active_calls.dec()
+
+    async def _retention_loop(self, store: RecordingStore, interval_s: float = RETENTION_INTERVAL_S) -> None:
+        """recording.retention_days: sweep at start, then every interval (in a thread: a big tree
+        takes a while to walk)."""
+        while True:
+            try:
+                deleted = await asyncio.to_thread(store.sweep)
+                if deleted:
+                    self.log.info("recording retention: deleted %d files older than %d days", len(deleted),
+                                  store.settings.retention_days)
+            except OSError as exc:
+                self.metrics.errors.labels("recording_retention").inc()
+                self.log.error("recording retention sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------------ ESL
 

@@ -22,6 +22,7 @@ import yaml
 from . import spec
 from .errors import ConfigError, ConfigIssue
 from .model import (
+    DEFAULT_RECORDING_FILE,
     BasicAuth,
     Config,
     Connector,
@@ -29,6 +30,7 @@ from .model import (
     ForkServerSettings,
     FreeswitchSettings,
     PlaybackSettings,
+    RecordingSettings,
     Route,
     Trunk,
 )
@@ -300,6 +302,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     defaults = _route_fields(ctx, defaults_node, "defaults", connectors) if defaults_node is not None else {}
 
     routes: list[Route] = []
+    recording_nodes: list[yaml.Node] = []  # where recording: true was said, once each
+    r_node_paths: dict[int, str] = {}
     numbers: dict[str, tuple[str, yaml.Node]] = {}
     names: set[str] = set()
     compiled: list[tuple[str, str, re.Pattern[str]]] = []
@@ -326,6 +330,11 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 ctx.error(node, f"{path}.connector", "required key is missing (no default connector either)")
             if name is None or not merged.get("connector") or (number is None and merged.get("pattern") is None):
                 continue
+            if merged.get("recording") and "_recording_node" in merged:
+                r_node = merged["_recording_node"]
+                if id(r_node) not in r_node_paths:
+                    recording_nodes.append(r_node)
+                    r_node_paths[id(r_node)] = f"{path}.recording" if "recording" in fields else "defaults.recording"
             if "_compiled" in fields:
                 compiled.append((name, merged["pattern"], fields["_compiled"]))
             routes.append(
@@ -369,6 +378,12 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_spool_bytes_per_call=_opt(pb, "max_spool_bytes_per_call", lambda n: _key_int(ctx, n, "playback.max_spool_bytes_per_call", P["max_spool_bytes_per_call"]), 8 << 20),
     )
 
+    recording = _recording(ctx, top["recording"]) if "recording" in top else None
+    if recording is None and "recording" not in top:
+        for r_node in recording_nodes:  # a key that would do nothing is refused, not accepted
+            ctx.error(r_node, r_node_paths[id(r_node)], "recording: true needs a top-level `recording:` section "
+                      "with `dir` (where FreeSWITCH writes the WAV files)")
+
     if ctx.issues:
         raise ConfigError(sorted(ctx.issues, key=lambda i: i.line))
     return Config(
@@ -380,6 +395,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         playback=playback,
         trunks=trunks,
         warnings=tuple(ctx.warnings),
+        recording=recording,
     )
 
 
@@ -437,6 +453,7 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
         out["max_duration"] = int(d) if d is not None else None
     if "recording" in f:
         out["recording"] = _bool(ctx, f["recording"], f"{path}.recording")
+        out["_recording_node"] = f["recording"]
     if "fallback" in f:
         FB = spec.FALLBACK
         fb = _mapping(ctx, f["fallback"], f"{path}.fallback", FB)
@@ -553,6 +570,38 @@ def _trunks(ctx: _Ctx, node: yaml.Node) -> tuple[Trunk, ...]:
             line=tnode.start_mark.line + 1,
         ))
     return tuple(trunks)
+
+
+_RECORDING_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _recording(ctx: _Ctx, node: yaml.Node) -> RecordingSettings | None:
+    """``recording:``: where FreeSWITCH's record_session writes, and the file-name template,
+    whose only fields are ones no caller controls (spec.RECORDING_FIELDS)."""
+    K = spec.RECORDING
+    f = _mapping(ctx, node, "recording", K)
+    dir_node = _required(ctx, node, f, "dir", "recording")
+    rdir = _key_str(ctx, dir_node, "recording.dir", K["dir"]) if dir_node else None
+    local = _opt(f, "fork_server_dir", lambda n: _key_str(ctx, n, "recording.fork_server_dir", K["fork_server_dir"]), None)
+    file = _opt(f, "file", lambda n: _key_str(ctx, n, "recording.file", K["file"]), DEFAULT_RECORDING_FILE)
+    if "file" in f and file is not None:
+        fields = _RECORDING_FIELD.findall(file)
+        bad = [x for x in fields if x not in spec.RECORDING_FIELDS]
+        rest = _RECORDING_FIELD.sub("", file)
+        if bad or "{" in rest or "}" in rest:
+            ctx.error(f["file"], "recording.file", f"unknown field {{{bad[0] if bad else '?'}}}; the fields are "
+                      + " ".join("{%s}" % x for x in spec.RECORDING_FIELDS))
+            file = None
+        elif "uuid" not in fields:
+            ctx.error(f["file"], "recording.file", "must hold {uuid} (two calls would otherwise write one file)")
+            file = None
+        elif ".." in file.split("/") or "//" in file or file.startswith("/"):
+            ctx.error(f["file"], "recording.file", f'expected a relative path without "..", got "{file}"')
+            file = None
+    retention = _opt(f, "retention_days", lambda n: _key_int(ctx, n, "recording.retention_days", K["retention_days"]), 0)
+    if rdir is None or file is None:
+        return None
+    return RecordingSettings(dir=rdir, fork_server_dir=local or rdir, file=file, retention_days=retention)
 
 
 def load_config(path: str) -> Config:

@@ -19,6 +19,7 @@ __all__ = [
     "Route",
     "Trunk",
     "PlaybackSettings",
+    "RecordingSettings",
     "Config",
 ]
 
@@ -118,6 +119,24 @@ class PlaybackSettings:
     max_spool_bytes_per_call: int = 8 << 20
 
 
+DEFAULT_RECORDING_FILE = "{date}/{route}-{uuid}.wav"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSettings:
+    dir: str  # as FreeSWITCH sees it
+    fork_server_dir: str  # the same directory as the fork server sees it
+    file: str = DEFAULT_RECORDING_FILE
+    retention_days: int = 0  # 0: keep everything
+
+    def local_path(self, switch_path: str) -> str | None:
+        """The fork server's path of a recording the switch wrote, or None if it is not under ``dir``."""
+        root = self.dir.rstrip("/") + "/"
+        if not switch_path.startswith(root):
+            return None
+        return self.fork_server_dir.rstrip("/") + "/" + switch_path[len(root):]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str
@@ -128,6 +147,7 @@ class Config:
     playback: PlaybackSettings
     trunks: tuple[Trunk, ...] = ()
     warnings: tuple[Any, ...] = ()
+    recording: RecordingSettings | None = None
 
     def route(self, name: str) -> Route:
         for r in self.routes:

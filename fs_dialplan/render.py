@@ -33,6 +33,14 @@ follow FreeSWITCH's sofia.c ``parse_gateways`` (source): ``register-transport`` 
 transport of calls out, ``caller-id-in-from=false`` puts ``from-user`` in From, ``context`` and
 ``extension=auto_to_user`` route calls that come in through a registration to the dialled
 number in ``public``.
+
+A route with ``recording: true`` sets ``RECORD_STEREO=true`` and runs ``record_session`` after
+``answer``: switch_ivr_async.c (1.10.12) reads RECORD_STEREO when the recording starts and makes
+the file's directory itself (``switch_dir_make_recursive``); the stereo file has the channel's
+read stream (the caller) left and its write stream (what the caller hears) right, which the
+real-switch test checks. The path is set first into ``voicefork_recording`` (the fork server
+reads it back with uuid_dump for the sidecar and the connector's ``stop``); its fields are
+``${strftime(...)}``, the route name and ``${uuid}``, never a caller-controlled value.
 """
 
 from __future__ import annotations
@@ -48,8 +56,8 @@ from typing import Mapping, NamedTuple
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .errors import RenderError
-from .model import Config, Route, Trunk
-from .spec import AUTO_RATE
+from .model import Config, RecordingSettings, Route, Trunk
+from .spec import AUTO_RATE, RECORDING_FILE
 
 __all__ = ["render", "write_tree", "verify", "fork_action_data", "gateway_params", "rate_name", "DIALPLAN_FILE",
            "ACL_FILE", "ACL_LIST", "TRUNK_CONTEXT", "TEMPLATES", "JITTER_BUFFER_MS", "AUTO_RATE_DATA", "AUTH_GLOBALS"]
@@ -135,6 +143,25 @@ STREAM_BUGNAME = "audio_fork"
 STREAM_IDLE_DATA = "send_silence_when_idle=-1"
 
 
+RECORD_STEREO_DATA = "RECORD_STEREO=true"
+RECORDING_VAR = "voicefork_recording"
+RECORD_SESSION_DATA = f"${{{RECORDING_VAR}}}"
+# The switch's clock names the file (strftime is mod_dptools' API; local time of the switch).
+_RECORDING_FIELD_DATA = {"date": "${strftime(%Y-%m-%d)}", "time": "${strftime(%H%M%S)}", "uuid": "${uuid}"}
+
+
+def recording_path_data(rec: RecordingSettings, route: Route) -> str:
+    """The ``set`` data naming the route's recording; every field one the caller cannot touch."""
+    fields = re.findall(r"\{([^{}]*)\}", rec.file)
+    if not re.fullmatch(RECORDING_FILE, rec.file) or any(f not in (*_RECORDING_FIELD_DATA, "route") for f in fields):
+        raise RenderError(f"recording.file: {rec.file!r} is not a .wav path of the fields {sorted(_RECORDING_FIELD_DATA)} and route")
+    _safe(f"{rec.dir}/{rec.file}", "recording.dir and recording.file", argument=True)
+    name = rec.file.replace("{route}", _safe(route.name, f"routes[{route.name}].name", argument=True))
+    for field, value in _RECORDING_FIELD_DATA.items():
+        name = name.replace("{" + field + "}", value)
+    return f"{RECORDING_VAR}={rec.dir.rstrip('/')}/{name}"
+
+
 def fork_action_data(config: Config, route: Route) -> str:
     url = _safe(config.fork_server.fork_url(route.name), f"routes[{route.name}] fork URL", argument=True)
     if config.playback.transport == "stream":
@@ -156,6 +183,7 @@ class _RouteView(NamedTuple):  # attributes, not a dict: Jinja's r.name is a pla
     stream: bool  # playback.transport: stream
     max_duration_s: int | None
     greeting: str | None
+    record: str | None  # the set data of the recording path; None: not recorded
 
 
 class _TrunkView(NamedTuple):
@@ -174,7 +202,16 @@ def _route_view(config: Config, r: Route) -> _RouteView:
         stream=config.playback.transport == "stream",
         max_duration_s=r.max_duration_s,
         greeting=_safe(r.greeting, f"{where}.greeting", argument=True) if r.greeting else None,
+        record=_record_data(config, r),
     )
+
+
+def _record_data(config: Config, r: Route) -> str | None:
+    if not r.recording:
+        return None
+    if config.recording is None:
+        raise RenderError(f"routes[{r.name}].recording: true, but the config has no `recording:` section")
+    return recording_path_data(config.recording, r)
 
 
 def gateway_params(t: Trunk, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -285,13 +322,15 @@ def _parse(path: str, text: str) -> ET.Element:
         raise RenderError(f"{path}: rendered XML is not well-formed: {e}") from None
 
 
-def _expected_actions(r: Route, fork: str, stream: bool) -> list[tuple[str, str | None]]:
+def _expected_actions(r: Route, fork: str, stream: bool, record: str | None = None) -> list[tuple[str, str | None]]:
     """DESIGN.md "Rendered dialplan": the exact action list of a route's extension."""
     actions: list[tuple[str, str | None]] = [
         ("set", f"voicefork_route={r.name}"), ("set", f"jitterbuffer_msec={JITTER_BUFFER_MS}"), ("answer", None),
     ]
     if r.rate == AUTO_RATE:
         actions.append(("set", AUTO_RATE_DATA))
+    if record:
+        actions += [("set", RECORD_STEREO_DATA), ("set", record), ("record_session", RECORD_SESSION_DATA)]
     actions.append(("set", fork))
     if r.max_duration_s:
         actions.append(("sched_hangup", f"+{r.max_duration_s} ALLOTTED_TIMEOUT"))
@@ -344,7 +383,8 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected element in the condition")
         fork = fork_action_data(config, r)
         stream = config.playback.transport == "stream"
-        expected = _expected_actions(r, fork, stream)
+        record = _record_data(config, r)
+        expected = _expected_actions(r, fork, stream, record)
         if actions != expected:
             apps, want = [a for a, _ in actions], [a for a, _ in expected]
             if apps != want:
@@ -354,7 +394,7 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
         # Only our own ${...}: in the fork action the API call, ${uuid} twice and, for rate: auto,
         # the rate variable twice; and the auto-rate action's cond on read_rate.
         for _, data in actions:
-            if data and data not in (fork, AUTO_RATE_DATA) and "${" in data:
+            if data and data not in (fork, AUTO_RATE_DATA, record, RECORD_SESSION_DATA) and "${" in data:
                 raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected expansion in {data!r}")
         if fork.count("${") != (5 if r.rate == AUTO_RATE else 3) + (1 if stream else 0):
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: the fork action holds an extra expansion")

@@ -300,6 +300,7 @@ class RealStack:
             "spool": str(self.spool),
             "connector_urls": {n: self.connector_url_override or self.connector.url(f"/{n}") for n in self.base.connectors},
             "playback": self.playback,
+            "recordings": str(self.workdir / "recordings"),
         }
         self.app = App(wire(self.base, fork_port=0, **wiring), env=self.env, listen_port=0)
         port = await self.app.start()

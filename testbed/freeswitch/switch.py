@@ -21,6 +21,14 @@ the jambonz module (/tmp/jambonz_report.md Q1): without it a plain park writes n
 the docstrings). The jambonz module's bidirectional stream plays the server's binary frames into
 every frame the channel writes (:mod:`testbed.freeswitch.jambonz`); ``Ear`` frames say how many
 streamed samples each carried, and ``Channel.mark_replies`` lists the mark replies by tick.
+
+``record_session <path>`` (mod_dptools; switch_ivr_async.c 1.10.12) records from the tick it
+runs until hangup, then writes a 16-bit WAV at the channel rate: with ``RECORD_STEREO=true``
+(read when the recording starts) the caller's frame left and the frame the caller heard right,
+a tick with no frame either way adding zeros (assumption: FreeSWITCH's record bug fills a
+missing side with silence; the real-switch test measures alignment), else their mix. Missing
+directories are made (switch_dir_make_recursive). Past ``MAX_RECORDING_FRAMES`` it stops
+recording and logs an error.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import logging
 import os
 import time
 import uuid as uuidlib
+import wave
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +65,8 @@ __all__ = ["EmulatedSwitch", "Channel", "SwitchCrashed", "EmulatorError", "FORK_
 log = logging.getLogger("testbed.freeswitch")
 
 Listener = Callable[[Mapping[str, str], "str | None"], None]
-_PLAY_AUDIO_COUNTER = itertools.count(1)  # REF: the <n> of play_audio files is global
+_PLAY_AUDIO_COUNTER = itertools.count(1)
+MAX_RECORDING_FRAMES = 4 * 3600 * 50  # 4 hours of 20 ms ticks; the emulator keeps them in memory  # REF: the <n> of play_audio files is global
 FORK_MODULES = ("drachtio", "jambonz")
 
 
@@ -177,6 +187,10 @@ class Channel:
         # jambonz: (tick, bugname, text) of every mark reply the module sent on a fork socket.
         self.mark_replies: list[tuple[int, str, str]] = []
         self.binary_discarded = 0  # jambonz: binary frames dropped as "unexpected" (bidirectional off)
+        # record_session: (path, stereo, [(caller frame, heard frame)]) while recording
+        self.recording: tuple[str, bool, list[tuple[bytes, bytes]]] | None = None
+        self.recordings: list[str] = []  # files written at hangup
+        self._heard: bytes | None = None  # the frame the caller heard this tick
 
     # ------------------------------------------------------------ test-side controls
 
@@ -349,6 +363,9 @@ class EmulatedSwitch:
                 return
             elif app == "sleep":
                 await asyncio.sleep(int(data or 0) / 1000)
+            elif app == "record_session":
+                stereo = (ch.var("RECORD_STEREO") or "").lower() in ("true", "yes", "on", "1")
+                ch.recording = (data.split(" ")[0], stereo, [])
             else:
                 self.errors.append(f"dialplan application {app!r} is not emulated")
                 raise EmulatorError(f"dialplan application {app!r} is not emulated")
@@ -407,11 +424,31 @@ class EmulatedSwitch:
             self._spawn(bug.wait_closed(), f"fork-close-{ch.uuid}")
         for path in ch.temp_files:  # REF: play_audio files are deleted at hangup
             _unlink(path)
+        if ch.recording is not None:
+            self._write_recording(ch)
         self._emit("CHANNEL_HANGUP", ch, {"Hangup-Cause": cause})
         self._emit("CHANNEL_HANGUP_COMPLETE", ch, {"Hangup-Cause": cause})
         self.channels.pop(ch.uuid, None)
         self.ended.append(ch)
         ch.hungup.set()
+
+    def _write_recording(self, ch: Channel) -> None:
+        path, stereo, frames = ch.recording  # type: ignore[misc]
+        ch.recording = None
+        left = np.frombuffer(b"".join(c for c, _ in frames), "<i2").astype(np.int32)
+        right = np.frombuffer(b"".join(h for _, h in frames), "<i2").astype(np.int32)
+        pcm = np.stack([left, right], axis=1) if stereo else np.clip(left + right, -32768, 32767)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with wave.open(path, "wb") as w:
+                w.setnchannels(2 if stereo else 1)
+                w.setsampwidth(2)
+                w.setframerate(ch.rate)
+                w.writeframes(pcm.astype("<i2").tobytes())
+        except OSError as e:
+            self.errors.append(f"record_session {path}: {e}")
+            return
+        ch.recordings.append(path)
 
     # ------------------------------------------------------------ EslCore: API
 
@@ -629,6 +666,10 @@ class EmulatedSwitch:
             lhs, rhs = a, b  # type: ignore[assignment]
         return (yes if _COND_OPS[op](lhs, rhs) else no).strip()
 
+    def _api_strftime(self, args: str) -> str:
+        """mod_dptools' strftime API: the switch's local time (an empty format: "%Y-%m-%d %T")."""
+        return time.strftime(args or "%Y-%m-%d %H:%M:%S")
+
     def _api_status(self, args: str) -> str:
         return f"UP 0 years, 0 days\n{len(self.channels)} session(s) - emulated\n"
 
@@ -796,6 +837,7 @@ class EmulatedSwitch:
                     ch.mark_replies.append((ch.tick, bug.cmd.bugname, text))
                     bug.send_text(text)
         ch.ear.add(ch.tick, self.now(), frame, source, added)
+        ch._heard = frame
 
     # ------------------------------------------------------------ the clock
 
@@ -826,6 +868,15 @@ class EmulatedSwitch:
             caller = {r: bytes(len(pcm)) for r, pcm in caller.items()}
         if not ch.alive:
             return
+        heard, ch._heard = ch._heard, None
+        if ch.recording is not None:
+            frames = ch.recording[2]
+            if len(frames) < MAX_RECORDING_FRAMES:
+                silent = bytes(ch.frame_bytes)
+                frames.append((caller[ch.rate] if caller is not None else silent, heard or silent))
+            elif len(frames) == MAX_RECORDING_FRAMES:
+                frames.append((bytes(ch.frame_bytes), bytes(ch.frame_bytes)))
+                self.errors.append(f"record_session {ch.recording[0]}: the emulator's limit of {MAX_RECORDING_FRAMES} frames")
         for bug in list(ch.bugs.values()):
             mix = bug.cmd.mix
             if mix == "mono":
@@ -1114,4 +1165,5 @@ _API: dict[str, Callable[[EmulatedSwitch, str], str]] = {
     "uuid_exists": EmulatedSwitch._api_uuid_exists,
     "status": EmulatedSwitch._api_status,
     "cond": EmulatedSwitch._api_cond,
+    "strftime": EmulatedSwitch._api_strftime,
 }

@@ -149,6 +149,7 @@ def configs(draw):
         "routes": routes,
         **({"trunks": trunks} if trunks else {}),
         "playback": {"spool_dir": "/tmp/vf", "freeswitch_spool_dir": "/tmp/vf"},
+        "recording": {"dir": "/rec", "file": "{date}/{route}-{time}-{uuid}.wav"},
     }
     return data, env, {"routes": expect, "trunks": texpect, "auth": auth}
 
@@ -208,6 +209,11 @@ def test_generated_config_round_trips_through_the_xml(case):
         assert [d for a, d in actions if a == "sched_hangup"] == (
             [f"+{r['max_duration']} ALLOTTED_TIMEOUT"] if r["max_duration"] else [])
         assert [d for a, d in actions if a == "playback"] == ([r["greeting"]] if r["greeting"] else [])
+        # A recorded route names its file from the switch's clock, the route and the uuid only.
+        record = [(a, d) for a, d in actions if a == "record_session" or (d or "").startswith(("RECORD_", "voicefork_recording="))]
+        assert record == ([("set", "RECORD_STEREO=true"),
+                           ("set", f"voicefork_recording=/rec/${{strftime(%Y-%m-%d)}}/{r['name']}-${{strftime(%H%M%S)}}-${{uuid}}.wav"),
+                           ("record_session", "${voicefork_recording}")] if r["recording"] else [])
         # What the fork server looks up by voicefork_route (connector, fallback, metadata, ...).
         route = config.route(r["name"])
         assert (route.connector, route.language, route.fallback, route.recording, dict(route.metadata)) == (
