@@ -236,6 +236,15 @@ class App:
             self.log.error("< fork for %s on /calls/%s: uuid already has a live call", meta.uuid, route_name)
             await ws.close(1008, "duplicate call")
             return
+        over = self._over_limit(route)
+        if over:
+            # The switch's limit keeps these calls out; one that gets here anyway (a dialplan
+            # rendered before the limit, a second switch) gets its route's busy action.
+            self.metrics.rejected.labels("over_limit").inc()
+            self.log.warning("< fork for %s on /calls/%s: over %s; busy %s", meta.uuid, route_name, over, route.busy.action)
+            await ws.close(1013, "over max_calls")
+            self._spawn(self._busy_without_call(meta.uuid, route))
+            return
         # The rate the switch was told is the one that arrives: the metadata's (rate: auto is the
         # switch's pick at answer); a dialplan rendered before rates were sent has the route's.
         fork_rate = meta.rate or route.rate
@@ -335,6 +344,40 @@ class App:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop (the bug stays attached otherwise)")
         except EslError as exc:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop: %s", exc)
+
+    def _over_limit(self, route: Route) -> str | None:
+        """The fork-server guard: which max_calls a new call of ``route`` would pass, if any
+        (this process's calls; with --workers each worker guards its own share)."""
+        top = self.config.max_calls
+        if top is not None and len(self.calls) >= top:
+            return f"limits.max_calls ({top})"
+        if route.max_calls is not None:
+            n = sum(1 for c in self.calls.values() if c.session.settings.route == route.name)
+            if n >= route.max_calls:
+                return f"routes[{route.name}].max_calls ({route.max_calls})"
+        return None
+
+    async def _busy_without_call(self, uuid: str, route: Route) -> None:
+        """The route's busy action over ESL for a call the guard turned away (already answered, so
+        reject is a hangup with USER_BUSY, not a 486)."""
+        clog = CallLogger(self.log, {"uuid": uuid})
+        b = route.busy
+        try:
+            await self.esl.api(em.uuid_audio_fork_stop(uuid))
+        except EslError as exc:
+            clog.warning("> uuid_audio_fork stop: %s", exc)
+        try:
+            if b.action == "transfer" and b.target:
+                await self.esl.api(em.uuid_transfer(uuid, b.target))
+            elif b.action == "play" and b.file:
+                await self.esl.execute_playback(em.PlaybackCommand(uuid, b.file))
+                await self.esl.sendmsg(uuid, em.execute_headers("hangup", "USER_BUSY"))
+            else:
+                await self.esl.api(em.uuid_kill(uuid, "USER_BUSY"))
+            clog.info("> busy %s for route %s", b.action, route.name)
+        except EslError as exc:
+            self.metrics.errors.labels("busy_failed").inc()
+            clog.error("> busy action for route %s failed: %s", route.name, exc)
 
     async def _fallback_without_call(self, uuid: str, route: Route, body: Any) -> None:
         """mod_audio_fork could not reach us for one of our routes: run its fallback (REF "Events")."""

@@ -24,6 +24,7 @@ from .errors import ConfigError, ConfigIssue
 from .model import (
     DEFAULT_RECORDING_FILE,
     BasicAuth,
+    Busy,
     Config,
     Connector,
     Fallback,
@@ -302,6 +303,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     defaults = _route_fields(ctx, defaults_node, "defaults", connectors) if defaults_node is not None else {}
 
     routes: list[Route] = []
+    busy_unused: list[tuple[yaml.Node, str]] = []  # busy given where only limits.max_calls could use it
     recording_nodes: list[yaml.Node] = []  # where recording: true was said, once each
     r_node_paths: dict[int, str] = {}
     numbers: dict[str, tuple[str, yaml.Node]] = {}
@@ -330,6 +332,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 ctx.error(node, f"{path}.connector", "required key is missing (no default connector either)")
             if name is None or not merged.get("connector") or (number is None and merged.get("pattern") is None):
                 continue
+            if "_busy_node" in merged and merged.get("max_calls") is None:
+                busy_unused.append((merged["_busy_node"], f"{path}.busy" if "busy" in fields else "defaults.busy"))
             if merged.get("recording") and "_recording_node" in merged:
                 r_node = merged["_recording_node"]
                 if id(r_node) not in r_node_paths:
@@ -350,6 +354,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                     fallback=merged.get("fallback", Fallback()),
                     metadata=MappingProxyType(merged.get("metadata", {})),
                     recording=merged.get("recording", False),
+                    max_calls=merged.get("max_calls"),
+                    busy=merged.get("busy", Busy()),
                     line=node.start_mark.line + 1,
                 )
             )
@@ -379,6 +385,17 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     )
 
     recording = _recording(ctx, top["recording"]) if "recording" in top else None
+    max_calls = None
+    if "limits" in top:
+        lim = _mapping(ctx, top["limits"], "limits", spec.LIMITS)
+        if "max_calls" in lim:
+            max_calls = _key_int(ctx, lim["max_calls"], "limits.max_calls", spec.LIMITS["max_calls"])
+    if "limits" not in top:
+        seen_busy: set[int] = set()
+        for b_node, b_path in busy_unused:  # a key that would do nothing is refused
+            if id(b_node) not in seen_busy:
+                seen_busy.add(id(b_node))
+                ctx.error(b_node, b_path, "busy is only used with max_calls (the route's, or limits.max_calls)")
     if recording is None and "recording" not in top:
         for r_node in recording_nodes:  # a key that would do nothing is refused, not accepted
             ctx.error(r_node, r_node_paths[id(r_node)], "recording: true needs a top-level `recording:` section "
@@ -396,6 +413,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         trunks=trunks,
         warnings=tuple(ctx.warnings),
         recording=recording,
+        max_calls=max_calls,
     )
 
 
@@ -454,6 +472,26 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
     if "recording" in f:
         out["recording"] = _bool(ctx, f["recording"], f"{path}.recording")
         out["_recording_node"] = f["recording"]
+    if "max_calls" in f:
+        out["max_calls"] = _key_int(ctx, f["max_calls"], f"{path}.max_calls", R["max_calls"])
+    if "busy" in f:
+        B = spec.BUSY
+        b = _mapping(ctx, f["busy"], f"{path}.busy", B)
+        action = _key_str(ctx, b["action"], f"{path}.busy.action", B["action"]) if "action" in b else None
+        if "action" not in b and isinstance(f["busy"], yaml.MappingNode):
+            ctx.error(f["busy"], f"{path}.busy.action", "required key is missing")
+        file = _key_str(ctx, b["file"], f"{path}.busy.file", B["file"]) if "file" in b else None
+        target = _key_str(ctx, b["target"], f"{path}.busy.target", B["target"]) if "target" in b else None
+        if action == "play" and "file" not in b:
+            ctx.error(f["busy"], f"{path}.busy.file", "required when action is play")
+        if action == "transfer" and "target" not in b:
+            ctx.error(f["busy"], f"{path}.busy.target", "required when action is transfer")
+        for key, given, wants in (("file", file, "play"), ("target", target, "transfer")):
+            if given and action != wants:  # a key that would do nothing
+                ctx.error(b[key], f"{path}.busy.{key}", f"only used with action: {wants}")
+        out["_busy_node"] = f["busy"]
+        if action:
+            out["busy"] = Busy(action, file if action == "play" else None, target if action == "transfer" else None)
     if "fallback" in f:
         FB = spec.FALLBACK
         fb = _mapping(ctx, f["fallback"], f"{path}.fallback", FB)

@@ -20,6 +20,7 @@ __all__ = [
     "Trunk",
     "PlaybackSettings",
     "RecordingSettings",
+    "Busy",
     "Config",
 ]
 
@@ -78,6 +79,13 @@ class Fallback:
 
 
 @dataclass(frozen=True, slots=True)
+class Busy:
+    action: str = "reject"  # reject | play | transfer
+    file: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     connector: str
@@ -90,6 +98,8 @@ class Route:
     fallback: Fallback = field(default_factory=Fallback)
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     recording: bool = False
+    max_calls: int | None = None  # None: no per-route limit
+    busy: Busy = field(default_factory=Busy)
     line: int = 0
 
 
@@ -148,6 +158,7 @@ class Config:
     trunks: tuple[Trunk, ...] = ()
     warnings: tuple[Any, ...] = ()
     recording: RecordingSettings | None = None
+    max_calls: int | None = None  # limits.max_calls: over all routes
 
     def route(self, name: str) -> Route:
         for r in self.routes:

@@ -38,6 +38,7 @@ log = logging.getLogger("testbed.real_switch")
 _MODULES = (
     "mod_console", "mod_logfile", "mod_event_socket", "mod_sofia", "mod_commands", "mod_dptools",
     "mod_dialplan_xml", "mod_sndfile", "mod_native_file", "mod_tone_stream", "mod_audio_fork",
+    "mod_hash",  # the limit application's hash backend (routes with max_calls; in FreeSWITCH's stock modules.conf)
 )
 
 

@@ -29,6 +29,15 @@ a tick with no frame either way adding zeros (assumption: FreeSWITCH's record bu
 missing side with silence; the real-switch test measures alignment), else their mix. Missing
 directories are made (switch_dir_make_recursive). Past ``MAX_RECORDING_FRAMES`` it stops
 recording and logs an error.
+
+``limit hash <realm> <id> <max> [<where> [<dialplan> [<context>]]]`` (mod_dptools
+limit_function and mod_hash limit_incr_hash, 1.10.12 source): the count goes up unless it would
+pass ``max``; a call over it is hung up with the cause after ``!`` (``!USER_BUSY``: a 486 before
+answer) or transferred to ``<where>`` (default ``limit_exceeded``) in ``<context>`` (default
+the call's own), where the rendered dialplan runs again (an extension it does not have: the
+test sees ``transferred_to``). The count comes back when the channel hangs up or goes back to
+routing, i.e. on any transfer (switch_limit.c limit_state_handler, without
+``limit_ignore_transfer``).
 """
 
 from __future__ import annotations
@@ -190,6 +199,7 @@ class Channel:
         # record_session: (path, stereo, [(caller frame, heard frame)]) while recording
         self.recording: tuple[str, bool, list[tuple[bytes, bytes]]] | None = None
         self.recordings: list[str] = []  # files written at hangup
+        self.limits: list[tuple[str, str]] = []  # (realm, id) this channel counts in (limit hash)
         self._heard: bytes | None = None  # the frame the caller heard this tick
 
     # ------------------------------------------------------------ test-side controls
@@ -256,6 +266,7 @@ class EmulatedSwitch:
         self._clock: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._event_seq = 0
+        self.limit_usage: dict[tuple[str, str], set[str]] = {}  # mod_hash: (realm, id) -> channel uuids
 
     def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None) -> None:
         """(Re)load the rendered dialplan, as ``reloadxml`` would."""
@@ -363,6 +374,9 @@ class EmulatedSwitch:
                 return
             elif app == "sleep":
                 await asyncio.sleep(int(data or 0) / 1000)
+            elif app == "limit":
+                if self._limit(ch, data):
+                    return  # hung up or sent elsewhere: this extension stops here
             elif app == "record_session":
                 stereo = (ch.var("RECORD_STEREO") or "").lower() in ("true", "yes", "on", "1")
                 ch.recording = (data.split(" ")[0], stereo, [])
@@ -426,11 +440,55 @@ class EmulatedSwitch:
             _unlink(path)
         if ch.recording is not None:
             self._write_recording(ch)
+        self._release_limits(ch)
         self._emit("CHANNEL_HANGUP", ch, {"Hangup-Cause": cause})
         self._emit("CHANNEL_HANGUP_COMPLETE", ch, {"Hangup-Cause": cause})
         self.channels.pop(ch.uuid, None)
         self.ended.append(ch)
         ch.hungup.set()
+
+    def _limit(self, ch: Channel, data: str) -> bool:
+        """``limit`` (module docstring); True when the call was over the limit and sent on."""
+        argv = data.split(" ")
+        if len(argv) < 3 or argv[0] != "hash":
+            self.errors.append(f"limit {data!r}: only the hash backend with realm and id is emulated")
+            raise EmulatorError(f"limit {data!r} is not emulated")
+        key = (argv[1], argv[2])
+        top = -1 if len(argv) < 4 or argv[3].startswith("-") else max(0, atoi(argv[3].split("/")[0]))
+        users = self.limit_usage.setdefault(key, set())
+        if top < 0 or len(users) + 1 <= top:
+            users.add(ch.uuid)
+            ch.limits.append(key)
+            return False
+        where = argv[4] if len(argv) > 4 else "limit_exceeded"
+        if where.startswith("!"):
+            self._hangup(ch, where[1:])
+        else:
+            context = argv[6] if len(argv) > 6 else ch.profile["Caller-Context"]
+            self._dialplan_transfer(ch, where, context)
+        return True
+
+    def _release_limits(self, ch: Channel) -> None:
+        for key in ch.limits:
+            self.limit_usage.get(key, set()).discard(ch.uuid)
+        ch.limits.clear()
+
+    def _dialplan_transfer(self, ch: Channel, dest: str, context: str) -> None:
+        """switch_ivr_session_transfer: back to routing (limits given back), then the extension
+        of ``dest`` in the rendered dialplan when ``context`` is ours (public), else only noted."""
+        self._release_limits(ch)
+        ch.transferred_to, ch.transferred_context = dest, context
+        ch.parked = False
+        self._emit("CHANNEL_EXECUTE", ch, {"Application": "transfer", "Application-Data": f"{dest} XML {context}"})
+        if context != ch.profile["Caller-Context"]:
+            return
+        ch.vars["destination_number"] = dest
+        routed = self.dialplan.route(_ChannelFields(ch, dest))
+        if routed is None:
+            self._hangup(ch, "NO_ROUTE_DESTINATION")
+            return
+        ch.extension, actions = routed
+        self._spawn(self._execute(ch, actions), f"dialplan-{ch.uuid}-transfer")
 
     def _write_recording(self, ch: Channel) -> None:
         path, stereo, frames = ch.recording  # type: ignore[misc]
@@ -609,6 +667,7 @@ class EmulatedSwitch:
         if ch is None or len(parts) < 2:
             return "-ERR No such channel!\n"
         self._break(ch, all_=True)
+        self._release_limits(ch)  # back to routing (see the module docstring)
         ch.transferred_to = parts[1]
         ch.transferred_context = parts[3] if len(parts) > 3 else "default"
         ch.parked = False
@@ -1126,6 +1185,19 @@ _COND_OPS: dict[str, Callable[[object, object], bool]] = {
 
 _SIP_CHANNEL_VARS: dict[str, str] = json.loads(
     (Path(__file__).with_name("sip_channel_vars.json")).read_text(encoding="utf-8"))["variables"]
+
+
+class _ChannelFields(dict):
+    """A condition's field as the dialplan reads it: ``destination_number``, or ``${var}``."""
+
+    def __init__(self, ch: Channel, destination: str) -> None:
+        super().__init__(destination_number=destination)
+        self.ch = ch
+
+    def get(self, key: str, default: str = "") -> str:  # type: ignore[override]
+        if key.startswith("${") and key.endswith("}"):
+            return self.ch.var(key[2:-1]) or default
+        return super().get(key, default)
 
 
 def _fill(value: str, fill: Mapping[str, str]) -> str:

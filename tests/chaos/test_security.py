@@ -236,7 +236,8 @@ async def test_hostile_caller_ids_never_reach_esl_the_dialplan_or_json_unescaped
         # One command per line: no caller newline ever split one into two.
         assert verbs <= {"auth", "event", "filter", "api", "sendmsg", "exit"}
         assert apis <= {"uuid_dump", "uuid_audio_fork", "uuid_kill", "uuid_break", "uuid_transfer", "uuid_send_dtmf",
-                        "uuid_broadcast", "cond"}  # cond: the dialplan's rate: auto, on read_rate only
+                        "uuid_broadcast", "cond",  # cond: the dialplan's rate: auto, on read_rate only
+                        "strftime"}  # the recording's file name: the switch's clock only
 
 
 @given(st.text(max_size=300), st.text(max_size=300))
