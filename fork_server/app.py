@@ -27,6 +27,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .recording import RecordingStore
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
+from .switch_status import parse_status, parse_version
 
 __all__ = ["App", "SUBSCRIBED_EVENTS", "ESL_FILTERS"]
 
@@ -50,6 +51,7 @@ SUBSCRIBED_EVENTS = [
     "mod_audio_fork::play_audio",
     "mod_audio_fork::kill_audio",
 ]
+SWITCH_STATUS_INTERVAL_S = 5.0  # how stale GET /freeswitch/status may be
 RETENTION_INTERVAL_S = 3600.0  # retention is in days; an hourly sweep is late by at most an hour
 _METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
 
@@ -124,7 +126,11 @@ class App:
             calls_body=lambda: [c.info() for c in self.calls.values()],
             accepting=lambda: self._accepting,
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+            call_body=self._call_info,
+            switch_body=self._switch_info,
         )
+        self._switch: dict[str, Any] = {}  # the last poll of the switch (see _switch_status_loop)
+        self._switch_checked: float | None = None
         self.recordings = RecordingStore(config.recording) if config.recording is not None else None
         self.port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -139,6 +145,7 @@ class App:
         await self.esl.start()
         fs = self.config.fork_server
         self.port = await self.intake.start(fs.listen_host, self._listen_port)
+        self._spawn(self._switch_status_loop())
         if self.recordings is not None and self.recordings.settings.retention_days > 0:
             self._spawn(self._retention_loop(self.recordings))
         self.log.info(
@@ -280,6 +287,42 @@ class App:
         finally:
             self.calls.pop(meta.uuid, None)
             self.metrics.active_calls.dec()
+
+    def _call_info(self, uuid: str) -> dict[str, Any] | None:
+        """GET /calls/<uuid>: what /calls says of it, plus its recording's path; no caller numbers."""
+        call = self.calls.get(uuid)
+        if call is None:
+            return None
+        caller = call.session.caller
+        return {**call.info(), "connector": self.config.route(call.session.settings.route).connector,
+                "fork_rate": call.session.settings.fork_rate,
+                "recording": caller.recording if caller is not None else None}
+
+    def _switch_info(self) -> dict[str, Any]:
+        """GET /freeswitch/status: the ESL link now, and the switch as last polled."""
+        loop = asyncio.get_running_loop()
+        return {
+            "esl": {"up": bool(self.esl.up), "host": self.config.freeswitch.esl_host, "port": self.config.freeswitch.esl_port},
+            "checked_s_ago": None if self._switch_checked is None else round(loop.time() - self._switch_checked, 1),
+            **self._switch,
+            "fork_server_calls": len(self.calls),
+        }
+
+    async def _switch_status_loop(self, interval_s: float = SWITCH_STATUS_INTERVAL_S) -> None:
+        """Polls ``version`` and ``status`` while ESL is up (two API commands per interval), so the
+        endpoint answers at once from the last poll and says how old it is."""
+        while True:
+            if self.esl.up:
+                try:
+                    version = parse_version(await self.esl.api("version"))
+                    status = parse_status(await self.esl.api("status"))
+                    self._switch = {"version": version, **status}
+                    self._switch_checked = asyncio.get_running_loop().time()
+                except EslError as exc:
+                    self.log.warning("> esl version/status for /freeswitch/status: %s", exc)
+                await asyncio.sleep(interval_s)
+            else:
+                await asyncio.sleep(min(interval_s, 0.5))  # poll soon after ESL comes up
 
     async def _retention_loop(self, store: RecordingStore, interval_s: float = RETENTION_INTERVAL_S) -> None:
         """recording.retention_days: sweep at start, then every interval (in a thread: a big tree

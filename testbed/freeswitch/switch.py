@@ -266,6 +266,8 @@ class EmulatedSwitch:
         self._clock: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._event_seq = 0
+        self._started_at = 0.0
+        self._peak = 0  # most channels at once (status)
         self.limit_usage: dict[tuple[str, str], set[str]] = {}  # mod_hash: (realm, id) -> channel uuids
 
     def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None) -> None:
@@ -281,6 +283,7 @@ class EmulatedSwitch:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
         self._clock = self._loop.create_task(self._run_clock(), name="switch-clock")
 
     async def close(self) -> None:
@@ -331,6 +334,7 @@ class EmulatedSwitch:
         if variables:
             ch.vars.update(variables)
         self.channels[ch.uuid] = ch
+        self._peak = max(self._peak, len(self.channels))
         self._emit("CHANNEL_CREATE", ch)
         routed = self.dialplan.route({"destination_number": destination})
         if routed is None:
@@ -730,7 +734,16 @@ class EmulatedSwitch:
         return time.strftime(args or "%Y-%m-%d %H:%M:%S")
 
     def _api_status(self, args: str) -> str:
-        return f"UP 0 years, 0 days\n{len(self.channels)} session(s) - emulated\n"
+        """The real 1.10.12 layout (fork_server/switch_status.py quotes one); the numbers are ours."""
+        up = int(self.now() - self._started_at) if self._loop is not None else 0
+        total = len(self.channels) + len(self.ended)
+        return (f"UP 0 years, 0 days, {up // 3600} hours, {up // 60 % 60} minutes, {up % 60} seconds, 0 milliseconds, 0 microseconds\n"
+                "FreeSWITCH (Version 1.10.12 -emulated 64bit) is ready\n"
+                f"{total} session(s) since startup\n{len(self.channels)} session(s) - peak {self._peak}, last 5min {self._peak}\n"
+                "0 session(s) per Sec out of max 30, peak 0, last 5min 0\n1000 session(s) max\n")
+
+    def _api_version(self, args: str) -> str:
+        return "FreeSWITCH Version 1.10.12-emulated~64bit (-emulated 64bit)\n"
 
     # ------------------------------------------------------------ EslCore: sendmsg
 
@@ -1238,4 +1251,5 @@ _API: dict[str, Callable[[EmulatedSwitch, str], str]] = {
     "status": EmulatedSwitch._api_status,
     "cond": EmulatedSwitch._api_cond,
     "strftime": EmulatedSwitch._api_strftime,
+    "version": EmulatedSwitch._api_version,
 }
