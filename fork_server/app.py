@@ -23,7 +23,7 @@ from .call import Call, CallLogger, ConnectorTarget
 from .errors import EslError, ForkProtocolError, LocalUsageError
 from .esl_client import EslClient
 from .intake import BasicCredentials, ForkConnection, IntakeServer
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import CONTENT_TYPE, SHARE_INTERVAL_S, Metrics, WorkerShare, merge
 from .recording import RecordingStore
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
@@ -122,7 +122,7 @@ class App:
             credentials=self._credentials,
             on_call=self._on_call,
             healthy=lambda: bool(self.esl.up),
-            metrics_body=lambda: (self.metrics.render(), CONTENT_TYPE),
+            metrics_body=lambda: (self._metrics_body(), CONTENT_TYPE),
             calls_body=lambda: [c.info() for c in self.calls.values()],
             accepting=lambda: self._accepting,
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
@@ -132,6 +132,7 @@ class App:
         self._switch: dict[str, Any] = {}  # the last poll of the switch (see _switch_status_loop)
         self._switch_checked: float | None = None
         self.recordings = RecordingStore(config.recording) if config.recording is not None else None
+        self.metrics_share: WorkerShare | None = None  # set by cli --workers: /metrics is the whole server's
         self.port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # With worker processes (cli --workers) every worker sees every ESL event: only one
@@ -146,6 +147,8 @@ class App:
         fs = self.config.fork_server
         self.port = await self.intake.start(fs.listen_host, self._listen_port)
         self._spawn(self._switch_status_loop())
+        if self.metrics_share is not None:
+            self._spawn(self._share_metrics_loop(self.metrics_share))
         if self.recordings is not None and self.recordings.settings.retention_days > 0:
             self._spawn(self._retention_loop(self.recordings))
         self.log.info(
@@ -287,6 +290,25 @@ class App:
         finally:
             self.calls.pop(meta.uuid, None)
             self.metrics.active_calls.dec()
+
+    def _metrics_body(self) -> bytes:
+        own = self.metrics.render()
+        if self.metrics_share is None:
+            return own
+        try:
+            return merge([own, *self.metrics_share.siblings()])
+        except (OSError, ValueError) as exc:  # a sibling's file we cannot read: serve ours, say so
+            self.metrics.errors.labels("metrics_merge").inc()
+            self.log.error("/metrics: could not add the other workers' metrics: %s", exc)
+            return own
+
+    async def _share_metrics_loop(self, share: WorkerShare) -> None:
+        while True:
+            try:
+                share.write(self.metrics.render())
+            except OSError as exc:
+                self.log.error("metrics snapshot %s: %s", share.path, exc)
+            await asyncio.sleep(SHARE_INTERVAL_S)
 
     def _call_info(self, uuid: str) -> dict[str, Any] | None:
         """GET /calls/<uuid>: what /calls says of it, plus its recording's path; no caller numbers."""
