@@ -149,7 +149,8 @@ class App:
         self._spawn(self._switch_status_loop())
         if self.metrics_share is not None:
             self._spawn(self._share_metrics_loop(self.metrics_share))
-        if self.recordings is not None and self.recordings.settings.retention_days > 0:
+        # One sweeper per server: with --workers only worker 0 (the one with orphan_events).
+        if self.recordings is not None and self.recordings.settings.retention_days > 0 and self.orphan_events:
             self._spawn(self._retention_loop(self.recordings))
         self.log.info(
             "fork server listening on %s:%d (%d routes, auth %s, playback %s/%s, ESL %s:%d %s)",
