@@ -390,7 +390,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         lim = _mapping(ctx, top["limits"], "limits", spec.LIMITS)
         if "max_calls" in lim:
             max_calls = _key_int(ctx, lim["max_calls"], "limits.max_calls", spec.LIMITS["max_calls"])
-    if "limits" not in top:
+    if max_calls is None and not (ctx.issues and "limits" in top):  # (an invalid limits.max_calls is reported already)
         seen_busy: set[int] = set()
         for b_node, b_path in busy_unused:  # a key that would do nothing is refused
             if id(b_node) not in seen_busy:

@@ -72,6 +72,7 @@ def test_no_limit_renders_no_limit():
     ("    max_calls: 1\n    busy: {action: hangup}\n", "", "cfg.yaml:14: routes[0].busy.action: expected reject, play or transfer"),
     ("", "limits:\n  max_calls: x\n", "cfg.yaml:17: limits.max_calls: expected an integer 1..100000"),
     ("", "limits:\n  calls: 3\n", "cfg.yaml:17: limits.calls: unknown key"),
+    ("    busy: {action: reject}\n", "limits: {}\n", "cfg.yaml:13: routes[0].busy: busy is only used with max_calls"),
 ])
 def test_limit_errors_name_file_line_and_key(extra, top, message):
     (err,) = errors(BASE.replace(ROUTE_END, ROUTE_END + extra) + top)
