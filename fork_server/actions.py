@@ -56,6 +56,7 @@ class CallerInfoReady:
     name: str
     destination: str
     write_rate: int
+    recording: str | None = None  # the recording's path as the switch writes it (checked by the adapter)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,11 @@ from .call import Call, CallLogger, ConnectorTarget
 from .errors import EslError, ForkProtocolError, LocalUsageError
 from .esl_client import EslClient
 from .intake import BasicCredentials, ForkConnection, IntakeServer
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import CONTENT_TYPE, SHARE_INTERVAL_S, Metrics, WorkerShare, merge
+from .recording import RecordingStore
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
+from .switch_status import parse_status, parse_version
 
 __all__ = ["App", "SUBSCRIBED_EVENTS", "ESL_FILTERS"]
 
@@ -50,6 +52,8 @@ SUBSCRIBED_EVENTS = [
     "mod_audio_fork::play_audio",
     "mod_audio_fork::kill_audio",
 ]
+SWITCH_STATUS_INTERVAL_S = 5.0  # how stale GET /freeswitch/status may be
+RETENTION_INTERVAL_S = 3600.0  # retention is in days; an hourly sweep is late by at most an hour
 _METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
 
 # What the switch sends us (mod_event_socket filters are OR'ed; switch_regex_perform takes
@@ -126,11 +130,18 @@ class App:
             credentials=self._credentials,
             on_call=self._on_call,
             healthy=self._healthy,
-            metrics_body=lambda: (self.metrics.render(), CONTENT_TYPE),
+            metrics_body=lambda: (self._metrics_body(), CONTENT_TYPE),
             calls_body=lambda: [c.info() for c in self.calls.values()],
             accepting=lambda: self._accepting,
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+            call_body=self._call_info,
+            switch_body=self._switch_info,
         )
+        # The last poll of each switch (see _switch_status_loop): what, and when.
+        self._switch: dict[str, dict[str, Any]] = {name: {} for name in self.esls}
+        self._switch_checked: dict[str, float | None] = {name: None for name in self.esls}
+        self.recordings = RecordingStore(config.recording) if config.recording is not None else None
+        self.metrics_share: WorkerShare | None = None  # set by cli --workers: /metrics is the whole server's
         self.port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # With worker processes (cli --workers) every worker sees every ESL event: only one
@@ -145,6 +156,13 @@ class App:
             await esl.start()
         fs = self.config.fork_server
         self.port = await self.intake.start(fs.listen_host, self._listen_port)
+        for name in self.esls:
+            self._spawn(self._switch_status_loop(name))
+        if self.metrics_share is not None:
+            self._spawn(self._share_metrics_loop(self.metrics_share))
+        # One sweeper per server: with --workers only worker 0 (the one with orphan_events).
+        if self.recordings is not None and self.recordings.settings.retention_days > 0 and self.orphan_events:
+            self._spawn(self._retention_loop(self.recordings))
         self.log.info(
             "fork server listening on %s:%d (%d routes, auth %s, playback %s/%s, ESL %s)",
             fs.listen_host,
@@ -254,6 +272,15 @@ class App:
             self.log.error("< fork for %s on /calls/%s: uuid already has a live call", meta.uuid, route_name)
             await ws.close(1008, "duplicate call")
             return
+        over = self._over_limit(route)
+        if over:
+            # The switch's limit keeps these calls out; one that gets here anyway (a dialplan
+            # rendered before the limit, a second switch) gets its route's busy action.
+            self.metrics.rejected.labels("over_limit").inc()
+            self.log.warning("< fork for %s on /calls/%s: over %s; busy %s", meta.uuid, route_name, over, route.busy.action)
+            await ws.close(1013, "over max_calls")
+            self._spawn(self._busy_without_call(meta.uuid, route, esl))
+            return
         # The rate the switch was told is the one that arrives: the metadata's (rate: auto is the
         # switch's pick at answer); a dialplan rendered before rates were sent has the route's.
         fork_rate = meta.rate or route.rate
@@ -280,7 +307,7 @@ class App:
                            "module (it took the bidirectional arguments as metadata); this call plays files", meta.uuid)
             settings = replace(settings, transport="file")
         session = CallSession(meta.uuid, settings)
-        call = Call(session, ws, intake, target, esl, self.metrics, self.log)
+        call = Call(session, ws, intake, target, esl, self.metrics, self.log, recordings=self.recordings)
         call.switch = meta.switch or "default"
         self.calls[meta.uuid] = call
         self.metrics.active_calls.inc()
@@ -290,6 +317,85 @@ class App:
         finally:
             self.calls.pop(meta.uuid, None)
             self.metrics.active_calls.dec()
+
+    def _metrics_body(self) -> bytes:
+        own = self.metrics.render()
+        if self.metrics_share is None:
+            return own
+        try:
+            return merge([own, *self.metrics_share.siblings()])
+        except (OSError, ValueError) as exc:  # a sibling's file we cannot read: serve ours, say so
+            self.metrics.errors.labels("metrics_merge").inc()
+            self.log.error("/metrics: could not add the other workers' metrics: %s", exc)
+            return own
+
+    async def _share_metrics_loop(self, share: WorkerShare) -> None:
+        while True:
+            try:
+                share.write(self.metrics.render())
+            except OSError as exc:
+                self.log.error("metrics snapshot %s: %s", share.path, exc)
+            await asyncio.sleep(SHARE_INTERVAL_S)
+
+    def _call_info(self, uuid: str) -> dict[str, Any] | None:
+        """GET /calls/<uuid>: what /calls says of it, plus its recording's path; no caller numbers."""
+        call = self.calls.get(uuid)
+        if call is None:
+            return None
+        caller = call.session.caller
+        return {**call.info(), "connector": self.config.route(call.session.settings.route).connector,
+                "fork_rate": call.session.settings.fork_rate,
+                "recording": caller.recording if caller is not None else None}
+
+    def _switch_info(self) -> dict[str, Any]:
+        """GET /freeswitch/status: the ESL link now, and the switch as last polled. Several
+        switches: the same for each under ``switches``, by name."""
+        loop = asyncio.get_running_loop()
+
+        def one(sw: Any) -> dict[str, Any]:
+            checked = self._switch_checked[sw.name]
+            return {
+                "esl": {"up": bool(self.esls[sw.name].up), "host": sw.esl_host, "port": sw.esl_port},
+                "checked_s_ago": None if checked is None else round(loop.time() - checked, 1),
+                **self._switch[sw.name],
+            }
+
+        switches = self.config.all_switches()
+        if not self.multi_switch:
+            return {**one(switches[0]), "fork_server_calls": len(self.calls)}
+        return {"switches": {sw.name: {**one(sw), "fork_server_calls": sum(1 for c in self.calls.values() if c.switch == sw.name)}
+                             for sw in switches}, "fork_server_calls": len(self.calls)}
+
+    async def _switch_status_loop(self, name: str, interval_s: float = SWITCH_STATUS_INTERVAL_S) -> None:
+        """Polls ``version`` and ``status`` of one switch while its ESL is up (two API commands per
+        interval), so the endpoint answers at once from the last poll and says how old it is."""
+        esl = self.esls[name]
+        while True:
+            if esl.up:
+                try:
+                    version = parse_version(await esl.api("version"))
+                    status = parse_status(await esl.api("status"))
+                    self._switch[name] = {"version": version, **status}
+                    self._switch_checked[name] = asyncio.get_running_loop().time()
+                except EslError as exc:
+                    self.log.warning("> esl version/status for /freeswitch/status: %s", exc)
+                await asyncio.sleep(interval_s)
+            else:
+                await asyncio.sleep(min(interval_s, 0.5))  # poll soon after ESL comes up
+
+    async def _retention_loop(self, store: RecordingStore, interval_s: float = RETENTION_INTERVAL_S) -> None:
+        """recording.retention_days: sweep at start, then every interval (in a thread: a big tree
+        takes a while to walk)."""
+        while True:
+            try:
+                deleted = await asyncio.to_thread(store.sweep)
+                if deleted:
+                    self.log.info("recording retention: deleted %d files older than %d days", len(deleted),
+                                  store.settings.retention_days)
+            except OSError as exc:
+                self.metrics.errors.labels("recording_retention").inc()
+                self.log.error("recording retention sweep failed: %s", exc)
+            await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------------ ESL
 
@@ -354,6 +460,40 @@ class App:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop (the bug stays attached otherwise)")
         except EslError as exc:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop: %s", exc)
+
+    def _over_limit(self, route: Route) -> str | None:
+        """The fork-server guard: which max_calls a new call of ``route`` would pass, if any
+        (this process's calls; with --workers each worker guards its own share)."""
+        top = self.config.max_calls
+        if top is not None and len(self.calls) >= top:
+            return f"limits.max_calls ({top})"
+        if route.max_calls is not None:
+            n = sum(1 for c in self.calls.values() if c.session.settings.route == route.name)
+            if n >= route.max_calls:
+                return f"routes[{route.name}].max_calls ({route.max_calls})"
+        return None
+
+    async def _busy_without_call(self, uuid: str, route: Route, esl: Any) -> None:
+        """The route's busy action over ESL for a call the guard turned away (already answered, so
+        reject is a hangup with USER_BUSY, not a 486)."""
+        clog = CallLogger(self.log, {"uuid": uuid})
+        b = route.busy
+        try:
+            await esl.api(em.uuid_audio_fork_stop(uuid))
+        except EslError as exc:
+            clog.warning("> uuid_audio_fork stop: %s", exc)
+        try:
+            if b.action == "transfer" and b.target:
+                await esl.api(em.uuid_transfer(uuid, b.target))
+            elif b.action == "play" and b.file:
+                await esl.execute_playback(em.PlaybackCommand(uuid, b.file))
+                await esl.sendmsg(uuid, em.execute_headers("hangup", "USER_BUSY"))
+            else:
+                await esl.api(em.uuid_kill(uuid, "USER_BUSY"))
+            clog.info("> busy %s for route %s", b.action, route.name)
+        except EslError as exc:
+            self.metrics.errors.labels("busy_failed").inc()
+            clog.error("> busy action for route %s failed: %s", route.name, exc)
 
     async def _fallback_without_call(self, uuid: str, route: Route, body: Any, esl: Any) -> None:
         """mod_audio_fork could not reach us for one of our routes: run its fallback (REF "Events")."""

@@ -31,6 +31,7 @@ from .errors import (
     LocalUsageError,
 )
 from .metrics import Metrics
+from .recording import RecordingStore
 from .session import (
     ArmTimer,
     BreakPlayback,
@@ -128,8 +129,11 @@ class Call:
         esl: Any,
         metrics: Metrics,
         logger: logging.Logger,
+        recordings: RecordingStore | None = None,
     ) -> None:
         self.session = session
+        self.recordings = recordings
+        self.started_at = time.time()
         self.uuid = session.uuid
         self.fork = fork
         self.intake = intake
@@ -368,7 +372,15 @@ class Call:
             self.post(CallerInfoFailed(str(exc)))
             return
         self.log.info("< caller %r <%s> to %s at %d Hz", info.name, info.number, info.destination, info.write_rate)
-        self.post(CallerInfoReady(info.number, info.name, info.destination, info.write_rate))
+        recording = None
+        if info.recording is not None:
+            recording = self.recordings.accept(info.recording) if self.recordings is not None else None
+            if recording is None:
+                self.metrics.errors.labels("recording_path").inc()
+                self.log.error("< esl: voicefork_recording %.200r is not a .wav under recording.dir; no sidecar", info.recording)
+            else:
+                self.log.info("< recording to %s", recording)
+        self.post(CallerInfoReady(info.number, info.name, info.destination, info.write_rate, recording))
 
     async def _connect(self, action: ConnectConnector) -> None:
         self._connecting = self._tg.create_task(self._connect_task(action.resumed))  # type: ignore[union-attr]
@@ -525,10 +537,28 @@ class Call:
         self.metrics.frames_dropped.inc(s.dropped_frames)  # pre-start overflow; the links' drops are counted live
         self.metrics.calls.labels(s.outcome).inc()
         self.metrics.tts_bytes.inc(s.tts_bytes)
+        await self._write_sidecar(s)
         if self._link is not None:
             await self._link.close()
             self._link = None
         self._done.set()
+
+    async def _write_sidecar(self, s: Any) -> None:
+        caller = self.session.caller
+        if self.recordings is None or caller is None or caller.recording is None:
+            return
+        data = self.recordings.sidecar(
+            uuid=self.uuid, route=s.route, from_=caller.number, to=caller.destination, start=self.started_at,
+            end=time.time(), outcome=s.outcome, marks_played=s.marks_played, marks_cleared=s.marks_cleared,
+            recording=caller.recording,
+        )
+        try:
+            path = await asyncio.to_thread(self.recordings.write_sidecar, caller.recording, data)
+        except (OSError, ValueError) as exc:
+            self.metrics.errors.labels("recording_sidecar").inc()
+            self.log.error("> recording sidecar for %s: %s", caller.recording, exc)
+            return
+        self.log.info("> recording sidecar %s", path)
 
     def _remove_call_dir(self) -> None:
         for directory in self._made_dirs:

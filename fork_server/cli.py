@@ -3,8 +3,9 @@
 ``--workers N`` runs N worker processes on one port (SO_REUSEPORT: the kernel spreads new
 fork connections over them), so a box with N cores can use all of them; Python runs one
 event loop per core at most. A call lives in one worker from its first frame to its end.
-Each worker has its own ESL connections and its own /metrics and /healthz (a scrape sees
-the worker that accepted it); the spool is shared safely because every call writes only
+Each worker has its own ESL connections and /healthz; ``/metrics`` in any worker is the whole
+server's (each worker shares its own in a directory the parent makes and removes; see
+fork_server.metrics); the spool is shared safely because every call writes only
 under ``<spool>/<uuid>/``. The parent forwards SIGTERM/SIGINT to the workers (each drains),
 restarts a worker that dies on its own, and exits with the worst worker exit code.
 """
@@ -17,9 +18,11 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -77,7 +80,8 @@ def _runner(want_uvloop: bool) -> Callable[[Any], Any]:
     return asyncio.run
 
 
-def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | None, esl: str = "python-esl") -> int:
+def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | None, esl: str = "python-esl",
+           metrics_dir: str | None = None) -> int:
     from .app import App
     from .errors import LocalUsageError
 
@@ -100,6 +104,10 @@ def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | N
         app.orphan_events = worker == 0  # one worker runs the fallback of a fork that reached none
         for esl in app.esls.values():
             esl.event_filter = app.wants_event
+        if metrics_dir is not None:
+            from .metrics import WorkerShare
+
+            app.metrics_share = WorkerShare(metrics_dir, worker)
     # Everything alive now (modules, the config, the app: ~36 000 objects) lives as long as the
     # process: moved out of the collector's generations, a full collection no longer walks it
     # (issue 5: full collections stalled the event loop for 40 ms at 300 calls).
@@ -120,6 +128,7 @@ def _supervise(config: Any, port: int, runner: Callable[[Any], Any], n: int, esl
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((host, port))
     port = holder.getsockname()[1]
+    metrics_dir = tempfile.mkdtemp(prefix="voicefork-metrics-")  # 0700; removed when the parent ends
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
     worst = 0
@@ -134,7 +143,7 @@ def _supervise(config: Any, port: int, runner: Callable[[Any], Any], n: int, esl
                 h.setFormatter(logging.Formatter(_LOG_FORMAT.replace("%(name)s", f"w{index} %(name)s")))
             code = 1
             try:
-                code = _serve(config, port, runner, worker=index, esl=esl)
+                code = _serve(config, port, runner, worker=index, esl=esl, metrics_dir=metrics_dir)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -170,4 +179,5 @@ def _supervise(config: Any, port: int, runner: Callable[[Any], Any], n: int, esl
             if not stopping:
                 spawn(index)
     holder.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if stopping and worst == 0 else worst

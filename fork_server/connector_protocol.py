@@ -275,11 +275,19 @@ def mark(name: str, status: str) -> str:
     return _dumps({"type": "mark", "name": name, "status": status})
 
 
-def stop(reason: str) -> str:
-    """The last message before the fork server closes with 1000."""
+def stop(reason: str, recording: str | None = None) -> str:
+    """The last message before the fork server closes with 1000; ``recording``: the path of the
+    call's recording as the switch wrote it (routes with ``recording: true``)."""
     if reason not in STOP_REASONS:
         raise LocalUsageError(f"stop: reason: expected one of {sorted(STOP_REASONS)}, got {_show(reason)}")
-    return _dumps({"type": "stop", "reason": reason})
+    if recording is None:
+        return _dumps({"type": "stop", "reason": reason})
+    if not isinstance(recording, str) or not _RECORDING_PATH.fullmatch(recording):
+        raise LocalUsageError(f"stop: recording: expected an absolute .wav path, got {_show(recording)}")
+    return _dumps({"type": "stop", "reason": reason, "recording": recording})
+
+
+_RECORDING_PATH = re.compile(r"/[A-Za-z0-9_./-]{1,1000}\.wav")
 
 
 # --------------------------------------------------------------------------- parser

@@ -332,6 +332,7 @@ class CallerInfo:
     name: str
     destination: str
     write_rate: int
+    recording: str | None = None  # variable_voicefork_recording: set by our dialplan, not the caller
 
 
 _MAX_CALLER_FIELD = 4096  # kept longer than the 256 of `start`, which then marks the cut with "…"
@@ -349,4 +350,5 @@ def caller_info(dump: Mapping[str, str]) -> CallerInfo:
         name=field("Caller-Caller-ID-Name"),
         destination=field("Caller-Destination-Number"),
         write_rate=rate,
+        recording=dump.get("variable_voicefork_recording") or None,
     )

@@ -30,6 +30,9 @@ from .wsconn import WsConnection
 __all__ = ["BasicCredentials", "IntakeServer", "ForkConnection", "FORK_SUBPROTOCOL", "check_basic_auth"]
 
 FORK_SUBPROTOCOL = "audio.drachtio.org"
+# GET /calls/<uuid> without an Upgrade header is a status request; with one it is a fork (whose
+# route name could look like a uuid).
+_STATUS_PATH = re.compile(r"^/calls/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})/?$")
 _CALL_PATH = re.compile(r"^/calls/([a-z0-9][a-z0-9_-]{0,62})/?(?:\?.*)?$")
 # Merged frames under load can hold a whole buffer: 5 s (MOD_AUDIO_FORK_BUFFER_SECS max) of 16k mono = 160 KB.
 MAX_FORK_MESSAGE = 1 << 20
@@ -153,7 +156,11 @@ class IntakeServer:
         accepting: Callable[[], bool],
         on_reject: Callable[[str], None],
         reuse_port: bool = False,
+        call_body: Callable[[str], dict[str, Any] | None] | None = None,
+        switch_body: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self._call_body = call_body
+        self._switch_body = switch_body
         self._routes = routes
         self._credentials = credentials
         self._on_call = on_call
@@ -187,6 +194,14 @@ class IntakeServer:
         if path == "/calls":
             body = json.dumps(self._calls_body(), indent=1).encode()
             return _response(http.HTTPStatus.OK, body, "application/json")
+        if path == "/freeswitch/status" and self._switch_body is not None:
+            return _response(http.HTTPStatus.OK, json.dumps(self._switch_body(), indent=1).encode(), "application/json")
+        status = _STATUS_PATH.match(path)
+        if status is not None and self._call_body is not None and "upgrade" not in request.headers.get("Connection", "").lower():
+            info = self._call_body(status.group(1).lower())
+            if info is None:
+                return _response(http.HTTPStatus.NOT_FOUND, b"no such call\n", "text/plain")
+            return _response(http.HTTPStatus.OK, json.dumps(info, indent=1).encode(), "application/json")
         m = _CALL_PATH.match(path)
         if m is None or m.group(1) not in self._routes:
             self._on_reject("unknown_route")

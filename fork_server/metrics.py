@@ -6,17 +6,27 @@ takes a lock on every ``inc()`` and a Histogram searches its buckets on every
 the per-frame counters here are plain ints read when /metrics is scraped, and the relay
 latency histogram observes one frame in ``RELAY_SAMPLE_EVERY``. Every other metric is
 rare (per call, per segment) and stays a prometheus_client metric.
+
+With ``--workers N`` (fork_server.cli) every worker writes its own scrape into a directory the
+parent made, once a second (:class:`WorkerShare`), and ``GET /metrics`` in any worker serves the
+sum of its live registry and its siblings' last snapshots (:func:`merge`): counters, histogram
+buckets, sums and counts and the call gauges add up; ``voicefork_esl_up`` is the minimum (1 only
+when every worker's link is up); the per-process ``*_created`` timestamps are left out. A
+sibling's part is at most ``SHARE_INTERVAL_S`` old. (prometheus_client's multiprocess mode would
+need its environment variable before import and does not see the lock-free LoopCounters.)
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from typing import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "LoopCounter", "CONTENT_TYPE", "RELAY_SAMPLE_EVERY"]
+__all__ = ["Metrics", "LoopCounter", "WorkerShare", "merge", "CONTENT_TYPE", "RELAY_SAMPLE_EVERY", "SHARE_INTERVAL_S"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -88,3 +98,71 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+SHARE_INTERVAL_S = 1.0
+_MAX_SNAPSHOT_BYTES = 1 << 20  # a worker's scrape is a few KB; a bigger file is not ours
+_MIN_GAUGES = frozenset({"voicefork_esl_up"})
+
+
+def merge(texts: Iterable[bytes]) -> bytes:
+    """One exposition from several workers' (see the module docstring)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text.decode("utf-8", "replace")):
+            if fam.name.endswith("_created"):
+                continue
+            families.setdefault(fam.name, fam)
+            acc = values.setdefault(fam.name, {})
+            for s in fam.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                if key not in acc:
+                    acc[key] = s.value
+                elif fam.name in _MIN_GAUGES:
+                    acc[key] = min(acc[key], s.value)
+                else:
+                    acc[key] += s.value
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged(families, values))
+    return generate_latest(registry)
+
+
+class _Merged(Collector):
+    def __init__(self, families: dict[str, Metric], values: dict[str, dict]) -> None:  # type: ignore[type-arg]
+        self.families, self.values = families, values
+
+    def collect(self) -> Iterator[Metric]:
+        for name, fam in self.families.items():
+            out = Metric(name, fam.documentation, fam.type)
+            for (sample, labels), value in self.values[name].items():
+                out.add_sample(sample, dict(labels), value)
+            yield out
+
+
+class WorkerShare:
+    """This worker's snapshot file in the directory all workers of one server share."""
+
+    def __init__(self, directory: str, index: int) -> None:
+        self.directory, self.index = directory, index
+        self.path = os.path.join(directory, f"w{index}.prom")
+
+    def write(self, text: bytes) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(text)
+        os.replace(tmp, self.path)  # a reader sees the old snapshot or the new one, whole
+
+    def siblings(self) -> list[bytes]:
+        out = []
+        for name in sorted(os.listdir(self.directory)):
+            if not (name.startswith("w") and name.endswith(".prom")) or name == os.path.basename(self.path):
+                continue
+            try:
+                with open(os.path.join(self.directory, name), "rb") as f:
+                    data = f.read(_MAX_SNAPSHOT_BYTES + 1)
+            except FileNotFoundError:
+                continue
+            if len(data) <= _MAX_SNAPSHOT_BYTES:
+                out.append(data)
+        return out

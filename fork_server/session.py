@@ -421,7 +421,7 @@ class CallSession:
         acts: list[Any] = self._drop_playback()
         if isinstance(event, Shutdown) and self._connector_open():
             self._connector_connected = False
-            acts += [SendToConnector(cp.stop("shutdown")), CloseConnector()]
+            acts += [SendToConnector(self._stop_message("shutdown")), CloseConnector()]
         # CallerInfoFailed (no ESL) too: the fallback's commands wait in the adapter until ESL
         # is back, since nothing else can end or move the call (REF: no mod_audio_fork message
         # hangs up, transfers or plays).
@@ -436,6 +436,9 @@ class CallSession:
             # has played even if we never see its PLAYBACK_STOP, or the fork is gone by then.
             return acts + self.files.prompt(s.fallback_file) + [QueueHangup(self.uuid)]
         return acts + [HangupCall(self.uuid)]
+
+    def _stop_message(self, reason: str) -> str:
+        return cp.stop(reason, self.caller.recording if self.caller is not None else None)
 
     def _connector_open(self) -> bool:
         return self._connector_connected
@@ -455,7 +458,7 @@ class CallSession:
                 reason = "transfer"
             elif self.outcome == "connector_hangup":
                 reason = "connector_hangup"
-            acts += [SendToConnector(cp.stop(reason)), CloseConnector()]
+            acts += [SendToConnector(self._stop_message(reason)), CloseConnector()]
         else:
             acts.append(CloseConnector())
         for core in self._cores():
@@ -560,13 +563,13 @@ class CallSession:
         if isinstance(ev, cp.TransferRequest):
             self.outcome = "transfer"
             return [
-                SendToConnector(cp.stop("transfer")),
+                SendToConnector(self._stop_message("transfer")),
                 CloseConnector(),
                 TransferCall(self.uuid, ev.target),
                 self._stop_fork(),
             ]
         self.outcome = "connector_hangup"
-        return [SendToConnector(cp.stop("connector_hangup")), CloseConnector(), HangupCall(self.uuid)]
+        return [SendToConnector(self._stop_message("connector_hangup")), CloseConnector(), HangupCall(self.uuid)]
 
     def _end_if_played(self) -> list[Any]:
         """A hangup or transfer asked for after playback goes once nothing is left to play."""

@@ -22,7 +22,9 @@ import yaml
 from . import spec
 from .errors import ConfigError, ConfigIssue
 from .model import (
+    DEFAULT_RECORDING_FILE,
     BasicAuth,
+    Busy,
     Config,
     Connector,
     Fallback,
@@ -30,6 +32,7 @@ from .model import (
     FreeswitchSettings,
     HaproxySettings,
     PlaybackSettings,
+    RecordingSettings,
     Route,
     Trunk,
 )
@@ -305,6 +308,9 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     defaults = _route_fields(ctx, defaults_node, "defaults", connectors) if defaults_node is not None else {}
 
     routes: list[Route] = []
+    busy_unused: list[tuple[yaml.Node, str]] = []  # busy given where only limits.max_calls could use it
+    recording_nodes: list[yaml.Node] = []  # where recording: true was said, once each
+    r_node_paths: dict[int, str] = {}
     numbers: dict[str, tuple[str, yaml.Node]] = {}
     names: set[str] = set()
     compiled: list[tuple[str, str, re.Pattern[str]]] = []
@@ -331,6 +337,13 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 ctx.error(node, f"{path}.connector", "required key is missing (no default connector either)")
             if name is None or not merged.get("connector") or (number is None and merged.get("pattern") is None):
                 continue
+            if "_busy_node" in merged and merged.get("max_calls") is None:
+                busy_unused.append((merged["_busy_node"], f"{path}.busy" if "busy" in fields else "defaults.busy"))
+            if merged.get("recording") and "_recording_node" in merged:
+                r_node = merged["_recording_node"]
+                if id(r_node) not in r_node_paths:
+                    recording_nodes.append(r_node)
+                    r_node_paths[id(r_node)] = f"{path}.recording" if "recording" in fields else "defaults.recording"
             if "_compiled" in fields:
                 compiled.append((name, merged["pattern"], fields["_compiled"]))
             routes.append(
@@ -346,6 +359,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                     fallback=merged.get("fallback", Fallback()),
                     metadata=MappingProxyType(merged.get("metadata", {})),
                     recording=merged.get("recording", False),
+                    max_calls=merged.get("max_calls"),
+                    busy=merged.get("busy", Busy()),
                     line=node.start_mark.line + 1,
                 )
             )
@@ -374,6 +389,23 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_spool_bytes_per_call=_opt(pb, "max_spool_bytes_per_call", lambda n: _key_int(ctx, n, "playback.max_spool_bytes_per_call", P["max_spool_bytes_per_call"]), 8 << 20),
     )
 
+    recording = _recording(ctx, top["recording"]) if "recording" in top else None
+    max_calls = None
+    if "limits" in top:
+        lim = _mapping(ctx, top["limits"], "limits", spec.LIMITS)
+        if "max_calls" in lim:
+            max_calls = _key_int(ctx, lim["max_calls"], "limits.max_calls", spec.LIMITS["max_calls"])
+    if max_calls is None and not (ctx.issues and "limits" in top):  # (an invalid limits.max_calls is reported already)
+        seen_busy: set[int] = set()
+        for b_node, b_path in busy_unused:  # a key that would do nothing is refused
+            if id(b_node) not in seen_busy:
+                seen_busy.add(id(b_node))
+                ctx.error(b_node, b_path, "busy is only used with max_calls (the route's, or limits.max_calls)")
+    if recording is None and "recording" not in top:
+        for r_node in recording_nodes:  # a key that would do nothing is refused, not accepted
+            ctx.error(r_node, r_node_paths[id(r_node)], "recording: true needs a top-level `recording:` section "
+                      "with `dir` (where FreeSWITCH writes the WAV files)")
+
     if ctx.issues:
         raise ConfigError(sorted(ctx.issues, key=lambda i: i.line))
     return Config(
@@ -385,6 +417,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         playback=playback,
         trunks=trunks,
         warnings=tuple(ctx.warnings),
+        recording=recording,
+        max_calls=max_calls,
         switches=switches,
     )
 
@@ -443,6 +477,27 @@ def _route_fields(ctx: _Ctx, node: yaml.Node, path: str, connectors: dict[str, C
         out["max_duration"] = int(d) if d is not None else None
     if "recording" in f:
         out["recording"] = _bool(ctx, f["recording"], f"{path}.recording")
+        out["_recording_node"] = f["recording"]
+    if "max_calls" in f:
+        out["max_calls"] = _key_int(ctx, f["max_calls"], f"{path}.max_calls", R["max_calls"])
+    if "busy" in f:
+        B = spec.BUSY
+        b = _mapping(ctx, f["busy"], f"{path}.busy", B)
+        action = _key_str(ctx, b["action"], f"{path}.busy.action", B["action"]) if "action" in b else None
+        if "action" not in b and isinstance(f["busy"], yaml.MappingNode):
+            ctx.error(f["busy"], f"{path}.busy.action", "required key is missing")
+        file = _key_str(ctx, b["file"], f"{path}.busy.file", B["file"]) if "file" in b else None
+        target = _key_str(ctx, b["target"], f"{path}.busy.target", B["target"]) if "target" in b else None
+        if action == "play" and "file" not in b:
+            ctx.error(f["busy"], f"{path}.busy.file", "required when action is play")
+        if action == "transfer" and "target" not in b:
+            ctx.error(f["busy"], f"{path}.busy.target", "required when action is transfer")
+        for key, given, wants in (("file", file, "play"), ("target", target, "transfer")):
+            if given and action != wants:  # a key that would do nothing
+                ctx.error(b[key], f"{path}.busy.{key}", f"only used with action: {wants}")
+        out["_busy_node"] = f["busy"]
+        if action:
+            out["busy"] = Busy(action, file if action == "play" else None, target if action == "transfer" else None)
     if "fallback" in f:
         FB = spec.FALLBACK
         fb = _mapping(ctx, f["fallback"], f"{path}.fallback", FB)
@@ -638,6 +693,38 @@ def _trunks(ctx: _Ctx, node: yaml.Node) -> tuple[Trunk, ...]:
             line=tnode.start_mark.line + 1,
         ))
     return tuple(trunks)
+
+
+_RECORDING_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def _recording(ctx: _Ctx, node: yaml.Node) -> RecordingSettings | None:
+    """``recording:``: where FreeSWITCH's record_session writes, and the file-name template,
+    whose only fields are ones no caller controls (spec.RECORDING_FIELDS)."""
+    K = spec.RECORDING
+    f = _mapping(ctx, node, "recording", K)
+    dir_node = _required(ctx, node, f, "dir", "recording")
+    rdir = _key_str(ctx, dir_node, "recording.dir", K["dir"]) if dir_node else None
+    local = _opt(f, "fork_server_dir", lambda n: _key_str(ctx, n, "recording.fork_server_dir", K["fork_server_dir"]), None)
+    file = _opt(f, "file", lambda n: _key_str(ctx, n, "recording.file", K["file"]), DEFAULT_RECORDING_FILE)
+    if "file" in f and file is not None:
+        fields = _RECORDING_FIELD.findall(file)
+        bad = [x for x in fields if x not in spec.RECORDING_FIELDS]
+        rest = _RECORDING_FIELD.sub("", file)
+        if bad or "{" in rest or "}" in rest:
+            ctx.error(f["file"], "recording.file", f"unknown field {{{bad[0] if bad else '?'}}}; the fields are "
+                      + " ".join("{%s}" % x for x in spec.RECORDING_FIELDS))
+            file = None
+        elif "uuid" not in fields:
+            ctx.error(f["file"], "recording.file", "must hold {uuid} (two calls would otherwise write one file)")
+            file = None
+        elif ".." in file.split("/") or "//" in file or file.startswith("/"):
+            ctx.error(f["file"], "recording.file", f'expected a relative path without "..", got "{file}"')
+            file = None
+    retention = _opt(f, "retention_days", lambda n: _key_int(ctx, n, "recording.retention_days", K["retention_days"]), 0)
+    if rdir is None or file is None:
+        return None
+    return RecordingSettings(dir=rdir, fork_server_dir=local or rdir, file=file, retention_days=retention)
 
 
 def load_config(path: str) -> Config:

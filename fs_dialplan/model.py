@@ -20,6 +20,8 @@ __all__ = [
     "Route",
     "Trunk",
     "PlaybackSettings",
+    "RecordingSettings",
+    "Busy",
     "Config",
 ]
 
@@ -89,6 +91,13 @@ class Fallback:
 
 
 @dataclass(frozen=True, slots=True)
+class Busy:
+    action: str = "reject"  # reject | play | transfer
+    file: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     connector: str
@@ -101,6 +110,8 @@ class Route:
     fallback: Fallback = field(default_factory=Fallback)
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     recording: bool = False
+    max_calls: int | None = None  # None: no per-route limit
+    busy: Busy = field(default_factory=Busy)
     line: int = 0
 
 
@@ -130,6 +141,24 @@ class PlaybackSettings:
     max_spool_bytes_per_call: int = 8 << 20
 
 
+DEFAULT_RECORDING_FILE = "{date}/{route}-{uuid}.wav"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSettings:
+    dir: str  # as FreeSWITCH sees it
+    fork_server_dir: str  # the same directory as the fork server sees it
+    file: str = DEFAULT_RECORDING_FILE
+    retention_days: int = 0  # 0: keep everything
+
+    def local_path(self, switch_path: str) -> str | None:
+        """The fork server's path of a recording the switch wrote, or None if it is not under ``dir``."""
+        root = self.dir.rstrip("/") + "/"
+        if not switch_path.startswith(root):
+            return None
+        return self.fork_server_dir.rstrip("/") + "/" + switch_path[len(root):]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str
@@ -140,6 +169,8 @@ class Config:
     playback: PlaybackSettings
     trunks: tuple[Trunk, ...] = ()
     warnings: tuple[Any, ...] = ()
+    recording: RecordingSettings | None = None
+    max_calls: int | None = None  # limits.max_calls: over all routes
     # freeswitch.switches, each complete (the section's keys filled in); empty: one switch, `freeswitch`.
     switches: tuple[FreeswitchSettings, ...] = ()
 

@@ -33,6 +33,23 @@ follow FreeSWITCH's sofia.c ``parse_gateways`` (source): ``register-transport`` 
 transport of calls out, ``caller-id-in-from=false`` puts ``from-user`` in From, ``context`` and
 ``extension=auto_to_user`` route calls that come in through a registration to the dialled
 number in ``public``.
+
+A route with ``recording: true`` sets ``RECORD_STEREO=true`` and runs ``record_session`` after
+``answer``: switch_ivr_async.c (1.10.12) reads RECORD_STEREO when the recording starts and makes
+the file's directory itself (``switch_dir_make_recursive``); the stereo file has the channel's
+read stream (the caller) left and its write stream (what the caller hears) right, which the
+real-switch test checks. The path is set first into ``voicefork_recording`` (the fork server
+reads it back with uuid_dump for the sidecar and the connector's ``stop``); its fields are
+``${strftime(...)}``, the route name and ``${uuid}``, never a caller-controlled value.
+
+``max_calls`` (a route's, and ``limits.max_calls`` over all routes) renders FreeSWITCH's
+``limit hash voicefork <resource> <max> <where>`` before ``answer`` (mod_dptools
+limit_function, 1.10.12: the count goes up first and a call over the max is sent on at once:
+``!USER_BUSY`` hangs it up, which is a 486 before answer; anything else is
+``switch_ivr_session_transfer(<where>, <dialplan>, <context>)``; mod_hash gives the count back
+when the channel is destroyed). ``busy: play`` transfers to a rendered extension
+``voicefork_busy_<route>`` that only a call of that route reaches (a second condition on
+``${voicefork_route}``, which no caller can set), which answers, plays and hangs up.
 """
 
 from __future__ import annotations
@@ -48,8 +65,8 @@ from typing import Mapping, NamedTuple
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .errors import RenderError
-from .model import Config, FreeswitchSettings, Route, Trunk
-from .spec import AUTO_RATE
+from .model import Config, FreeswitchSettings, RecordingSettings, Route, Trunk
+from .spec import AUTO_RATE, RECORDING_FILE
 
 __all__ = ["render", "write_tree", "verify", "switch_tree", "haproxy_cfg", "dispatcher_list", "HAPROXY_FILE", "DISPATCHER_FILE", "fork_action_data", "gateway_params", "rate_name", "DIALPLAN_FILE",
            "ACL_FILE", "ACL_LIST", "TRUNK_CONTEXT", "TEMPLATES", "JITTER_BUFFER_MS", "AUTO_RATE_DATA", "AUTH_GLOBALS"]
@@ -141,6 +158,58 @@ STREAM_BUGNAME = "audio_fork"
 STREAM_IDLE_DATA = "send_silence_when_idle=-1"
 
 
+RECORD_STEREO_DATA = "RECORD_STEREO=true"
+RECORDING_VAR = "voicefork_recording"
+RECORD_SESSION_DATA = f"${{{RECORDING_VAR}}}"
+# The switch's clock names the file (strftime is mod_dptools' API; local time of the switch).
+_RECORDING_FIELD_DATA = {"date": "${strftime(%Y-%m-%d)}", "time": "${strftime(%H%M%S)}", "uuid": "${uuid}"}
+
+
+def recording_path_data(rec: RecordingSettings, route: Route) -> str:
+    """The ``set`` data naming the route's recording; every field one the caller cannot touch."""
+    fields = re.findall(r"\{([^{}]*)\}", rec.file)
+    if not re.fullmatch(RECORDING_FILE, rec.file) or any(f not in (*_RECORDING_FIELD_DATA, "route") for f in fields):
+        raise RenderError(f"recording.file: {rec.file!r} is not a .wav path of the fields {sorted(_RECORDING_FIELD_DATA)} and route")
+    _safe(f"{rec.dir}/{rec.file}", "recording.dir and recording.file", argument=True)
+    name = rec.file.replace("{route}", _safe(route.name, f"routes[{route.name}].name", argument=True))
+    for field, value in _RECORDING_FIELD_DATA.items():
+        name = name.replace("{" + field + "}", value)
+    return f"{RECORDING_VAR}={rec.dir.rstrip('/')}/{name}"
+
+
+LIMIT_REALM = "voicefork"
+LIMIT_ALL = "all_routes"  # the resource of limits.max_calls (route resources are route_<name>)
+BUSY_PREFIX = "voicefork_busy_"
+
+
+def busy_where(route: Route) -> str:
+    """The ``limit`` application's arguments after ``<max>``: where a call over it goes."""
+    b = route.busy
+    if b.action == "play":
+        return f"{BUSY_PREFIX}{route.name} XML {TRUNK_CONTEXT}"
+    if b.action == "transfer":
+        return f"{_safe(str(b.target), f'routes[{route.name}].busy.target', argument=True)} XML default"
+    return "!USER_BUSY"
+
+
+def limit_actions(config: Config, route: Route) -> list[tuple[str, str]]:
+    out = []
+    where = busy_where(route)
+    if config.max_calls:
+        out.append(("limit", f"hash {LIMIT_REALM} {LIMIT_ALL} {config.max_calls} {where}"))
+    if route.max_calls:
+        out.append(("limit", f"hash {LIMIT_REALM} route_{route.name} {route.max_calls} {where}"))
+    return out
+
+
+def busy_extension(config: Config, route: Route) -> list[tuple[str, str | None]] | None:
+    """The actions of the route's busy extension (busy: play under a limit), or None."""
+    if route.busy.action != "play" or not (route.max_calls or config.max_calls):
+        return None
+    return [("answer", None), ("playback", _safe(str(route.busy.file), f"routes[{route.name}].busy.file", argument=True)),
+            ("hangup", "USER_BUSY")]
+
+
 def fork_action_data(config: Config, route: Route, switch: str | None = None) -> str:
     url = _safe(config.fork_server.fork_url(route.name), f"routes[{route.name}] fork URL", argument=True)
     meta = fork_metadata(route, switch)
@@ -163,6 +232,9 @@ class _RouteView(NamedTuple):  # attributes, not a dict: Jinja's r.name is a pla
     stream: bool  # playback.transport: stream
     max_duration_s: int | None
     greeting: str | None
+    record: str | None  # the set data of the recording path; None: not recorded
+    limits: tuple[tuple[str, str], ...]  # (application, data) of the limit actions
+    busy: tuple[tuple[str, str | None], ...] | None  # the busy extension's actions (busy: play)
 
 
 class _TrunkView(NamedTuple):
@@ -181,7 +253,18 @@ def _route_view(config: Config, r: Route, switch: str | None) -> _RouteView:
         stream=config.playback.transport == "stream",
         max_duration_s=r.max_duration_s,
         greeting=_safe(r.greeting, f"{where}.greeting", argument=True) if r.greeting else None,
+        record=_record_data(config, r),
+        limits=tuple(limit_actions(config, r)),
+        busy=tuple(b) if (b := busy_extension(config, r)) else None,
     )
+
+
+def _record_data(config: Config, r: Route) -> str | None:
+    if not r.recording:
+        return None
+    if config.recording is None:
+        raise RenderError(f"routes[{r.name}].recording: true, but the config has no `recording:` section")
+    return recording_path_data(config.recording, r)
 
 
 def gateway_params(t: Trunk, env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -336,13 +419,16 @@ def _parse(path: str, text: str) -> ET.Element:
         raise RenderError(f"{path}: rendered XML is not well-formed: {e}") from None
 
 
-def _expected_actions(r: Route, fork: str, stream: bool) -> list[tuple[str, str | None]]:
+def _expected_actions(r: Route, fork: str, stream: bool, record: str | None = None,
+                      limits: list[tuple[str, str]] | tuple[()] = ()) -> list[tuple[str, str | None]]:
     """DESIGN.md "Rendered dialplan": the exact action list of a route's extension."""
     actions: list[tuple[str, str | None]] = [
-        ("set", f"voicefork_route={r.name}"), ("set", f"jitterbuffer_msec={JITTER_BUFFER_MS}"), ("answer", None),
+        ("set", f"voicefork_route={r.name}"), *limits, ("set", f"jitterbuffer_msec={JITTER_BUFFER_MS}"), ("answer", None),
     ]
     if r.rate == AUTO_RATE:
         actions.append(("set", AUTO_RATE_DATA))
+    if record:
+        actions += [("set", RECORD_STEREO_DATA), ("set", record), ("record_session", RECORD_SESSION_DATA)]
     actions.append(("set", fork))
     if r.max_duration_s:
         actions.append(("sched_hangup", f"+{r.max_duration_s} ALLOTTED_TIMEOUT"))
@@ -383,8 +469,16 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
     if pre != want_pre:
         raise RenderError(f"{DIALPLAN_FILE}: preprocessor lines {[d.split('=')[0] for _, d in pre]} differ from the intended")
     exts = root.findall("extension")
-    if len(exts) != len(config.routes) or len(list(root)) != len(exts) + len(pre):
-        raise RenderError(f"{DIALPLAN_FILE}: {len(exts)} extensions for {len(config.routes)} routes")
+    busy = [r for r in config.routes if busy_extension(config, r)]
+    if len(exts) != len(config.routes) + len(busy) or len(list(root)) != len(exts) + len(pre):
+        raise RenderError(f"{DIALPLAN_FILE}: {len(exts)} extensions for {len(config.routes)} routes and {len(busy)} busy extensions")
+    for r, ext in zip(busy, exts):  # first: no route pattern may catch the transfer
+        conds = [(c.get("field"), c.get("expression"), [(a.get("application"), a.get("data")) for a in c]) for c in ext]
+        want = [("${voicefork_route}", f"^{r.name}$", []),
+                ("destination_number", f"^{BUSY_PREFIX}{r.name}$", busy_extension(config, r))]
+        if ext.get("name") != f"{BUSY_PREFIX}{r.name}" or conds != want:
+            raise RenderError(f"{DIALPLAN_FILE}: busy extension of route {r.name} differs from the intended")
+    exts = exts[len(busy):]
     for r, ext in zip(config.routes, exts):  # document order is route order: the first match wins
         if ext.get("name") != f"voicefork_{r.name}":
             raise RenderError(f"{DIALPLAN_FILE}: extension {ext.get('name')!r} where route {r.name} belongs")
@@ -399,7 +493,8 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected element in the condition")
         fork = fork_action_data(config, r, switch)
         stream = config.playback.transport == "stream"
-        expected = _expected_actions(r, fork, stream)
+        record = _record_data(config, r)
+        expected = _expected_actions(r, fork, stream, record, limit_actions(config, r))
         if actions != expected:
             apps, want = [a for a, _ in actions], [a for a, _ in expected]
             if apps != want:
@@ -409,7 +504,7 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
         # Only our own ${...}: in the fork action the API call, ${uuid} twice and, for rate: auto,
         # the rate variable twice; and the auto-rate action's cond on read_rate.
         for _, data in actions:
-            if data and data not in (fork, AUTO_RATE_DATA) and "${" in data:
+            if data and data not in (fork, AUTO_RATE_DATA, record, RECORD_SESSION_DATA) and "${" in data:
                 raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected expansion in {data!r}")
         if fork.count("${") != (5 if r.rate == AUTO_RATE else 3) + (1 if stream else 0):
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: the fork action holds an extra expansion")

@@ -15,7 +15,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 __all__ = ["Key", "TOP", "FREESWITCH", "SWITCH", "AUTH", "FORK_SERVER", "HAPROXY", "CONNECTOR", "FALLBACK",
-           "ROUTE_DEFAULTS", "ROUTE", "TRUNK", "PLAYBACK", "enum_pattern"]
+           "ROUTE_DEFAULTS", "ROUTE", "TRUNK", "PLAYBACK", "RECORDING", "RECORDING_FIELDS", "BUSY", "LIMITS",
+           "enum_pattern"]
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # route and trunk names: URL path, file name, dialplan
@@ -158,6 +159,16 @@ FALLBACK = _section(
                expected="an extension or a sip: URI", json_types=("string", "integer")),
 )
 
+BUSY_ACTIONS = ("reject", "play", "transfer")
+BUSY = _section(
+    action=Key("What a call over max_calls gets: reject (SIP 486 Busy Here), play (a file, then hang up) or "
+               "transfer (to an extension).", enum=BUSY_ACTIONS, expected="reject, play or transfer"),
+    file=Key("File to play (action: play).", pattern=ABS_FILE, expected="an absolute file path without spaces"),
+    target=Key("Extension to transfer to (action: transfer; FreeSWITCH's limit transfers to extensions only).",
+               pattern=f"^{EXTENSION_TARGET}$", expected="an extension like 1000", json_types=("string", "integer")),
+)
+MAX_CALLS = 100_000
+
 # 0 is "auto": fork at the caller's codec rate, 8k on G.711, 16k on wideband codecs (issue 14: a 16k
 # fork of a G.711 leg goes through FreeSWITCH's own 8k->16k resampler, 37 dB; ours gives 86 dB).
 AUTO_RATE = 0
@@ -175,7 +186,11 @@ ROUTE_DEFAULTS = _section(
                  expected="none or an absolute file path without spaces", none_words=("none", "null", "")),
     max_duration=Key("Hang up after this long (sched_hangup).", "seconds", lo=1, hi=86400),
     fallback=Key("What happens when the connector is unreachable.", "map", keys=FALLBACK),
-    recording=Key("Record the call.", "bool"),
+    max_calls=Key("Calls this route takes at once (FreeSWITCH's limit, hash backend); the next gets `busy`.",
+                  "int", lo=1, hi=MAX_CALLS),
+    busy=Key("What a call over max_calls (the route's or limits.max_calls) gets.", "map", keys=BUSY),
+    recording=Key("Record the call: a stereo WAV (caller left, what the caller heard right) by FreeSWITCH's "
+                  "record_session, under the top-level `recording.dir`.", "bool"),
 )
 
 ROUTE = _section(
@@ -227,6 +242,26 @@ PLAYBACK = _section(
     max_spool_bytes_per_call=Key("Spool limit per call.", "int", lo=64 << 10, hi=1 << 30),
 )
 
+# The only fields a recording's file name may hold: none of them comes from the caller.
+RECORDING_FIELDS = ("date", "time", "route", "uuid")
+RECORDING_FILE = r"^[A-Za-z0-9_{}-][A-Za-z0-9_./{}-]{0,199}\.wav$"
+RECORDING = _section(
+    dir=Key("Directory FreeSWITCH writes recordings under, as FreeSWITCH sees it (it makes missing directories).",
+            required=True, pattern=ABS_FILE, expected="an absolute directory path without spaces"),
+    fork_server_dir=Key("The same directory as the fork server sees it (sidecars, retention); default: dir.",
+                        pattern=ABS_FILE, expected="an absolute directory path without spaces"),
+    file=Key("File name under dir, from {date} {time} {route} {uuid} only (must hold {uuid}); ends .wav.",
+             pattern=RECORDING_FILE, expected="a relative .wav path of letters, digits, _ . - / and the fields "
+             "{date} {time} {route} {uuid}"),
+    retention_days=Key("The fork server deletes recordings and sidecars older than this many days (0: keep all).",
+                       "int", lo=0, hi=36500),
+)
+
+LIMITS = _section(
+    max_calls=Key("Calls the switch takes at once over all routes (FreeSWITCH's limit, hash backend); the next "
+                  "gets its route's `busy`.", "int", lo=1, hi=MAX_CALLS),
+)
+
 TOP = _section(
     freeswitch=Key("FreeSWITCH's Event Socket.", "map", required=True, keys=FREESWITCH),
     fork_server=Key("The fork server as FreeSWITCH reaches it.", "map", required=True, keys=FORK_SERVER),
@@ -236,4 +271,6 @@ TOP = _section(
                items=Key("A route.", "map", keys=ROUTE)),
     trunks=Key("SIP trunks: gateways and the signalling ACL.", "list", items=Key("A trunk.", "map", keys=TRUNK)),
     playback=Key("Where TTS segments are written and how they are played.", "map", required=True, keys=PLAYBACK),
+    recording=Key("Where recorded calls go (routes with recording: true).", "map", keys=RECORDING),
+    limits=Key("Limits over all routes.", "map", keys=LIMITS),
 )

@@ -38,6 +38,7 @@ log = logging.getLogger("testbed.real_switch")
 _MODULES = (
     "mod_console", "mod_logfile", "mod_event_socket", "mod_sofia", "mod_commands", "mod_dptools",
     "mod_dialplan_xml", "mod_sndfile", "mod_native_file", "mod_tone_stream", "mod_audio_fork",
+    "mod_hash",  # the limit application's hash backend (routes with max_calls; in FreeSWITCH's stock modules.conf)
 )
 
 
@@ -300,6 +301,7 @@ class RealStack:
             "spool": str(self.spool),
             "connector_urls": {n: self.connector_url_override or self.connector.url(f"/{n}") for n in self.base.connectors},
             "playback": self.playback,
+            "recordings": str(self.workdir / "recordings"),
         }
         self.app = App(wire(self.base, fork_port=0, **wiring), env=self.env, listen_port=0)
         port = await self.app.start()

@@ -64,15 +64,20 @@ def wire(
     spool: str,
     connector_urls: Mapping[str, str],
     playback: Mapping[str, Any] | None = None,
+    recordings: str | None = None,
 ) -> Config:
-    """The config with every address pointed at a stack's loopback servers."""
+    """The config with every address pointed at a stack's loopback servers (and its recordings,
+    if it records, into ``recordings``)."""
     fs = dataclasses.replace(base.freeswitch, esl_host="127.0.0.1", esl_port=esl_port, temp_dir=fs_temp)
     fork = dataclasses.replace(
         base.fork_server, listen_host="127.0.0.1", listen_port=fork_port, public_url=f"ws://127.0.0.1:{fork_port}"
     )
     connectors = {name: dataclasses.replace(c, url=connector_urls[name]) for name, c in base.connectors.items()}
     pb = dataclasses.replace(base.playback, spool_dir=spool, freeswitch_spool_dir=spool, **dict(playback or {}))
-    return dataclasses.replace(base, freeswitch=fs, fork_server=fork, connectors=connectors, playback=pb)
+    rec = base.recording
+    if rec is not None and recordings is not None:
+        rec = dataclasses.replace(rec, dir=recordings, fork_server_dir=recordings)
+    return dataclasses.replace(base, freeswitch=fs, fork_server=fork, connectors=connectors, playback=pb, recording=rec)
 
 
 class Stack:
@@ -160,6 +165,7 @@ class Stack:
                 name: self.connector_url_override or self.connector.url(f"/{name}") for name in self.base.connectors
             },
             "playback": self.playback_overrides,
+            "recordings": str(self.workdir / "recordings"),
         }
         if self.fork_server == "process":
             self.fork_port = await self._start_process()

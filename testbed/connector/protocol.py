@@ -86,6 +86,7 @@ class MarkReport:
 @dataclass(frozen=True, slots=True)
 class Stop:
     reason: str
+    recording: str | None = None  # the recording's path, on recorded routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,13 +254,17 @@ class ForkStream:
         return out
 
     def _on_stop(self, where: str, msg: dict[str, Any]) -> list[ForkEvent]:
-        problems = _keys(where, msg, {"type", "reason"})
+        problems = _keys(where, msg, {"type", "reason"}, frozenset({"recording"}))
         reason = msg.get("reason")
+        recording = msg.get("recording")
+        if recording is not None and not (isinstance(recording, str) and recording.startswith("/") and recording.endswith(".wav")):
+            problems.append(f"{where}: recording must be an absolute .wav path, got {recording!r}")
+            recording = None
         if reason not in STOP_REASONS:
             problems.append(f"{where}: reason must be one of {sorted(STOP_REASONS)}, got {reason!r}")
         self.stopped = True
         out: list[ForkEvent] = [Violation(p) for p in problems]
-        out.append(Stop(reason if isinstance(reason, str) else ""))
+        out.append(Stop(reason if isinstance(reason, str) else "", recording))
         return out
 
 

@@ -87,6 +87,7 @@ class CallRecord:
     clears_sent: list[float] = field(default_factory=list)
 
     stop_reason: str | None = None
+    stop_recording: str | None = None  # the stop message's recording path
     stop_at: float | None = None
     close_code: int | None = None
     close_reason: str | None = None

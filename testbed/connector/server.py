@@ -388,6 +388,7 @@ class ConnectorServer:
             log.debug("< mark %s %s", event.name, event.status)
         elif isinstance(event, p.Stop):
             record.stop_reason, record.stop_at = event.reason, t
+            record.stop_recording = event.recording
             log.info("< stop %s", event.reason)
             io.spawn(self._expect_close(io.ws, record), "close-watch")
 

@@ -21,6 +21,23 @@ the jambonz module (/tmp/jambonz_report.md Q1): without it a plain park writes n
 the docstrings). The jambonz module's bidirectional stream plays the server's binary frames into
 every frame the channel writes (:mod:`testbed.freeswitch.jambonz`); ``Ear`` frames say how many
 streamed samples each carried, and ``Channel.mark_replies`` lists the mark replies by tick.
+
+``record_session <path>`` (mod_dptools; switch_ivr_async.c 1.10.12) records from the tick it
+runs until hangup, then writes a 16-bit WAV at the channel rate: with ``RECORD_STEREO=true``
+(read when the recording starts) the caller's frame left and the frame the caller heard right,
+a tick with no frame either way adding zeros (assumption: FreeSWITCH's record bug fills a
+missing side with silence; the real-switch test measures alignment), else their mix. Missing
+directories are made (switch_dir_make_recursive). Past ``MAX_RECORDING_FRAMES`` it stops
+recording and logs an error.
+
+``limit hash <realm> <id> <max> [<where> [<dialplan> [<context>]]]`` (mod_dptools
+limit_function and mod_hash limit_incr_hash, 1.10.12 source): the count goes up unless it would
+pass ``max``; a call over it is hung up with the cause after ``!`` (``!USER_BUSY``: a 486 before
+answer) or transferred to ``<where>`` (default ``limit_exceeded``) in ``<context>`` (default
+the call's own), where the rendered dialplan runs again (an extension it does not have: the
+test sees ``transferred_to``). The count comes back when the channel hangs up or goes back to
+routing, i.e. on any transfer (switch_limit.c limit_state_handler, without
+``limit_ignore_transfer``).
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ import logging
 import os
 import time
 import uuid as uuidlib
+import wave
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +74,8 @@ __all__ = ["EmulatedSwitch", "Channel", "SwitchCrashed", "EmulatorError", "FORK_
 log = logging.getLogger("testbed.freeswitch")
 
 Listener = Callable[[Mapping[str, str], "str | None"], None]
-_PLAY_AUDIO_COUNTER = itertools.count(1)  # REF: the <n> of play_audio files is global
+_PLAY_AUDIO_COUNTER = itertools.count(1)
+MAX_RECORDING_FRAMES = 4 * 3600 * 50  # 4 hours of 20 ms ticks; the emulator keeps them in memory  # REF: the <n> of play_audio files is global
 FORK_MODULES = ("drachtio", "jambonz")
 
 
@@ -177,6 +196,11 @@ class Channel:
         # jambonz: (tick, bugname, text) of every mark reply the module sent on a fork socket.
         self.mark_replies: list[tuple[int, str, str]] = []
         self.binary_discarded = 0  # jambonz: binary frames dropped as "unexpected" (bidirectional off)
+        # record_session: (path, stereo, [(caller frame, heard frame)]) while recording
+        self.recording: tuple[str, bool, list[tuple[bytes, bytes]]] | None = None
+        self.recordings: list[str] = []  # files written at hangup
+        self.limits: list[tuple[str, str]] = []  # (realm, id) this channel counts in (limit hash)
+        self._heard: bytes | None = None  # the frame the caller heard this tick
 
     # ------------------------------------------------------------ test-side controls
 
@@ -242,6 +266,9 @@ class EmulatedSwitch:
         self._clock: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._event_seq = 0
+        self._started_at = 0.0
+        self._peak = 0  # most channels at once (status)
+        self.limit_usage: dict[tuple[str, str], set[str]] = {}  # mod_hash: (realm, id) -> channel uuids
 
     def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None) -> None:
         """(Re)load the rendered dialplan, as ``reloadxml`` would."""
@@ -256,6 +283,7 @@ class EmulatedSwitch:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
         self._clock = self._loop.create_task(self._run_clock(), name="switch-clock")
 
     async def close(self) -> None:
@@ -306,6 +334,7 @@ class EmulatedSwitch:
         if variables:
             ch.vars.update(variables)
         self.channels[ch.uuid] = ch
+        self._peak = max(self._peak, len(self.channels))
         self._emit("CHANNEL_CREATE", ch)
         routed = self.dialplan.route({"destination_number": destination})
         if routed is None:
@@ -349,6 +378,12 @@ class EmulatedSwitch:
                 return
             elif app == "sleep":
                 await asyncio.sleep(int(data or 0) / 1000)
+            elif app == "limit":
+                if self._limit(ch, data):
+                    return  # hung up or sent elsewhere: this extension stops here
+            elif app == "record_session":
+                stereo = (ch.var("RECORD_STEREO") or "").lower() in ("true", "yes", "on", "1")
+                ch.recording = (data.split(" ")[0], stereo, [])
             else:
                 self.errors.append(f"dialplan application {app!r} is not emulated")
                 raise EmulatorError(f"dialplan application {app!r} is not emulated")
@@ -407,11 +442,75 @@ class EmulatedSwitch:
             self._spawn(bug.wait_closed(), f"fork-close-{ch.uuid}")
         for path in ch.temp_files:  # REF: play_audio files are deleted at hangup
             _unlink(path)
+        if ch.recording is not None:
+            self._write_recording(ch)
+        self._release_limits(ch)
         self._emit("CHANNEL_HANGUP", ch, {"Hangup-Cause": cause})
         self._emit("CHANNEL_HANGUP_COMPLETE", ch, {"Hangup-Cause": cause})
         self.channels.pop(ch.uuid, None)
         self.ended.append(ch)
         ch.hungup.set()
+
+    def _limit(self, ch: Channel, data: str) -> bool:
+        """``limit`` (module docstring); True when the call was over the limit and sent on."""
+        argv = data.split(" ")
+        if len(argv) < 3 or argv[0] != "hash":
+            self.errors.append(f"limit {data!r}: only the hash backend with realm and id is emulated")
+            raise EmulatorError(f"limit {data!r} is not emulated")
+        key = (argv[1], argv[2])
+        top = -1 if len(argv) < 4 or argv[3].startswith("-") else max(0, atoi(argv[3].split("/")[0]))
+        users = self.limit_usage.setdefault(key, set())
+        if top < 0 or len(users) + 1 <= top:
+            users.add(ch.uuid)
+            ch.limits.append(key)
+            return False
+        where = argv[4] if len(argv) > 4 else "limit_exceeded"
+        if where.startswith("!"):
+            self._hangup(ch, where[1:])
+        else:
+            context = argv[6] if len(argv) > 6 else ch.profile["Caller-Context"]
+            self._dialplan_transfer(ch, where, context)
+        return True
+
+    def _release_limits(self, ch: Channel) -> None:
+        for key in ch.limits:
+            self.limit_usage.get(key, set()).discard(ch.uuid)
+        ch.limits.clear()
+
+    def _dialplan_transfer(self, ch: Channel, dest: str, context: str) -> None:
+        """switch_ivr_session_transfer: back to routing (limits given back), then the extension
+        of ``dest`` in the rendered dialplan when ``context`` is ours (public), else only noted."""
+        self._release_limits(ch)
+        ch.transferred_to, ch.transferred_context = dest, context
+        ch.parked = False
+        self._emit("CHANNEL_EXECUTE", ch, {"Application": "transfer", "Application-Data": f"{dest} XML {context}"})
+        if context != ch.profile["Caller-Context"]:
+            return
+        ch.vars["destination_number"] = dest
+        routed = self.dialplan.route(_ChannelFields(ch, dest))
+        if routed is None:
+            self._hangup(ch, "NO_ROUTE_DESTINATION")
+            return
+        ch.extension, actions = routed
+        self._spawn(self._execute(ch, actions), f"dialplan-{ch.uuid}-transfer")
+
+    def _write_recording(self, ch: Channel) -> None:
+        path, stereo, frames = ch.recording  # type: ignore[misc]
+        ch.recording = None
+        left = np.frombuffer(b"".join(c for c, _ in frames), "<i2").astype(np.int32)
+        right = np.frombuffer(b"".join(h for _, h in frames), "<i2").astype(np.int32)
+        pcm = np.stack([left, right], axis=1) if stereo else np.clip(left + right, -32768, 32767)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with wave.open(path, "wb") as w:
+                w.setnchannels(2 if stereo else 1)
+                w.setsampwidth(2)
+                w.setframerate(ch.rate)
+                w.writeframes(pcm.astype("<i2").tobytes())
+        except OSError as e:
+            self.errors.append(f"record_session {path}: {e}")
+            return
+        ch.recordings.append(path)
 
     # ------------------------------------------------------------ EslCore: API
 
@@ -572,6 +671,7 @@ class EmulatedSwitch:
         if ch is None or len(parts) < 2:
             return "-ERR No such channel!\n"
         self._break(ch, all_=True)
+        self._release_limits(ch)  # back to routing (see the module docstring)
         ch.transferred_to = parts[1]
         ch.transferred_context = parts[3] if len(parts) > 3 else "default"
         ch.parked = False
@@ -629,8 +729,21 @@ class EmulatedSwitch:
             lhs, rhs = a, b  # type: ignore[assignment]
         return (yes if _COND_OPS[op](lhs, rhs) else no).strip()
 
+    def _api_strftime(self, args: str) -> str:
+        """mod_dptools' strftime API: the switch's local time (an empty format: "%Y-%m-%d %T")."""
+        return time.strftime(args or "%Y-%m-%d %H:%M:%S")
+
     def _api_status(self, args: str) -> str:
-        return f"UP 0 years, 0 days\n{len(self.channels)} session(s) - emulated\n"
+        """The real 1.10.12 layout (fork_server/switch_status.py quotes one); the numbers are ours."""
+        up = int(self.now() - self._started_at) if self._loop is not None else 0
+        total = len(self.channels) + len(self.ended)
+        return (f"UP 0 years, 0 days, {up // 3600} hours, {up // 60 % 60} minutes, {up % 60} seconds, 0 milliseconds, 0 microseconds\n"
+                "FreeSWITCH (Version 1.10.12 -emulated 64bit) is ready\n"
+                f"{total} session(s) since startup\n{len(self.channels)} session(s) - peak {self._peak}, last 5min {self._peak}\n"
+                "0 session(s) per Sec out of max 30, peak 0, last 5min 0\n1000 session(s) max\n")
+
+    def _api_version(self, args: str) -> str:
+        return "FreeSWITCH Version 1.10.12-emulated~64bit (-emulated 64bit)\n"
 
     # ------------------------------------------------------------ EslCore: sendmsg
 
@@ -796,6 +909,7 @@ class EmulatedSwitch:
                     ch.mark_replies.append((ch.tick, bug.cmd.bugname, text))
                     bug.send_text(text)
         ch.ear.add(ch.tick, self.now(), frame, source, added)
+        ch._heard = frame
 
     # ------------------------------------------------------------ the clock
 
@@ -826,6 +940,15 @@ class EmulatedSwitch:
             caller = {r: bytes(len(pcm)) for r, pcm in caller.items()}
         if not ch.alive:
             return
+        heard, ch._heard = ch._heard, None
+        if ch.recording is not None:
+            frames = ch.recording[2]
+            if len(frames) < MAX_RECORDING_FRAMES:
+                silent = bytes(ch.frame_bytes)
+                frames.append((caller[ch.rate] if caller is not None else silent, heard or silent))
+            elif len(frames) == MAX_RECORDING_FRAMES:
+                frames.append((bytes(ch.frame_bytes), bytes(ch.frame_bytes)))
+                self.errors.append(f"record_session {ch.recording[0]}: the emulator's limit of {MAX_RECORDING_FRAMES} frames")
         for bug in list(ch.bugs.values()):
             mix = bug.cmd.mix
             if mix == "mono":
@@ -1077,6 +1200,19 @@ _SIP_CHANNEL_VARS: dict[str, str] = json.loads(
     (Path(__file__).with_name("sip_channel_vars.json")).read_text(encoding="utf-8"))["variables"]
 
 
+class _ChannelFields(dict):
+    """A condition's field as the dialplan reads it: ``destination_number``, or ``${var}``."""
+
+    def __init__(self, ch: Channel, destination: str) -> None:
+        super().__init__(destination_number=destination)
+        self.ch = ch
+
+    def get(self, key: str, default: str = "") -> str:  # type: ignore[override]
+        if key.startswith("${") and key.endswith("}"):
+            return self.ch.var(key[2:-1]) or default
+        return super().get(key, default)
+
+
 def _fill(value: str, fill: Mapping[str, str]) -> str:
     for k, v in fill.items():
         value = value.replace(k, v)
@@ -1114,4 +1250,6 @@ _API: dict[str, Callable[[EmulatedSwitch, str], str]] = {
     "uuid_exists": EmulatedSwitch._api_uuid_exists,
     "status": EmulatedSwitch._api_status,
     "cond": EmulatedSwitch._api_cond,
+    "strftime": EmulatedSwitch._api_strftime,
+    "version": EmulatedSwitch._api_version,
 }

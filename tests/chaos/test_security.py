@@ -102,14 +102,20 @@ async def test_secrets_are_never_logged_nor_served(caplog):
                     pass
         ch = s.switch.place_call(SUPPORT)
         await asyncio.wait_for(ch.hungup.wait(), 20)
-        served = [(await s._get(p))[1].decode() for p in ("/metrics", "/calls", "/healthz")]
+        live = s.switch.place_call(SUPPORT)
+        await until(lambda: live.uuid in s.app.calls, what="a live call for GET /calls/<uuid>")
+        await asyncio.sleep(0.6)  # one poll of the switch for /freeswitch/status
+        ops = ("/metrics", "/calls", "/healthz", f"/calls/{live.uuid}", "/freeswitch/status")
+        replies = [await s._get(p) for p in ops]
+        assert [code for code, _ in replies] == [200] * len(ops)
+        served = [body.decode() for _, body in replies]
     forms = secrets + [base64.b64encode(f"{user}:{env[cfg.fork_server.auth.password_env]}".encode()).decode()]
     # Every record but the testbed's own (the emulated switch and connector log under testbed.*;
     # they are not the product, and a real FreeSWITCH does not log through Python).
     ours = [r for r in caplog.records if not r.name.startswith("testbed")]
     assert any(r.name == "voicefork.websockets" and "Authorization" in r.getMessage() for r in ours)
     leaked = [(r.name, r.getMessage()[:120]) for r in ours for f in forms if f in r.getMessage()]
-    leaked += [("http", p) for p in ("/metrics", "/calls", "/healthz") for body in served for f in forms if f in body]
+    leaked += [("http", p) for p, body in zip(ops, served) for f in forms if f in body]
     record("secrets in logs and ops endpoints", len(ours), len(ours) - len(leaked),
            log_records=len(ours), secrets_checked=len(forms))
     assert len(ours) > 50 and leaked == []
@@ -238,7 +244,9 @@ async def test_hostile_caller_ids_never_reach_esl_the_dialplan_or_json_unescaped
         # One command per line: no caller newline ever split one into two.
         assert verbs <= {"auth", "event", "filter", "api", "sendmsg", "exit"}
         assert apis <= {"uuid_dump", "uuid_audio_fork", "uuid_kill", "uuid_break", "uuid_transfer", "uuid_send_dtmf",
-                        "uuid_broadcast", "cond"}  # cond: the dialplan's rate: auto, on read_rate only
+                        "uuid_broadcast", "cond",  # cond: the dialplan's rate: auto, on read_rate only
+                        "strftime",  # the recording's file name: the switch's clock only
+                        "version", "status"}  # GET /freeswitch/status's poll: constant commands
 
 
 @given(st.text(max_size=300), st.text(max_size=300))

@@ -153,6 +153,14 @@ def test_dtmf_mark_stop():
         assert json.loads(cp.stop(reason)) == {"type": "stop", "reason": reason}
 
 
+def test_stop_carries_the_recording_path_and_refuses_anything_else():
+    assert json.loads(cp.stop("hangup", "/rec/2026-12-07/sales-u.wav")) == {
+        "type": "stop", "reason": "hangup", "recording": "/rec/2026-12-07/sales-u.wav"}
+    for bad in ("rec/a.wav", "/rec/a.mp3", "/rec/a b.wav", '/rec/"x".wav', "/rec/${x}.wav", 5):
+        with pytest.raises(LocalUsageError):
+            cp.stop("hangup", bad)
+
+
 @pytest.mark.parametrize(
     ("build", "args"),
     [

@@ -126,6 +126,10 @@ async def test_healthz_and_metrics_show_each_switch(cluster):
     assert status == 200
     _, metrics = await asyncio.to_thread(_get, app.port, "/metrics")
     assert 'voicefork_esl_up{switch="fs-a"} 1.0' in metrics and 'voicefork_esl_up{switch="fs-b"} 1.0' in metrics
+    _, status = await asyncio.to_thread(_get, app.port, "/freeswitch/status")
+    doc = json.loads(status)
+    assert {name: sw["esl"] for name, sw in doc["switches"].items()} == {
+        "fs-a": {"up": True, "host": "127.0.0.1", "port": a.port}, "fs-b": {"up": True, "host": "127.0.0.1", "port": b.port}}
     await b.close()  # fs-b's Event Socket goes away; calls from fs-a still work, so still healthy
     await until(lambda: not app.esls["fs-b"].up)
     status, _ = await asyncio.to_thread(_get, app.port, "/healthz")

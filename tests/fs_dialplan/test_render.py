@@ -40,7 +40,8 @@ def test_fork_action_is_the_observed_working_form(example):
     assert 'fork_result=${uuid_audio_fork(${uuid} start ws://127.0.0.1:8099/calls/uk-line mono 16k {"route":"uk-line","uuid":"${uuid}","rate":"16k"})}' in data
     apps = [a.get("application") for a in ext.iter("action")]
     # The jitter buffer is set before answer (the RTP session is made then), park comes last.
-    assert apps[:3] == ["set", "set", "answer"] and data[1] == "jitterbuffer_msec=20" and apps[-1] == "park"
+    # (uk-line has max_calls: its limit comes first, before answer, so a reject is a 486.)
+    assert apps[:4] == ["set", "limit", "set", "answer"] and data[2] == "jitterbuffer_msec=20" and apps[-1] == "park"
     assert "verbose_events" not in apps  # it put every channel variable into every event
 
 

@@ -31,7 +31,7 @@ from testbed.freeswitch.fork_args import ForkCommand, parse_fork_command
 PUBLIC_URL = "ws://127.0.0.1:8099"
 VALIDATOR = jsonschema.Draft7Validator(build_schema())
 RATE_TOKEN = {8000: "8k", 16000: "16k"}
-BUILTIN = {"rate": 0, "language": "en-US", "greeting": None, "max_duration": None, "fallback": Fallback(),
+BUILTIN = {"max_calls": None, "busy": ("reject", None), "rate": 0, "language": "en-US", "greeting": None, "max_duration": None, "fallback": Fallback(),
            "recording": False}
 
 names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,15}", fullmatch=True)
@@ -68,7 +68,12 @@ networks = st.one_of(
     st.tuples(st.ip_addresses(v=6), st.integers(1, 128)),
 ).map(lambda ip_p: str(ipaddress.ip_network(f"{ip_p[0]}/{ip_p[1]}", strict=False)))
 
-ROUTE_FIELDS = {"rate": rates, "language": languages.map(lambda v: (v, v)), "greeting": greetings,
+busies = st.one_of(
+    st.just(({"action": "reject"}, ("reject", None))),
+    files.map(lambda f: ({"action": "play", "file": f}, ("play", f))),
+    st.from_regex(r"[0-9A-Za-z*#+_.-]{1,12}", fullmatch=True).map(lambda t: ({"action": "transfer", "target": t}, ("transfer", t))),
+)
+ROUTE_FIELDS = {"max_calls": st.integers(1, 100_000).map(lambda n: (n, n)), "busy": busies, "rate": rates, "language": languages.map(lambda v: (v, v)), "greeting": greetings,
                 "max_duration": durations, "fallback": fallbacks, "recording": st.booleans().map(lambda b: (b, b))}
 
 
@@ -149,8 +154,10 @@ def configs(draw):
         "routes": routes,
         **({"trunks": trunks} if trunks else {}),
         "playback": {"spool_dir": "/tmp/vf", "freeswitch_spool_dir": "/tmp/vf"},
+        "recording": {"dir": "/rec", "file": "{date}/{route}-{time}-{uuid}.wav"},
+        "limits": {"max_calls": (total := draw(st.integers(1, 100_000)))},
     }
-    return data, env, {"routes": expect, "trunks": texpect, "auth": auth}
+    return data, env, {"routes": expect, "trunks": texpect, "auth": auth, "max_calls": total}
 
 
 def fork_command(data: str, auto_rate: str = "8k") -> ForkCommand:
@@ -183,6 +190,13 @@ def test_generated_config_round_trips_through_the_xml(case):
     as_written = [r["metadata"] for r in yaml.safe_load(text)["routes"]]
 
     exts = roots[DIALPLAN_FILE].findall("extension")
+    busy = [r for r in expect["routes"] if r["busy"][0] == "play"]  # their extensions come first
+    for r, ext in zip(busy, exts):
+        conds = [(c.get("field"), c.get("expression"), [(a.get("application"), a.get("data")) for a in c]) for c in ext]
+        assert conds == [("${voicefork_route}", f"^{r['name']}$", []),
+                         ("destination_number", f"^voicefork_busy_{r['name']}$",
+                          [("answer", None), ("playback", r["busy"][1]), ("hangup", "USER_BUSY")])]
+    exts = exts[len(busy):]
     assert [e.get("name") for e in exts] == [f"voicefork_{r['name']}" for r in expect["routes"]]
     for r, ext, meta in zip(expect["routes"], exts, as_written):
         (cond,) = ext.findall("condition")
@@ -194,8 +208,15 @@ def test_generated_config_round_trips_through_the_xml(case):
             assert expr == r["pattern"]
         actions = [(a.get("application"), a.get("data")) for a in cond.findall("action")]
         apps = [a for a, _ in actions]
+        # The limits before answer: over all routes, then the route's; a call over either is sent on.
+        where = {"reject": "!USER_BUSY", "play": f"voicefork_busy_{r['name']} XML public",
+                 "transfer": f"{r['busy'][1]} XML default"}[r["busy"][0]]
+        limits = [("limit", f"hash voicefork all_routes {expect['max_calls']} {where}")]
+        if r["max_calls"]:
+            limits.append(("limit", f"hash voicefork route_{r['name']} {r['max_calls']} {where}"))
+        assert actions[: 2 + len(limits)] == [("set", f"voicefork_route={r['name']}"), *limits, ("set", "jitterbuffer_msec=20")]
+        apps = apps[len(limits):]
         assert apps[2] == "answer" and apps[-1] == "park"
-        assert actions[:2] == [("set", f"voicefork_route={r['name']}"), ("set", "jitterbuffer_msec=20")]
         assert not [d for a, d in actions if "MOD_AUDIO_BASIC_AUTH_" in (d or "")]  # globals, never channel variables
         (fork,) = [d for a, d in actions if a == "set" and d.startswith("fork_result=")]
         auto = [d for a, d in actions if a == "set" and d.startswith("voicefork_fork_rate=")]
@@ -208,10 +229,16 @@ def test_generated_config_round_trips_through_the_xml(case):
         assert [d for a, d in actions if a == "sched_hangup"] == (
             [f"+{r['max_duration']} ALLOTTED_TIMEOUT"] if r["max_duration"] else [])
         assert [d for a, d in actions if a == "playback"] == ([r["greeting"]] if r["greeting"] else [])
+        # A recorded route names its file from the switch's clock, the route and the uuid only.
+        record = [(a, d) for a, d in actions if a == "record_session" or (d or "").startswith(("RECORD_", "voicefork_recording="))]
+        assert record == ([("set", "RECORD_STEREO=true"),
+                           ("set", f"voicefork_recording=/rec/${{strftime(%Y-%m-%d)}}/{r['name']}-${{strftime(%H%M%S)}}-${{uuid}}.wav"),
+                           ("record_session", "${voicefork_recording}")] if r["recording"] else [])
         # What the fork server looks up by voicefork_route (connector, fallback, metadata, ...).
         route = config.route(r["name"])
         assert (route.connector, route.language, route.fallback, route.recording, dict(route.metadata)) == (
             r["connector"], r["language"], r["fallback"], r["recording"], meta)
+        assert (route.max_calls, route.busy.action, route.busy.file or route.busy.target) == (r["max_calls"], *r["busy"])
 
     for t in expect["trunks"]:
         (gw,) = roots[f"sip_profiles/external/{t['name']}.xml"].findall("gateway")
@@ -242,12 +269,15 @@ def base() -> dict:
         "connectors": {"bot": {"url": "ws://127.0.0.1:8765/bot", "headers": {"X-Tenant": "acme"}}},
         "routes": [
             {"name": "support", "number": "+15551234567", "connector": "bot", "greeting": "/tmp/hello.wav",
-             "language": "en-US", "fallback": {"action": "transfer", "target": "1000"}, "metadata": {"k": "v"}},
-            {"name": "uk", "pattern": r"^\+44", "connector": "bot", "fallback": {"action": "play", "file": "/tmp/sorry.wav"}},
+             "language": "en-US", "fallback": {"action": "transfer", "target": "1000"}, "metadata": {"k": "v"},
+             "recording": True, "max_calls": 5, "busy": {"action": "play", "file": "/tmp/busy.wav"}},
+            {"name": "uk", "pattern": r"^\+44", "connector": "bot", "fallback": {"action": "play", "file": "/tmp/sorry.wav"},
+             "max_calls": 3, "busy": {"action": "transfer", "target": "2000"}},
         ],
         "trunks": [{"name": "carrier", "proxy": "sip.example.com", "realm": "example.com", "username": "vf",
                     "password_env": "TRUNK_PW", "caller_id_number": "+15557654321", "acl_cidrs": ["192.0.2.0/24"]}],
         "playback": {"spool_dir": "/var/spool/vf", "freeswitch_spool_dir": "/var/spool/vf"},
+        "recording": {"dir": "/var/rec", "file": "{date}/{route}-{uuid}.wav"},
     }
 
 
@@ -259,6 +289,7 @@ SLOTS = [
     "routes.0.metadata.k", "routes.0.connector", "routes.1.pattern", "routes.1.fallback.file",
     "trunks.0.name", "trunks.0.proxy", "trunks.0.realm", "trunks.0.username", "trunks.0.caller_id_number",
     "trunks.0.acl_cidrs.0", "playback.spool_dir", "playback.freeswitch_spool_dir",
+    "recording.dir", "recording.file", "routes.0.busy.file", "routes.1.busy.target",
     "env:ESL_PW", "env:FORK_PW", "env:TRUNK_PW",
 ]
 # Slots whose empty value legitimately drops an element: compared with a twin holding the
@@ -338,7 +369,13 @@ def test_any_string_value_renders_inert_or_is_refused(slot, value):
     dialplan = ET.fromstring(files[DIALPLAN_FILE])
     # ours: the API call and ${uuid} twice; rate: auto adds the variable twice and ${cond(${read_rate}
     autos = sum(r.rate == 0 for r in config.routes)
-    assert files[DIALPLAN_FILE].count("${") == 3 * len(config.routes) + 4 * autos
+    # recording: the path's ${strftime(...)} and ${uuid} fields and record_session's variable;
+    # busy: play: the busy extension's condition on ${voicefork_route}.
+    rec = config.recording
+    per_recording = 1 + sum(rec.file.count("{%s}" % f) for f in ("date", "time", "uuid")) if rec else 0
+    recorded = sum(r.recording for r in config.routes)
+    busy_play = sum(r.busy.action == "play" and bool(r.max_calls or config.max_calls) for r in config.routes)
+    assert files[DIALPLAN_FILE].count("${") == 3 * len(config.routes) + 4 * autos + per_recording * recorded + busy_play
     for action in dialplan.iter("action"):
         data_ = action.get("data") or ""
         assert not re.search(r"\$[0-9]", data_)  # no regex-capture substitution
