@@ -17,13 +17,14 @@ from websockets.exceptions import ConnectionClosed
 
 from fs_dialplan.model import Config, Route
 
-from . import esl_messages as em
+from . import dialects, esl_messages as em, twilio_rest
 from .audio_fork import ForkIntake, ForkMetadata
 from .call import Call, CallLogger, ConnectorTarget
 from .errors import EslError, ForkProtocolError, LocalUsageError
 from .esl_client import EslClient
 from .intake import BasicCredentials, ForkConnection, IntakeServer
 from .metrics import CONTENT_TYPE, Metrics
+from .dialects.messages import HangupRequest
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
 
@@ -101,6 +102,16 @@ class App:
             if c.token_env:
                 headers["Authorization"] = "Bearer " + _secret(env, c.token_env, f"connectors.{name}.token_env")
             self._connector_headers[name] = headers
+        # Connector dialects, and the auth tokens Twilio-speaking bots present to the REST hang-up.
+        self._dialects = {name: dialects.factory(c.protocol, account_sid=c.account_sid)
+                          for name, c in config.connectors.items()}
+        self._twilio_tokens: dict[str, str] = {}
+        for name, c in config.connectors.items():
+            if c.protocol != "twilio" or c.account_sid is None or c.auth_token_env is None:
+                continue
+            token = _secret(env, c.auth_token_env, f"connectors.{name}.auth_token_env")
+            if self._twilio_tokens.setdefault(c.account_sid, token) != token:
+                raise LocalUsageError(f"connectors.{name}: account {c.account_sid} has another auth token in another connector")
         self.esl = esl_factory(
             fs.esl_host,
             fs.esl_port,
@@ -122,6 +133,7 @@ class App:
             calls_body=lambda: [c.info() for c in self.calls.values()],
             accepting=lambda: self._accepting,
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+            rest_answer=self._rest_answer if self._twilio_tokens else None,
         )
         self.port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -210,6 +222,7 @@ class App:
             reconnect_attempts=c.reconnect_attempts,
             max_spool_bytes=p.max_spool_bytes_per_call,
             switch_temp_dir=self.config.freeswitch.temp_dir,
+            connector_rate=dialects.DIALECTS[c.protocol].audio_rate,
         )
 
     async def _on_call(self, ws: ForkConnection, route_name: str) -> None:
@@ -247,6 +260,7 @@ class App:
             connector.ping_interval_s,
             connector.send_queue_ms,
             connector.ping_timeout_s,
+            self._dialects[route.connector],
         )
         settings = self._settings(route, fork_rate)
         if meta.stream_args_ignored:
@@ -266,6 +280,26 @@ class App:
         finally:
             self.calls.pop(meta.uuid, None)
             self.metrics.active_calls.dec()
+
+    # ------------------------------------------------------------------ Twilio REST
+
+    def _rest_answer(self, request: twilio_rest.RestRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
+        status, body, extra = twilio_rest.answer(request, tokens=self._twilio_tokens, hang_up=self._rest_hang_up)
+        self.log.info("< REST %s %.120s: %d", request.method[:10], request.target, status)
+        return status, body, extra
+
+    def _rest_hang_up(self, account_sid: str, call_sid: str) -> bool:
+        """A bot's ``Status=completed``: the connector's hang-up, as if it had asked on its socket."""
+        h = call_sid[2:]
+        call = self.calls.get(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        if call is None:
+            return False
+        connector = self.config.connectors[self.config.route(call.session.settings.route).connector]
+        if connector.protocol != "twilio" or connector.account_sid != account_sid:
+            return False  # another account's call is not found, as at Twilio
+        call.log.info("< REST hang-up from the bot (Status=completed)")
+        call.post(HangupRequest(after_playback=False, reason="twilio rest"))
+        return True
 
     # ------------------------------------------------------------------ ESL
 
