@@ -49,6 +49,8 @@ def stack_env(config: Config) -> dict[str, str]:
     for c in config.connectors.values():
         if c.token_env:
             env[c.token_env] = "stack-connector-token"
+        if c.auth_token_env:
+            env[c.auth_token_env] = "stack-twilio-auth-token"
     for t in config.trunks:
         if t.password_env:
             env[t.password_env] = "stack-trunk-secret"
