@@ -111,10 +111,34 @@ chaos seconds="600" concurrent="100": bootstrap
 fuzz *args: bootstrap
     HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q -p no:cacheprovider tests/chaos/test_fuzz.py tests/chaos/test_security.py {{args}}
 
+# The Pipecat venv the Twilio tests run a real Pipecat bot in (tests/e2e/test_pipecat.py, `just demo --twilio`).
+# Its own venv: pipecat-ai 1.14.0 pins soxr~=1.0.0 (ours is 1.1, which the resampler numbers were
+# measured with) and pulls onnxruntime and numba (~500 MB) that voicefork never imports.
+# Output goes to .venv-pipecat/install.log; a stamp makes the next run instant. Without it the
+# Pipecat tests skip, except under CI=true, where this recipe fails.
+pipecat-env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv=".venv-pipecat"
+    stamp="$venv/.voicefork-pipecat-1.14.0"
+    if [ -f "$stamp" ] && "$venv/bin/python" -c "import pipecat.serializers.twilio, uvicorn" 2>/dev/null; then exit 0; fi
+    echo "pipecat-env: installing pipecat-ai 1.14.0 into $venv (log: $venv/install.log)"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    log="$venv/install.log"
+    if ! "$venv/bin/python" -m pip install 'pipecat-ai[websocket]==1.14.0' 'uvicorn>=0.32,<1' >>"$log" 2>&1; then
+        echo "pipecat-env: FAILED to install pipecat-ai (see $log; its last lines:)" >&2
+        tail -n 20 "$log" >&2
+        if [ "${CI:-}" = true ]; then exit 1; fi
+        echo "pipecat-env: the Pipecat tests will be skipped (CI=true makes this an error)" >&2
+        exit 0
+    fi
+    touch "$stamp"
+    echo "pipecat-env: done"
+
 # The test suite (unit, property, integration, end to end on the emulator AND on a real FreeSWITCH, chaos).
 # Uses $FREESWITCH_BIN if set, else builds or reuses `just freeswitch` (a fresh machine adds ~10 minutes once).
 # Without FreeSWITCH sources the real-switch tests are skipped, except under CI=true, where they fail.
-test *args: bootstrap
+test *args: bootstrap pipecat-env
     #!/usr/bin/env bash
     set -euo pipefail
     if [ -z "${FREESWITCH_BIN:-}" ]; then

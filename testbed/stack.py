@@ -251,6 +251,16 @@ class Stack:
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    def point_connector(self, name: str, url: str) -> None:
+        """Send the calls of connector ``name`` to ``url`` from now on (in-process fork server):
+        for a bot that can only start once it knows the fork server's address (a Twilio bot's
+        REST ``base_url``)."""
+        if self.app is None:
+            raise RuntimeError("point_connector needs the in-process fork server")
+        for holder in (self, self.app):
+            c = holder.config.connectors
+            holder.config = dataclasses.replace(holder.config, connectors={**c, name: dataclasses.replace(c[name], url=url)})
+
     def spool_files(self) -> list[str]:
         # os.walk, not rglob: a call's directory may vanish while it is being listed.
         return sorted(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,9 +19,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from fork_server.pcm import ulaw_decode, ulaw_encode
+from fs_dialplan import load_config
+from fs_dialplan.model import Config
 
-__all__ = ["TwilioPeer", "Stream", "rest_hang_up"]
+__all__ = ["TwilioPeer", "Stream", "rest_hang_up", "twilio_config", "TEST_ACCOUNT_SID"]
 
+TEST_ACCOUNT_SID = "AC" + "5e" * 16
 MAX_MESSAGE = 64 * 1024  # what the fork server sends is at most a start with its parameters
 
 
@@ -157,3 +161,13 @@ async def rest_hang_up(port: int, account_sid: str, token: str, call_sid: str,
         return int(head.split()[1]), json.loads(await reader.readexactly(length))
     finally:
         writer.close()
+
+
+def twilio_config(path: str | None = None, connector: str = "support-bot", account_sid: str = TEST_ACCOUNT_SID) -> Config:
+    """The example config with one connector switched to the twilio dialect (token env TWILIO_AUTH_TOKEN)."""
+    from .stack import EXAMPLE_CONFIG
+
+    base = load_config(str(path or EXAMPLE_CONFIG))
+    bot = dataclasses.replace(base.connectors[connector], protocol="twilio", account_sid=account_sid,
+                              auth_token_env="TWILIO_AUTH_TOKEN")
+    return dataclasses.replace(base, connectors={**base.connectors, connector: bot})

@@ -7,7 +7,6 @@ API. What the caller heard is read from the emulated ear.
 """
 
 import asyncio
-import dataclasses
 import time
 
 import numpy as np
@@ -18,19 +17,10 @@ pytest.importorskip("ESL")
 from fork_server.dialects.twilio import call_sid, stream_sid  # noqa: E402
 from testbed.audio_compare import best_aligned_snr  # noqa: E402
 from testbed.speech import BOT_ANSWER, CALLER_QUESTION, load_wav  # noqa: E402
-from testbed.stack import EXAMPLE_CONFIG, Stack  # noqa: E402
-from testbed.twilio_peer import TwilioPeer, rest_hang_up  # noqa: E402
-from fs_dialplan import load_config  # noqa: E402
+from testbed.stack import Stack  # noqa: E402
+from testbed.twilio_peer import TEST_ACCOUNT_SID as ACCOUNT, TwilioPeer, rest_hang_up, twilio_config  # noqa: E402
 
 SUPPORT = "+15551234567"
-ACCOUNT = "AC" + "5e" * 16
-
-
-def twilio_config():
-    base = load_config(str(EXAMPLE_CONFIG))
-    bot = dataclasses.replace(base.connectors["support-bot"], protocol="twilio", account_sid=ACCOUNT,
-                              auth_token_env="TWILIO_AUTH_TOKEN")
-    return dataclasses.replace(base, connectors={**base.connectors, "support-bot": bot})
 
 
 @pytest.fixture
