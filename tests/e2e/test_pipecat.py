@@ -21,12 +21,11 @@ pytest.importorskip("ESL")
 from fork_server.dialects.twilio import call_sid, stream_sid  # noqa: E402
 from testbed.speech import BOT_ANSWER, CALLER_BARGEIN, CALLER_QUESTION, load_wav  # noqa: E402
 from testbed.stack import Stack  # noqa: E402
-from testbed.twilio_peer import TEST_ACCOUNT_SID as ACCOUNT, twilio_config  # noqa: E402
+from testbed.pipecat_proc import PIPECAT_PY, start_bot  # noqa: E402
+from testbed.twilio_peer import twilio_config  # noqa: E402
 
 SUPPORT = "+15551234567"
 
-ROOT = Path(__file__).resolve().parents[2]
-PIPECAT_PY = Path(os.environ.get("VOICEFORK_PIPECAT_PYTHON", ROOT / ".venv-pipecat" / "bin" / "python"))
 
 
 def _need_pipecat() -> None:
@@ -36,58 +35,6 @@ def _need_pipecat() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-class Bot:
-    """The Pipecat bot process and the JSON events it prints."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[dict] = []
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while line := await self.proc.stdout.readline():
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                pass  # a library's own print
-
-    def of(self, name: str) -> list[dict]:
-        return [e for e in self.events if e["event"] == name]
-
-    async def wait(self, name: str, timeout: float = 20.0) -> dict:
-        end = time.monotonic() + timeout
-        while not self.of(name):
-            if time.monotonic() > end or self.proc.returncode is not None:
-                raise AssertionError(f"the Pipecat bot did not report {name!r} (events: {self.events})")
-            await asyncio.sleep(0.02)
-        return self.of(name)[0]
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        self._reader.cancel()
-
-
-async def start_bot(stack: Stack, *extra: str) -> Bot:
-    env = {**os.environ, "TWILIO_ACCOUNT_SID": ACCOUNT, "TWILIO_AUTH_TOKEN": stack.env["TWILIO_AUTH_TOKEN"],
-           "PIPECAT_LOG_LEVEL": "WARNING"}
-    proc = await asyncio.create_subprocess_exec(
-        str(PIPECAT_PY), str(ROOT / "testbed" / "pipecat_bot.py"), "--wav", str(BOT_ANSWER),
-        "--base-url", f"http://127.0.0.1:{stack.fork_port}", *extra,
-        env=env, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT),
-    )
-    bot = Bot(proc)
-    port = (await bot.wait("LISTENING", timeout=60))["port"]
-    stack.point_connector("support-bot", f"ws://127.0.0.1:{port}/ws")
-    return bot
 
 
 @pytest.fixture
