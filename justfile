@@ -9,8 +9,12 @@ config := "config/voicefork.yaml"
 default: demo
 
 # One call through the emulated FreeSWITCH, the fork server and the script connector; writes build/demo/*.wav.
-demo: bootstrap
-    {{py}} -m testbed.demo
+# `just demo --twilio`: the same call with a Pipecat bot written for Twilio Media Streams as the connector.
+demo *args: bootstrap
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [[ " {{args}} " == *" --twilio "* ]]; then just pipecat-env; fi
+    {{py}} -m testbed.demo {{args}}
 
 # Create .venv with the package, its dev extras and python-ESL (SWIG workaround and a 128 KiB receive buffer, see README).
 # A few progress lines; pip's and python-ESL's build output go to .venv/bootstrap.log, whose tail is shown if a step fails.
