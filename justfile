@@ -90,9 +90,15 @@ schema out="build/voicefork.schema.json": bootstrap
 # websockets relay (`just bench --quick` for CI; other args go to `python -m testbed.bench.capacity`,
 # e.g. `just bench --calls 100,500 --workers 2 --esl asyncio`).
 # With `--switch real` the same N also go through a real FreeSWITCH (FREESWITCH_BIN, else `just freeswitch`'s).
+# `just bench --protocol twilio`: CPU and bytes per 20 ms frame of twilio (mu-law, base64, JSON) against voicefork.v1.
 bench *args: bootstrap
     #!/usr/bin/env bash
     set -euo pipefail
+    if [[ " {{args}} " == *" --protocol "* ]]; then  # the connector protocols side by side, nothing else
+        [[ " {{args}} " == *" --protocol twilio "* ]] || { echo "bench: --protocol takes twilio (compared with voicefork.v1)" >&2; exit 2; }
+        {{py}} -m testbed.bench.protocol
+        exit 0
+    fi
     if [[ " {{args}} " == *" --switch real "* ]] && [ -z "${FREESWITCH_BIN:-}" ]; then
         out="$(testbed/build_freeswitch.sh | tee /dev/stderr)"
         export FREESWITCH_BIN="${out##*FREESWITCH_BIN=}"
