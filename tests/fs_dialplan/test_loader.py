@@ -290,3 +290,11 @@ def test_errors_name_file_line_and_key(old, new, expected):
 def test_twilio_keys_without_protocol_twilio_are_refused_not_ignored():
     text = BASE.replace("    url: ws://127.0.0.1:8765/bot\n", "    url: ws://127.0.0.1:8765/bot\n    auth_token_env: BOT_TOKEN\n")
     assert errors(text) == ["cfg.yaml:9: connectors.bot.auth_token_env: only for protocol: twilio (this connector speaks voicefork)"]
+
+
+def test_the_example_configs_commented_twilio_connector_loads_when_uncommented():
+    text = EXAMPLE.read_text()
+    block = text[text.index("  # twilio-bot:"):text.index("defaults:")]
+    lines = [line.replace("  # ", "  ", 1) for line in block.splitlines() if line.startswith("  #   ") or line.startswith("  # twilio-bot")]
+    c = parse_config(text.replace(block, block + "\n".join(lines) + "\n"), "voicefork.yaml").connectors["twilio-bot"]
+    assert (c.protocol, c.account_sid, c.auth_token_env) == ("twilio", "AC" + "0123456789abcdef" * 2, "VOICEFORK_TWILIO_TOKEN")
