@@ -6,12 +6,9 @@ Under CI=true a missing Pipecat venv fails the test (it must not skip there).
 """
 
 import asyncio
-import json
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
