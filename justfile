@@ -37,6 +37,7 @@ bootstrap:
     command -v espeak-ng >/dev/null || missing="$missing espeak-ng"
     dpkg -s python3-dev >/dev/null 2>&1 || python3 -c "import sysconfig,os,sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()['include'],'Python.h')) else 1)" || missing="$missing python3-dev"
     command -v g++ >/dev/null || missing="$missing g++"
+    command -v haproxy >/dev/null || missing="$missing haproxy"  # the scale-out cluster test (tests/freeswitch/test_cluster.py)
     [ -x {{py}} ] || python3 -m venv {{venv}}
     : >"$log"
     if [ -n "$missing" ]; then
@@ -108,6 +109,17 @@ bench *args: bootstrap
     {{py}} -m testbed.bench.hotpath
     {{py}} -m testbed.bench.esl {{ if args =~ '--quick' { "--commands 500 --events 1000 --repeat 1" } else { "" } }}
     {{py}} -m testbed.bench.capacity {{args}}
+
+# Scale-out on loopback (issue 17): 2 real FreeSWITCH x 2 fork servers behind HAProxy, all from one
+# YAML; prints calls and CPU per switch and per fork server (`just cluster --calls 40 --window 30`).
+cluster *args: bootstrap
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${FREESWITCH_BIN:-}" ]; then
+        out="$(testbed/build_freeswitch.sh | tee /dev/stderr)"
+        export FREESWITCH_BIN="${out##*FREESWITCH_BIN=}"
+    fi
+    {{py}} -m testbed.cluster {{args}}
 
 # Run the fork server with the example config.
 serve config=config *args: bootstrap

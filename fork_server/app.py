@@ -7,6 +7,7 @@ the metadata and the route settings always agree with the XML the switch runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -88,6 +89,7 @@ class App:
         self.metrics = Metrics()
         self.calls: dict[str, Call] = {}
         self._accepting = True
+        self._draining = False
         self._listen_port = config.fork_server.listen_port if listen_port is None else listen_port
         fs = config.freeswitch
         auth = config.fork_server.auth
@@ -112,23 +114,29 @@ class App:
             token = _secret(env, c.auth_token_env, f"connectors.{name}.auth_token_env")
             if self._twilio_tokens.setdefault(c.account_sid, token) != token:
                 raise LocalUsageError(f"connectors.{name}: account {c.account_sid} has another auth token in another connector")
-        self.esl = esl_factory(
-            fs.esl_host,
-            fs.esl_port,
-            _secret(env, fs.esl_password_env, "freeswitch.esl_password_env"),
-            on_event=self._on_esl_event,
-            event_names=SUBSCRIBED_EVENTS,
-            filters=ESL_FILTERS,
-            logger=logger.getChild("esl"),
-            on_state=self._on_esl_state,
-        )
+        # One ESL link per switch (freeswitch.switches); a call's commands go to the switch its
+        # fork metadata names. One switch: its link is "default" and forks name none.
+        self.multi_switch = bool(config.switches)
+        self.esls: dict[str, Any] = {}
+        for sw in config.all_switches():
+            self.esls[sw.name] = esl_factory(
+                sw.esl_host,
+                sw.esl_port,
+                _secret(env, sw.esl_password_env, "freeswitch.esl_password_env"),
+                on_event=functools.partial(self._on_esl_event, switch=sw.name),
+                event_names=SUBSCRIBED_EVENTS,
+                filters=ESL_FILTERS,
+                logger=logger.getChild("esl" if not self.multi_switch else f"esl.{sw.name}"),
+                on_state=functools.partial(self._on_esl_state, switch=sw.name),
+            )
+        self.esl = next(iter(self.esls.values()))  # the first switch's (the only one, usually)
         p = config.playback
         self.spool = SpoolLayout(os.path.abspath(p.spool_dir), p.freeswitch_spool_dir)
         self.intake = IntakeServer(
             routes={r.name for r in config.routes},
             credentials=self._credentials,
             on_call=self._on_call,
-            healthy=lambda: bool(self.esl.up),
+            healthy=self._healthy,
             metrics_body=lambda: (self.metrics.render(), CONTENT_TYPE),
             calls_body=lambda: [c.info() for c in self.calls.values()],
             accepting=lambda: self._accepting,
@@ -145,26 +153,33 @@ class App:
 
     async def start(self) -> int:
         os.makedirs(self.spool.local_root, mode=0o750, exist_ok=True)
-        await self.esl.start()
+        for esl in self.esls.values():
+            await esl.start()
         fs = self.config.fork_server
         self.port = await self.intake.start(fs.listen_host, self._listen_port)
         self.log.info(
-            "fork server listening on %s:%d (%d routes, auth %s, playback %s/%s, ESL %s:%d %s)",
+            "fork server listening on %s:%d (%d routes, auth %s, playback %s/%s, ESL %s)",
             fs.listen_host,
             self.port,
             len(self.config.routes),
             "on" if self._credentials else "OFF",
             self.config.playback.command,
             self.config.playback.transport,
-            self.config.freeswitch.esl_host,
-            self.config.freeswitch.esl_port,
-            "up" if self.esl.up else "not up yet",
+            ", ".join(f"{'' if not self.multi_switch else sw.name + ' '}{sw.esl_host}:{sw.esl_port} "
+                      f"{'up' if self.esls[sw.name].up else 'not up yet'}" for sw in self.config.all_switches()),
         )
         return self.port
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop accepting; let calls finish up to the timeout; then end the rest cleanly."""
         timeout_s = self.config.fork_server.drain_timeout_s if timeout_s is None else timeout_s
+        grace = self.config.fork_server.drain_grace_s
+        self._draining = True
+        if grace > 0:
+            # /healthz fails from now; a load balancer notices within its check interval and stops
+            # sending forks here, while forks already on their way are still taken.
+            self.log.info("draining: /healthz fails now; taking new forks for %.1f s more", grace)
+            await asyncio.sleep(grace)
         self._accepting = False
         self.intake.stop_accepting()
         self.log.info("draining: %d live calls, timeout %.0f s", len(self.calls), timeout_s)
@@ -186,7 +201,8 @@ class App:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.esl.close()
+        for esl in self.esls.values():
+            await esl.close()
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT, then drain and stop."""
@@ -239,6 +255,13 @@ class App:
             self.log.error("< fork from %s on /calls/%s: no usable metadata: %s", peer, route_name, exc or type(exc).__name__)
             await ws.close(1008, "bad metadata")
             return
+        esl = self._esl_of(meta)
+        if esl is None:
+            self.metrics.rejected.labels("unknown_switch").inc()
+            self.log.error("< fork for %s on /calls/%s names switch %r, which is not in freeswitch.switches (%s); refused",
+                           meta.uuid, route_name, meta.switch, ", ".join(self.esls) if self.multi_switch else "one switch, none named")
+            await ws.close(1008, "unknown switch")
+            return
         if meta.uuid in self.calls:
             self.metrics.rejected.labels("duplicate_uuid").inc()
             self.log.error("< fork for %s on /calls/%s: uuid already has a live call", meta.uuid, route_name)
@@ -271,7 +294,8 @@ class App:
                            "module (it took the bidirectional arguments as metadata); this call plays files", meta.uuid)
             settings = replace(settings, transport="file")
         session = CallSession(meta.uuid, settings)
-        call = Call(session, ws, intake, target, self.esl, self.metrics, self.log)
+        call = Call(session, ws, intake, target, esl, self.metrics, self.log)
+        call.switch = meta.switch or "default"
         self.calls[meta.uuid] = call
         self.metrics.active_calls.inc()
         call.log.info("< fork open on /calls/%s from %s (%d Hz)", route.name, peer, fork_rate)
@@ -303,13 +327,26 @@ class App:
 
     # ------------------------------------------------------------------ ESL
 
-    def _on_esl_state(self, up: bool) -> None:
-        self.metrics.esl_up.set(1 if up else 0)
+    def _esl_of(self, meta: ForkMetadata) -> Any:
+        """The ESL link of the switch that owns the call: the one its metadata names (several
+        switches; a fork naming none is refused then), the only one otherwise."""
+        if not self.multi_switch:
+            return self.esl if meta.switch is None else None
+        return self.esls.get(meta.switch) if meta.switch is not None else None
+
+    def _healthy(self) -> bool:
+        """/healthz: 200 while new calls are welcome: not draining, and an ESL link up (any
+        switch's: calls from the others still work)."""
+        return not self._draining and any(esl.up for esl in self.esls.values())
+
+    def _on_esl_state(self, up: bool, switch: str = "default") -> None:
+        self.metrics.esl_up.labels(switch).set(1 if up else 0)
+        where = "" if not self.multi_switch else f" to {switch}"
         if up:
-            self.log.info("ESL link up")
+            self.log.info("ESL link%s up", where)
         else:
-            self.metrics.esl_reconnects.inc()
-            self.log.warning("ESL link down; reconnecting")
+            self.metrics.esl_reconnects.labels(switch).inc()
+            self.log.warning("ESL link%s down; reconnecting", where)
 
     def wants_event(self, event: Any) -> bool:
         """Would ``_on_esl_event`` act on it? (Asked for every event before it is posted, on the loop, or on
@@ -318,11 +355,11 @@ class App:
             return True
         return self.orphan_events and isinstance(event, em.ForkEvent) and event.name == "connect_failed"
 
-    def _on_esl_event(self, event: Any) -> None:
+    def _on_esl_event(self, event: Any, switch: str = "default") -> None:
         if isinstance(event, em.ForkEvent) and event.name == "disconnect" and event.route:
             # REF "Close": after a server-side close the bug stays attached and the next start
             # on the channel fails until `stop` is run; so it is run, whatever the call's state.
-            self._spawn(self._detach_fork(event.uuid))
+            self._spawn(self._detach_fork(event.uuid, self.esls[switch]))
         call = self.calls.get(event.uuid)
         if call is not None:
             call.post(event)
@@ -334,7 +371,8 @@ class App:
                 route = self.config.route(event.route)
             except KeyError:
                 return
-            task = asyncio.get_running_loop().create_task(self._fallback_without_call(event.uuid, route, event.body))
+            task = asyncio.get_running_loop().create_task(
+                self._fallback_without_call(event.uuid, route, event.body, self.esls[switch]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -343,15 +381,15 @@ class App:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _detach_fork(self, uuid: str) -> None:
+    async def _detach_fork(self, uuid: str, esl: Any) -> None:
         clog = CallLogger(self.log, {"uuid": uuid})
         try:
-            await self.esl.api(em.uuid_audio_fork_stop(uuid))
+            await esl.api(em.uuid_audio_fork_stop(uuid))
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop (the bug stays attached otherwise)")
         except EslError as exc:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop: %s", exc)
 
-    async def _fallback_without_call(self, uuid: str, route: Route, body: Any) -> None:
+    async def _fallback_without_call(self, uuid: str, route: Route, body: Any, esl: Any) -> None:
         """mod_audio_fork could not reach us for one of our routes: run its fallback (REF "Events")."""
         clog = CallLogger(self.log, {"uuid": uuid})
         clog.error("< mod_audio_fork::connect_failed on route %s: %s; fallback %s", route.name, body, route.fallback.action)
@@ -359,18 +397,18 @@ class App:
         fb = route.fallback
         try:
             # The bug stays attached after a failed connect (REF "Close"); free it.
-            await self.esl.api(em.uuid_audio_fork_stop(uuid))
+            await esl.api(em.uuid_audio_fork_stop(uuid))
         except EslError as exc:
             clog.warning("> uuid_audio_fork stop: %s", exc)
         try:
             if fb.action == "transfer" and fb.target:
-                await self.esl.api(em.uuid_transfer(uuid, fb.target))
+                await esl.api(em.uuid_transfer(uuid, fb.target))
             elif fb.action == "play" and fb.file:
                 # Queued with event-lock, hangup runs after the prompt has played.
-                await self.esl.execute_playback(em.PlaybackCommand(uuid, fb.file))
-                await self.esl.sendmsg(uuid, em.execute_headers("hangup", "NORMAL_CLEARING"))
+                await esl.execute_playback(em.PlaybackCommand(uuid, fb.file))
+                await esl.sendmsg(uuid, em.execute_headers("hangup", "NORMAL_CLEARING"))
             else:
-                await self.esl.api(em.uuid_kill(uuid))
+                await esl.api(em.uuid_kill(uuid))
         except EslError as exc:
             self.metrics.errors.labels("fallback_failed").inc()
             clog.error("> fallback for route %s failed: %s", route.name, exc)

@@ -64,6 +64,7 @@ __all__ = [
 
 UUID_RE: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ROUTE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+SWITCH_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # fs_dialplan.spec.SWITCH_NAME
 
 # REF "playAudio": raw at these rates gets a matching .rNN file; any other raw rate gets .r16.
 PLAY_AUDIO_RATES: Final = {8000: ".r8", 16000: ".r16", 24000: ".r24", 32000: ".r32", 48000: ".r48", 64000: ".r64"}
@@ -86,6 +87,7 @@ class ForkMetadata:
     # The drachtio module given the jambonz module's start (playback.transport: stream): it takes
     # the three bidirectional arguments as part of the metadata (measured) and will never play our audio.
     stream_args_ignored: bool = False
+    switch: str | None = None  # several switches: the one that owns the call (rendered, from the config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +167,7 @@ def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
     tail = _STREAM_ARGS_TAIL.match(text)
     if tail is not None:
         meta = _parse_metadata(tail.group(1), expected_route)
-        return ForkMetadata(meta.route, meta.uuid, text, meta.rate, stream_args_ignored=True)
+        return ForkMetadata(meta.route, meta.uuid, text, meta.rate, stream_args_ignored=True, switch=meta.switch)
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -189,7 +191,10 @@ def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
     if not isinstance(uuid, str) or not UUID_RE.fullmatch(uuid):
         hint = " (the dialplan variable was not expanded)" if isinstance(uuid, str) and "${" in uuid else ""
         raise ForkProtocolError(f"metadata uuid: expected a FreeSWITCH uuid 8-4-4-4-12 hex, got {_show(uuid)}{hint}")
-    return ForkMetadata(route, uuid, text, _fork_rate(doc.get("rate", None)))
+    switch = doc.get("switch")
+    if switch is not None and (not isinstance(switch, str) or not SWITCH_RE.fullmatch(switch)):
+        raise ForkProtocolError(f"metadata switch: expected ^[a-z0-9][a-z0-9_-]{{0,31}}$, got {_show(switch)}")
+    return ForkMetadata(route, uuid, text, _fork_rate(doc.get("rate", None)), switch=switch)
 
 
 _RATE_TOKEN = re.compile(r"^([1-9][0-9]?)k$|^([1-9][0-9]{3,4})$")

@@ -138,6 +138,7 @@ class Call:
         self.intake = intake
         self.connector = connector
         self.esl = esl
+        self.switch = "default"  # which switch owns the call (its ESL link is ``esl``)
         self.metrics = metrics
         self.log = CallLogger(logger, {"uuid": session.uuid})
         self.started = time.monotonic()
@@ -179,6 +180,7 @@ class Call:
         return {
             "uuid": self.uuid,
             "route": s.settings.route,
+            "switch": self.switch,
             "state": s.state.value,
             "seconds": round(time.monotonic() - self.started, 1),
             "caller_bytes": s.caller_bytes,

@@ -98,7 +98,8 @@ def _serve(config: Any, port: int, runner: Callable[[Any], Any], worker: int | N
     if worker is not None:
         app.intake.reuse_port = True
         app.orphan_events = worker == 0  # one worker runs the fallback of a fork that reached none
-        app.esl.event_filter = app.wants_event
+        for esl in app.esls.values():
+            esl.event_filter = app.wants_event
     # Everything alive now (modules, the config, the app: ~36 000 objects) lives as long as the
     # process: moved out of the collector's generations, a full collection no longer walks it
     # (issue 5: full collections stalled the event loop for 40 ms at 300 calls).

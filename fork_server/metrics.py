@@ -58,8 +58,8 @@ class Metrics:
         self.tts_bytes = Counter("voicefork_tts_bytes", "TTS PCM bytes received from connectors", registry=r)
         self.segments = Counter("voicefork_playback_segments", "TTS segment files queued for playback", registry=r)
         self.barge_ins = Counter("voicefork_barge_ins", "clear requests (barge-in)", registry=r)
-        self.esl_reconnects = Counter("voicefork_esl_reconnects", "ESL reconnections", registry=r)
-        self.esl_up = Gauge("voicefork_esl_up", "1 when the ESL link is up", registry=r)
+        self.esl_reconnects = Counter("voicefork_esl_reconnects", "ESL reconnections", ["switch"], registry=r)
+        self.esl_up = Gauge("voicefork_esl_up", "1 when the ESL link to the switch is up", ["switch"], registry=r)
         self.errors = Counter("voicefork_errors", "Errors by kind", ["kind"], registry=r)
         self.relay_latency = Histogram(
             "voicefork_relay_seconds",

@@ -23,7 +23,7 @@ __all__ = ["main"]
 def _placeholder_env(config) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Stand-in secrets so ``check`` can render without them (never written anywhere)."""
     env = dict(os.environ)
-    names = [config.freeswitch.esl_password_env]
+    names = [sw.esl_password_env for sw in config.all_switches()]
     if config.fork_server.auth is not None:
         names.append(config.fork_server.auth.password_env)
     names += [t.password_env for t in config.trunks if t.password_env]
@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         match = r.number or f"/{r.pattern}/"
         print(f"{args.config}:{r.line}: route {r.name}: {match} -> connector {r.connector} "
               f"({rate_name(r.rate)}, {r.language}, fallback {r.fallback.action}) at {config.fork_server.fork_url(r.name)}")
+    for sw in config.switches:
+        print(f"{args.config}: switch {sw.name}: ESL {sw.esl_host}:{sw.esl_port}, conf tree {sw.name}/"
+              + (f", dispatched to {sw.sip_uri}" if sw.sip_uri else ""))
+    if config.fork_server.haproxy is not None:
+        h = config.fork_server.haproxy
+        print(f"{args.config}: haproxy.cfg: {h.bind} -> {', '.join(h.servers)} (health /healthz every {h.check_interval_s:g} s)")
     for t in config.trunks:
         print(f"{args.config}:{t.line}: trunk {t.name}: {t.proxy} ({t.transport}{', registers' if t.register else ''}), "
               f"{len(t.acl_cidrs)} signalling CIDRs in ACL voicefork_trunks")

@@ -28,6 +28,7 @@ from .model import (
     Fallback,
     ForkServerSettings,
     FreeswitchSettings,
+    HaproxySettings,
     PlaybackSettings,
     Route,
     Trunk,
@@ -243,6 +244,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         temp_dir=_opt(fs, "temp_dir", lambda n: _str(ctx, n, "freeswitch.temp_dir"), "/tmp"),
     )
 
+    switches = _switches(ctx, fs["switches"], freeswitch) if "switches" in fs else ()
+
     S = spec.FORK_SERVER
     fsv_node = _required(ctx, root, top, "fork_server", "")
     fsv = _mapping(ctx, fsv_node, "fork_server", S) if fsv_node else {}
@@ -268,6 +271,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         listen_port=_opt(fsv, "listen_port", lambda n: _key_int(ctx, n, "fork_server.listen_port", S["listen_port"]), 8099),
         max_metadata_bytes=_opt(fsv, "max_metadata_bytes", lambda n: _key_int(ctx, n, "fork_server.max_metadata_bytes", S["max_metadata_bytes"]), 4096),
         drain_timeout_s=_opt(fsv, "drain_timeout", lambda n: _key_seconds(ctx, n, "fork_server.drain_timeout", S["drain_timeout"]), 30.0),
+        drain_grace_s=_opt(fsv, "drain_grace", lambda n: _key_seconds(ctx, n, "fork_server.drain_grace", S["drain_grace"]), 0.0),
+        haproxy=_haproxy(ctx, fsv["haproxy"]) if "haproxy" in fsv else None,
     )
 
     connectors: dict[str, Connector] = {}
@@ -381,6 +386,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         playback=playback,
         trunks=trunks,
         warnings=tuple(ctx.warnings),
+        switches=switches,
     )
 
 
@@ -512,6 +518,85 @@ def _cidr(ctx: _Ctx, node: yaml.Node, path: str, key: spec.Key) -> str | None:
         ctx.error(node, path, f'"{value}" would allow every address; list the carrier\'s signalling ranges')
         return None
     return str(net)
+
+
+def _switches(ctx: _Ctx, node: yaml.Node, base: FreeswitchSettings) -> tuple[FreeswitchSettings, ...]:
+    """``freeswitch.switches:`` → one complete FreeswitchSettings per switch; the section's own
+    keys are the defaults. Names and Event Socket addresses must not repeat (a fork names its
+    switch, and every ESL command of the call goes to that one)."""
+    W = spec.SWITCH
+    if not isinstance(node, yaml.SequenceNode):
+        ctx.error(node, "freeswitch.switches", f"expected a list of switches, got {_kind(node)}")
+        return ()
+    if len(node.value) < 2:
+        ctx.error(node, "freeswitch.switches", "expected at least two switches (one switch needs no list)")
+    out: list[FreeswitchSettings] = []
+    names: set[str] = set()
+    addresses: set[tuple[str, int]] = set()
+    for i, snode in enumerate(node.value):
+        path = f"freeswitch.switches[{i}]"
+        f = _mapping(ctx, snode, path, W)
+        name_node = _required(ctx, snode, f, "name", path)
+        host_node = _required(ctx, snode, f, "esl_host", path)
+        name = _key_str(ctx, name_node, f"{path}.name", W["name"]) if name_node else None
+        host = _key_str(ctx, host_node, f"{path}.esl_host", W["esl_host"]) if host_node else None
+        port = _opt(f, "esl_port", lambda n: _key_int(ctx, n, f"{path}.esl_port", W["esl_port"]), base.esl_port)
+        if name is not None:
+            if name in names:
+                ctx.error(name_node, f"{path}.name", f'duplicate switch name "{name}"')
+            names.add(name)
+        if host is not None:
+            if (host, port) in addresses:
+                ctx.error(host_node, f"{path}.esl_host", f"{host}:{port} is already another switch's Event Socket")
+            addresses.add((host, port))
+        if name is None or host is None:
+            continue
+        out.append(FreeswitchSettings(
+            esl_password_env=_opt(f, "esl_password_env", lambda n: _key_str(ctx, n, f"{path}.esl_password_env", W["esl_password_env"]),
+                                  base.esl_password_env),
+            esl_host=host,
+            esl_port=port,
+            esl_listen_ip=base.esl_listen_ip,
+            esl_acl=base.esl_acl,
+            temp_dir=base.temp_dir,
+            name=name,
+            sip_uri=_opt(f, "sip_uri", lambda n: _key_str(ctx, n, f"{path}.sip_uri", W["sip_uri"]), None),
+        ))
+    with_uri = [sw.name for sw in out if sw.sip_uri]
+    if with_uri and len(with_uri) != len(out):
+        ctx.error(node, "freeswitch.switches", f"sip_uri on every switch or on none (a dispatcher list of some "
+                                               f"switches would never send calls to the others); it is on {', '.join(with_uri)}")
+    return tuple(out)
+
+
+def _haproxy(ctx: _Ctx, node: yaml.Node) -> HaproxySettings | None:
+    H = spec.HAPROXY
+    path = "fork_server.haproxy"
+    f = _mapping(ctx, node, path, H)
+    bind_node = _required(ctx, node, f, "bind", path)
+    servers_node = _required(ctx, node, f, "servers", path)
+    bind = _host_port(ctx, bind_node, f"{path}.bind", H["bind"]) if bind_node else None
+    servers: list[str] = []
+    if servers_node is not None and not isinstance(servers_node, yaml.SequenceNode):
+        ctx.error(servers_node, f"{path}.servers", f"expected a list of host:port, got {_kind(servers_node)}")
+    elif servers_node is not None:
+        if not servers_node.value:
+            ctx.error(servers_node, f"{path}.servers", "expected at least one fork server")
+        for j, item in enumerate(servers_node.value):
+            v = _host_port(ctx, item, f"{path}.servers[{j}]", H["servers"].items)  # type: ignore[arg-type]
+            if v is not None and ":" not in v.rsplit("]", 1)[-1]:
+                ctx.error(item, f"{path}.servers[{j}]", f'expected host:port (the fork server\'s listen port), got "{v}"')
+            elif v is not None and v in servers:
+                ctx.error(item, f"{path}.servers[{j}]", f'duplicate fork server "{v}"')
+            elif v is not None:
+                servers.append(v)
+    if bind is not None and ":" not in bind.rsplit("]", 1)[-1]:
+        ctx.error(bind_node, f"{path}.bind", f'expected host:port, got "{bind}"')
+        bind = None
+    interval = _opt(f, "check_interval", lambda n: _key_seconds(ctx, n, f"{path}.check_interval", H["check_interval"]), 0.5)
+    if bind is None or not servers:
+        return None
+    return HaproxySettings(bind=bind, servers=tuple(servers), check_interval_s=interval)
 
 
 def _trunks(ctx: _Ctx, node: yaml.Node) -> tuple[Trunk, ...]:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "FreeswitchSettings",
+    "HaproxySettings",
     "BasicAuth",
     "ForkServerSettings",
     "Connector",
@@ -33,6 +34,15 @@ class FreeswitchSettings:
     esl_listen_ip: str = "127.0.0.1"
     esl_acl: str | None = "loopback.auto"
     temp_dir: str = "/tmp"
+    name: str = "default"  # one switch: "default", carried nowhere; several: from freeswitch.switches
+    sip_uri: str | None = None  # for a SIP dispatcher's list
+
+
+@dataclass(frozen=True, slots=True)
+class HaproxySettings:
+    bind: str  # host:port
+    servers: tuple[str, ...]  # host:port of each fork server
+    check_interval_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,8 @@ class ForkServerSettings:
     listen_port: int = 8099
     max_metadata_bytes: int = 4096
     drain_timeout_s: float = 30.0
+    drain_grace_s: float = 0.0
+    haproxy: HaproxySettings | None = None
 
     def fork_url(self, route: str) -> str:
         return f"{self.public_url.rstrip('/')}/calls/{route}"
@@ -131,6 +143,11 @@ class Config:
     playback: PlaybackSettings
     trunks: tuple[Trunk, ...] = ()
     warnings: tuple[Any, ...] = ()
+    # freeswitch.switches, each complete (the section's keys filled in); empty: one switch, `freeswitch`.
+    switches: tuple[FreeswitchSettings, ...] = ()
+
+    def all_switches(self) -> tuple[FreeswitchSettings, ...]:
+        return self.switches or (self.freeswitch,)
 
     def route(self, name: str) -> Route:
         for r in self.routes:

@@ -48,10 +48,10 @@ from typing import Mapping, NamedTuple
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .errors import RenderError
-from .model import Config, Route, Trunk
+from .model import Config, FreeswitchSettings, Route, Trunk
 from .spec import AUTO_RATE
 
-__all__ = ["render", "write_tree", "verify", "fork_action_data", "gateway_params", "rate_name", "DIALPLAN_FILE",
+__all__ = ["render", "write_tree", "verify", "switch_tree", "haproxy_cfg", "dispatcher_list", "HAPROXY_FILE", "DISPATCHER_FILE", "fork_action_data", "gateway_params", "rate_name", "DIALPLAN_FILE",
            "ACL_FILE", "ACL_LIST", "TRUNK_CONTEXT", "TEMPLATES", "JITTER_BUFFER_MS", "AUTO_RATE_DATA", "AUTH_GLOBALS"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -59,6 +59,8 @@ DIALPLAN_FILE = "dialplan/public/50_voicefork.xml"
 ACL_FILE = "autoload_configs/acl.conf.xml"
 ESL_FILE = "autoload_configs/event_socket.conf.xml"
 MODULES_FILE = "autoload_configs/modules.conf.xml"
+HAPROXY_FILE = "haproxy.cfg"
+DISPATCHER_FILE = "dispatcher.list"
 ACL_LIST = "voicefork_trunks"
 TRUNK_CONTEXT = "public"  # where 50_voicefork.xml lives
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")  # and not XML 1.0 characters
@@ -120,10 +122,14 @@ def rate_name(rate: int) -> str:
     return "auto" if rate == AUTO_RATE else rate_token(rate)
 
 
-def fork_metadata(route: Route) -> str:
+def fork_metadata(route: Route, switch: str | None = None) -> str:
     """Compact JSON, no spaces anywhere (REF: a space splits the arguments). ``rate`` tells the
-    fork server what the switch picked for a ``rate: auto`` route."""
-    return json.dumps({"route": route.name, "uuid": "${uuid}", "rate": rate_token(route.rate)}, separators=(",", ":"))
+    fork server what the switch picked for a ``rate: auto`` route; ``switch`` (several switches
+    only) which switch owns the call, from the config, so its ESL commands go there."""
+    doc = {"route": route.name, "uuid": "${uuid}", "rate": rate_token(route.rate)}
+    if switch is not None:
+        doc["switch"] = switch
+    return json.dumps(doc, separators=(",", ":"))
 
 
 # playback.transport: stream (the jambonz mod_audio_fork, measured on 1.10.12 on 2026-12-06): its
@@ -135,12 +141,13 @@ STREAM_BUGNAME = "audio_fork"
 STREAM_IDLE_DATA = "send_silence_when_idle=-1"
 
 
-def fork_action_data(config: Config, route: Route) -> str:
+def fork_action_data(config: Config, route: Route, switch: str | None = None) -> str:
     url = _safe(config.fork_server.fork_url(route.name), f"routes[{route.name}] fork URL", argument=True)
+    meta = fork_metadata(route, switch)
     if config.playback.transport == "stream":
-        args = f"{STREAM_BUGNAME} {fork_metadata(route)} {STREAM_ARGS}"
+        args = f"{STREAM_BUGNAME} {meta} {STREAM_ARGS}"
     else:
-        args = fork_metadata(route)
+        args = meta
     return f"fork_result=${{uuid_audio_fork(${{uuid}} start {url} mono {rate_token(route.rate)} {args})}}"
 
 
@@ -164,12 +171,12 @@ class _TrunkView(NamedTuple):
     acl_cidrs: tuple[str, ...]
 
 
-def _route_view(config: Config, r: Route) -> _RouteView:
+def _route_view(config: Config, r: Route, switch: str | None) -> _RouteView:
     where = f"routes[{r.name}]"
     return _RouteView(
         name=_safe(r.name, f"{where}.name", argument=True),
         expression=_safe(route_expression(r), f"{where}.pattern", expression=True),
-        fork=fork_action_data(config, r),
+        fork=fork_action_data(config, r, switch),
         auto_rate=AUTO_RATE_DATA if r.rate == AUTO_RATE else None,
         stream=config.playback.transport == "stream",
         max_duration_s=r.max_duration_s,
@@ -244,8 +251,8 @@ def _auth(config: Config, env: Mapping[str, str]) -> dict[str, str] | None:
     }
 
 
-def _esl(config: Config, env: Mapping[str, str]) -> dict[str, object]:
-    fs = config.freeswitch
+def _esl(config: Config, env: Mapping[str, str], fs: FreeswitchSettings | None = None) -> dict[str, object]:
+    fs = fs or config.freeswitch
     return {
         "listen_ip": _safe(fs.esl_listen_ip, "freeswitch.esl_listen_ip", argument=True),
         "port": fs.esl_port,
@@ -255,10 +262,54 @@ def _esl(config: Config, env: Mapping[str, str]) -> dict[str, object]:
 
 
 def render(config: Config, env: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Every file of the FreeSWITCH conf tree, by relative path, checked."""
+    """Every file of the FreeSWITCH conf tree, by relative path, checked. With several switches
+    (``freeswitch.switches``), one tree per switch under its name; with ``fork_server.haproxy``,
+    ``haproxy.cfg`` beside them; with every switch's ``sip_uri``, Kamailio's ``dispatcher.list``."""
+    files: dict[str, str] = {}
+    if not config.switches:
+        files.update(_render_switch(config, env, None))
+    for sw in config.switches:
+        files.update({f"{sw.name}/{rel}": text for rel, text in _render_switch(config, env, sw).items()})
+    if config.fork_server.haproxy is not None:
+        files[HAPROXY_FILE] = haproxy_cfg(config)
+    if config.switches and all(sw.sip_uri for sw in config.switches):
+        files[DISPATCHER_FILE] = dispatcher_list(config)
+    return dict(sorted(files.items()))
+
+
+def switch_tree(files: Mapping[str, str], name: str) -> dict[str, str]:
+    """One switch's conf tree out of ``render``'s files (several switches)."""
+    prefix = f"{name}/"
+    return {rel[len(prefix):]: text for rel, text in files.items() if rel.startswith(prefix)}
+
+
+def haproxy_cfg(config: Config) -> str:
+    """The media WebSockets balanced over the fork servers (HAProxy 2.x, Debian's): leastconn
+    (calls are long and uneven), health from ``/healthz`` (503 while a fork server drains or has
+    no ESL link), a tunnel timeout longer than any call, and redispatch so a fork refused by a
+    server that just closed its listener is retried on another."""
+    h = config.fork_server.haproxy
+    assert h is not None
+    return _env.get_template("haproxy.cfg.j2").render(
+        source=os.path.basename(config.source), bind=h.bind, servers=list(enumerate(h.servers, 1)),
+        inter_ms=max(100, int(h.check_interval_s * 1000)),
+        max_call_s=max([r.max_duration_s or 0 for r in config.routes] + [4 * 3600]),
+    )
+
+
+def dispatcher_list(config: Config) -> str:
+    """Kamailio's dispatcher.list: set 1, one line per switch (``setid destination flags priority``)."""
+    lines = [f"# Rendered by voicefork from {_comment_text(os.path.basename(config.source))}: the switches of set 1."]
+    lines += [f"1 {_safe(sw.sip_uri or '', f'freeswitch.switches[{sw.name}].sip_uri', argument=True)} 0 0 "
+              f"name={sw.name}" for sw in config.switches]
+    return "\n".join(lines) + "\n"
+
+
+def _render_switch(config: Config, env: Mapping[str, str], sw: FreeswitchSettings | None) -> dict[str, str]:
     auth = _auth(config, env)
-    esl = _esl(config, env)
-    routes = [_route_view(config, r) for r in config.routes]
+    esl = _esl(config, env, sw)
+    switch = sw.name if sw is not None else None
+    routes = [_route_view(config, r, switch) for r in config.routes]
     trunks = [_trunk_view(t, env) for t in config.trunks]
     source = os.path.basename(config.source)
     files = {
@@ -274,8 +325,8 @@ def render(config: Config, env: Mapping[str, str] = os.environ) -> dict[str, str
     }
     for t in trunks:
         files[gateway_file(t.name)] = _env.get_template("gateway.xml.j2").render(source=source, t=t)
-    _verify(config, files, auth, esl, trunks)
-    return dict(sorted(files.items()))
+    _verify(config, files, auth, esl, trunks, switch)
+    return files
 
 
 def _parse(path: str, text: str) -> ET.Element:
@@ -305,16 +356,20 @@ def _expected_actions(r: Route, fork: str, stream: bool) -> list[tuple[str, str 
 
 def verify(config: Config, files: Mapping[str, str], env: Mapping[str, str] = os.environ) -> None:
     """Parse every XML file back (once) and check each is exactly what ``config`` intends."""
-    _verify(config, files, _auth(config, env), _esl(config, env), [_trunk_view(t, env) for t in config.trunks])
+    trunks = [_trunk_view(t, env) for t in config.trunks]
+    if not config.switches:
+        _verify(config, files, _auth(config, env), _esl(config, env), trunks, None)
+    for sw in config.switches:
+        _verify(config, switch_tree(files, sw.name), _auth(config, env), _esl(config, env, sw), trunks, sw.name)
 
 
 def _verify(config: Config, files: Mapping[str, str], auth: Mapping[str, str] | None,
-            esl: Mapping[str, object], trunks: list[_TrunkView]) -> None:
+            esl: Mapping[str, object], trunks: list[_TrunkView], switch: str | None) -> None:
     roots = {path: _parse(path, text) for path, text in files.items() if path.endswith(".xml")}
     for path in (DIALPLAN_FILE, ESL_FILE, MODULES_FILE, ACL_FILE):
         if path not in roots:
             raise RenderError(f"{path}: missing from the rendered tree")
-    _verify_dialplan(config, roots[DIALPLAN_FILE], auth)
+    _verify_dialplan(config, roots[DIALPLAN_FILE], auth, switch)
     _verify_event_socket(roots[ESL_FILE], esl)
     mods = [m.get("module") for m in roots[MODULES_FILE].iter("load")]
     if mods != ["mod_audio_fork"]:
@@ -322,7 +377,7 @@ def _verify(config: Config, files: Mapping[str, str], auth: Mapping[str, str] | 
     _verify_trunks(roots, trunks)
 
 
-def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] | None) -> None:
+def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] | None, switch: str | None) -> None:
     pre = [(p.get("cmd"), p.get("data")) for p in root.findall("X-PRE-PROCESS")]
     want_pre = [("set", f"{name}={auth[key]}") for name, key in zip(AUTH_GLOBALS, ("username", "password"))] if auth else []
     if pre != want_pre:
@@ -342,7 +397,7 @@ def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] |
         actions = [(a.get("application"), a.get("data")) for a in cond]
         if any(a.tag != "action" or len(a.attrib) > 2 for a in cond):
             raise RenderError(f"{DIALPLAN_FILE}: route {r.name}: unexpected element in the condition")
-        fork = fork_action_data(config, r)
+        fork = fork_action_data(config, r, switch)
         stream = config.playback.transport == "stream"
         expected = _expected_actions(r, fork, stream)
         if actions != expected:

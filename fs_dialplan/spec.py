@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = ["Key", "TOP", "FREESWITCH", "AUTH", "FORK_SERVER", "CONNECTOR", "FALLBACK",
+__all__ = ["Key", "TOP", "FREESWITCH", "SWITCH", "AUTH", "FORK_SERVER", "HAPROXY", "CONNECTOR", "FALLBACK",
            "ROUTE_DEFAULTS", "ROUTE", "TRUNK", "PLAYBACK", "enum_pattern"]
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
@@ -75,6 +75,22 @@ def _section(**keys: Key) -> Mapping[str, Key]:
     return MappingProxyType(keys)
 
 
+# A switch's name: in the fork metadata, a conf-tree directory, a metric label.
+SWITCH_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+SIP_URI = r"^sips?:[A-Za-z0-9.-]{1,190}(:[0-9]{1,5})?(;transport=(udp|tcp|tls))?$"
+
+SWITCH = _section(
+    name=Key("The switch's name (its fork metadata carries it; its conf tree is rendered under it).", required=True,
+             pattern=SWITCH_NAME, expected="a switch name of a-z, 0-9, _ and - (at most 32)"),
+    esl_host=Key("Where the fork server reaches this switch's Event Socket.", required=True, pattern=HOST,
+                 expected="a host name or IP address"),
+    esl_port=Key("This switch's Event Socket port (default: freeswitch.esl_port).", "int", lo=1, hi=65535),
+    esl_password_env=Key("NAME of the env var holding this switch's ESL password (default: freeswitch.esl_password_env).",
+                         pattern=ENV_NAME, expected=ENV_EXPECT),
+    sip_uri=Key("Where a SIP dispatcher sends calls for this switch (Kamailio's dispatcher.list).", pattern=SIP_URI,
+                expected="a SIP URI like sip:10.0.0.11:5080"),
+)
+
 FREESWITCH = _section(
     esl_host=Key("Where the fork server reaches FreeSWITCH's Event Socket."),
     esl_port=Key("Event Socket port.", "int", lo=1, hi=65535),
@@ -85,6 +101,8 @@ FREESWITCH = _section(
     esl_acl=Key("apply-inbound-acl of the Event Socket (an ACL list name; empty: none).", pattern=r"^[A-Za-z0-9_.-]*$",
                 expected="an ACL list name like loopback.auto"),
     temp_dir=Key("FreeSWITCH's temp dir (in-band playAudio files land here)."),
+    switches=Key("Several switches (scale-out): each its own Event Socket; keys it leaves out come from this section.",
+                 "list", min_items=2, items=Key("A switch.", "map", keys=SWITCH)),
 )
 
 AUTH = _section(
@@ -92,6 +110,14 @@ AUTH = _section(
                  expected="a user name of letters, digits, _ . -"),
     password_env=Key("NAME of the env var holding the media-socket password.", required=True, pattern=ENV_NAME,
                      expected=ENV_EXPECT),
+)
+
+HAPROXY = _section(
+    bind=Key("host:port HAProxy listens on for the switches' forks (fork_server.public_url should reach it).",
+             required=True, pattern=HOST_PORT, expected="host:port like 10.0.0.5:8099"),
+    servers=Key("The fork servers, host:port each (their listen address).", "list", required=True, min_items=1,
+                items=Key("A fork server.", pattern=HOST_PORT, expected="host:port like 10.0.0.21:8099")),
+    check_interval=Key("How often HAProxy checks each fork server's /healthz.", "seconds", lo=0.1, hi=60),
 )
 
 FORK_SERVER = _section(
@@ -103,6 +129,10 @@ FORK_SERVER = _section(
     auth=Key("Basic auth on the media socket; `none` disables it.", "map", required=True, keys=AUTH, literal="none"),
     max_metadata_bytes=Key("Largest fork metadata frame accepted.", "int", lo=256, hi=65536),
     drain_timeout=Key("On SIGTERM, how long live calls may run on.", "seconds", lo=0, hi=3600),
+    drain_grace=Key("On SIGTERM, /healthz fails at once and new forks are still taken this long, so a load "
+                    "balancer's health checks stop sending them first; then the listener closes.", "seconds", lo=0, hi=60),
+    haproxy=Key("Fork servers behind HAProxy: `just render` writes haproxy.cfg balancing the media WebSockets.",
+                "map", keys=HAPROXY),
 )
 
 CONNECTOR_PROTOCOLS = ("voicefork", "twilio")

@@ -166,12 +166,14 @@ async def test_hostile_paths_and_uuids_from_peers_never_touch_the_filesystem(tmp
         # 2. A hostile play_audio `file` (inband transport): outside the switch's temp dir.
         for f in ("/etc/passwd", f"{s.fs_temp}/../../etc/passwd", str(canary), f"{s.fs_temp}/{a.uuid}_1.tmp.r8/../../x"):
             s.switch.inject_event(a, "CUSTOM", {"Event-Subclass": "mod_audio_fork::play_audio"}, json.dumps({"file": f}))
-        await asyncio.sleep(0.5)
+        # Each is refused: as the answer to a pending playAudio (bad file) or as one we never asked for
+        # (waited for, not slept on: under load the call's events took longer than 0.5 s).
+        await until(lambda: errors(s.app, "inband_bad_file") + errors(s.app, "inband_unexpected_file") >= 4, 5,
+                    "the four play_audio files refused")
+        await asyncio.sleep(0.2)  # and whatever the hostile PLAYBACK_* events would have caused
         played = [h.get("execute-app-arg", "") for _, _, h in s.switch.sendmsg_log]
         played += [line for _, line in s.switch.api_log if line.startswith("uuid_broadcast")]
         assert canary.exists() and all("passwd" not in p and str(canary) not in p and ".." not in p for p in played)
-        # Each is refused: as the answer to a pending playAudio (bad file) or as one we never asked for.
-        assert errors(s.app, "inband_bad_file") + errors(s.app, "inband_unexpected_file") >= 4
         # 3. A fork whose metadata uuid is a path: refused before any directory is made.
         url = f"{s.config.fork_server.public_url}/calls/support"
         s.switch.api("uuid_audio_fork", f'{a.uuid} start {url} mono 16k evil {{"route":"support","uuid":"../../etc"}}')

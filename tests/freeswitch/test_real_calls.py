@@ -90,6 +90,9 @@ async def test_sendmsg_caller_hears_all_tts_in_order_with_no_gap():
         print(f"real FreeSWITCH sendmsg: {len(call.ear.packets)} packets, 0 holes, {len(call.ear.resyncs())} timestamp resyncs, heard vs sent {snr:.1f} dB, "
               f"first TTS byte sent → first RTP at the caller {1000 * latency:.0f} ms")
         assert snr >= 30, f"{snr:.1f} dB"
+        # The 40 ms target is the bench's (p50 30-40 ms at 20 calls); one call on a shared CI box
+        # gets a margin, and still fails a playback that waits for a whole segment or a tick.
+        assert latency <= 0.1, f"{1000 * latency:.0f} ms"
         assert all(m.status == "played" for m in record.marks) and record.mark_status("end") == "played"
         call.hangup()
         await cleaned_up(s)
@@ -262,4 +265,82 @@ async def test_stream_the_ai_hears_every_caller_frame_while_the_bot_talks():
         snr = best_aligned_snr(ref, got, in_band=True)
         print(f"real FreeSWITCH stream, caller over the bot: connector audio vs reference {snr:.1f} dB")
         assert snr >= 85, f"{snr:.1f} dB"
+        await cleaned_up(s)
+
+
+async def test_files_the_ai_hears_every_caller_frame_while_the_bot_talks():
+    # Full duplex with the default file transport: the caller talks over the whole bot answer
+    # (many playback starts and returns to park). Without the rendered 20 ms jitter buffer each
+    # start silenced 2 caller frames (REF: 9-16 % while the bot plays); one lost frame here
+    # would cost far more than the 85 dB asked (an 8k fork is 86.4 dB when nothing is lost).
+    async with RealStack(BIN, connector_options=bot(mark_every_ms=500)) as s:
+        call = await s.place_call(SALES)
+        record = await s.connector.wait_call(0, timeout=10)
+        said = ulaw_decode(ulaw_encode(load_wav(CALLER_QUESTION, 8000) * 2))
+        await until(lambda: record.sent_of("audio"), what="the bot to start")
+        await until(lambda: call.ear.packets, what="the bot's first audio at the caller")
+        call.say(said)
+        await until(lambda: not call.speaking, timeout=20, what="the caller to finish")
+        await asyncio.sleep(0.5)
+        played = [m for m in record.marks if m.status == "played"]
+        call.hangup()
+        await record.wait_stopped(timeout=5)
+        got = np.frombuffer(record.audio(), "<i2")
+        ref = soxr.resample(np.frombuffer(said, "<i2").astype(np.float64), 8000, 16000, "VHQ")
+        snr = best_aligned_snr(ref, got, in_band=True)
+        print(f"real FreeSWITCH files, caller over the bot ({len(played)} marks played on the way): "
+              f"connector audio vs reference {snr:.1f} dB")
+        assert len(played) >= 4  # the bot really was playing files while the caller spoke
+        assert snr >= 85, f"{snr:.1f} dB"
+        await cleaned_up(s)
+
+
+async def _esl_listen(port, password, sink):
+    """A raw ESL listener taking every event of the switch (``event plain ALL``) into ``sink``,
+    and able to run api commands whose replies land there too."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readuntil(b"\n\n")
+    writer.write(f"auth {password}\n\n".encode())
+    assert b"+OK accepted" in await reader.readuntil(b"\n\n")
+    writer.write(b"event plain ALL\n\n")
+
+    async def pump():
+        while chunk := await reader.read(65536):
+            sink.extend(chunk)
+
+    return writer, asyncio.create_task(pump())
+
+
+async def test_no_event_dump_or_hangup_record_holds_the_media_socket_password():
+    # REF "Event sizes": a `set` channel variable rode in every event of a call (153 in 7.5 s).
+    # Rendered as preprocessor globals, the password is found where it must be (the global, as
+    # mod_audio_fork falls back to it) and nowhere in the call's events, its uuid_dump or its
+    # CHANNEL_HANGUP_COMPLETE (what CDR modules write: every channel variable).
+    async with RealStack(BIN, connector_options=bot(mark_every_ms=500)) as s:
+        password = s.env[s.base.fork_server.auth.password_env]
+        assert len(password) >= 8
+        seen = bytearray()
+        writer, pump = await _esl_listen(s.switch.esl_port, s.switch.esl_password, seen)
+        try:
+            call = await s.place_call(SUPPORT)
+            record = await s.connector.wait_call(0, timeout=10)
+            await record.wait_mark("end", timeout=30)
+            writer.write(f"api uuid_dump {record.uuid}\n\n".encode())
+            writer.write(b"api global_getvar MOD_AUDIO_BASIC_AUTH_PASSWORD\n\n")
+            await until(lambda: seen.count(b"Content-Type: api/response") >= 2, what="the api replies")
+            call.hangup()
+            await until(lambda: b"CHANNEL_HANGUP_COMPLETE" in seen, what="the hangup record")
+            await asyncio.sleep(0.3)
+        finally:
+            pump.cancel()
+            writer.close()
+        text = bytes(seen)
+        events = text.count(b"Event-Name: ")
+        ours = text.count(b"variable_voicefork_route: ")
+        print(f"real FreeSWITCH: {events} events, {ours} carrying the call's variables, {len(text)} bytes; "
+              f"the password {text.count(password.encode())} times (the global_getvar reply)")
+        assert ours >= 10 and b"PLAYBACK_START" in text  # the call's own events were really read
+        assert record.uuid.encode() in text and b"variable_voicefork_route" in text.split(b"Content-Type: api/response")[1]
+        # Exactly once: in the global_getvar reply. The search finds it, and finds it nowhere else.
+        assert text.count(password.encode()) == 1, "the media-socket password is in an event or the dump"
         await cleaned_up(s)
