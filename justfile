@@ -9,8 +9,12 @@ config := "config/voicefork.yaml"
 default: demo
 
 # One call through the emulated FreeSWITCH, the fork server and the script connector; writes build/demo/*.wav.
-demo: bootstrap
-    {{py}} -m testbed.demo
+# `just demo --twilio`: the same call with a Pipecat bot written for Twilio Media Streams as the connector.
+demo *args: bootstrap
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [[ " {{args}} " == *" --twilio "* ]]; then just pipecat-env; fi
+    {{py}} -m testbed.demo {{args}}
 
 # Create .venv with the package, its dev extras and python-ESL (SWIG workaround and a 128 KiB receive buffer, see README).
 # A few progress lines; pip's and python-ESL's build output go to .venv/bootstrap.log, whose tail is shown if a step fails.
@@ -87,9 +91,15 @@ schema out="build/voicefork.schema.json": bootstrap
 # websockets relay (`just bench --quick` for CI; other args go to `python -m testbed.bench.capacity`,
 # e.g. `just bench --calls 100,500 --workers 2 --esl asyncio`).
 # With `--switch real` the same N also go through a real FreeSWITCH (FREESWITCH_BIN, else `just freeswitch`'s).
+# `just bench --protocol twilio`: CPU and bytes per 20 ms frame of twilio (mu-law, base64, JSON) against voicefork.v1.
 bench *args: bootstrap
     #!/usr/bin/env bash
     set -euo pipefail
+    if [[ " {{args}} " == *" --protocol "* ]]; then  # the connector protocols side by side, nothing else
+        [[ " {{args}} " == *" --protocol twilio "* ]] || { echo "bench: --protocol takes twilio (compared with voicefork.v1)" >&2; exit 2; }
+        {{py}} -m testbed.bench.protocol
+        exit 0
+    fi
     if [[ " {{args}} " == *" --switch real "* ]] && [ -z "${FREESWITCH_BIN:-}" ]; then
         out="$(testbed/build_freeswitch.sh | tee /dev/stderr)"
         export FREESWITCH_BIN="${out##*FREESWITCH_BIN=}"
@@ -123,10 +133,34 @@ chaos seconds="600" concurrent="100": bootstrap
 fuzz *args: bootstrap
     HYPOTHESIS_PROFILE=fuzz {{py}} -m pytest -q -p no:cacheprovider tests/chaos/test_fuzz.py tests/chaos/test_security.py {{args}}
 
+# The Pipecat venv the Twilio tests run a real Pipecat bot in (tests/e2e/test_pipecat.py, `just demo --twilio`).
+# Its own venv: pipecat-ai 1.14.0 pins soxr~=1.0.0 (ours is 1.1, which the resampler numbers were
+# measured with) and pulls onnxruntime and numba (~500 MB) that voicefork never imports.
+# Output goes to .venv-pipecat/install.log; a stamp makes the next run instant. Without it the
+# Pipecat tests skip, except under CI=true, where this recipe fails.
+pipecat-env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv=".venv-pipecat"
+    stamp="$venv/.voicefork-pipecat-1.14.0"
+    if [ -f "$stamp" ] && "$venv/bin/python" -c "import pipecat.serializers.twilio, uvicorn" 2>/dev/null; then exit 0; fi
+    echo "pipecat-env: installing pipecat-ai 1.14.0 into $venv (log: $venv/install.log)"
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    log="$venv/install.log"
+    if ! "$venv/bin/python" -m pip install 'pipecat-ai[websocket]==1.14.0' 'uvicorn>=0.32,<1' >>"$log" 2>&1; then
+        echo "pipecat-env: FAILED to install pipecat-ai (see $log; its last lines:)" >&2
+        tail -n 20 "$log" >&2
+        if [ "${CI:-}" = true ]; then exit 1; fi
+        echo "pipecat-env: the Pipecat tests will be skipped (CI=true makes this an error)" >&2
+        exit 0
+    fi
+    touch "$stamp"
+    echo "pipecat-env: done"
+
 # The test suite (unit, property, integration, end to end on the emulator AND on a real FreeSWITCH, chaos).
 # Uses $FREESWITCH_BIN if set, else builds or reuses `just freeswitch` (a fresh machine adds ~10 minutes once).
 # Without FreeSWITCH sources the real-switch tests are skipped, except under CI=true, where they fail.
-test *args: bootstrap
+test *args: bootstrap pipecat-env
     #!/usr/bin/env bash
     set -euo pipefail
     if [ -z "${FREESWITCH_BIN:-}" ]; then

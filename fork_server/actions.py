@@ -2,7 +2,7 @@
 
 Shared by :mod:`fork_server.session` (the call's state machine) and :mod:`fork_server.playback`
 (what the caller hears), and performed by :mod:`fork_server.call`. Events from the peers'
-protocols live with their parsers (:mod:`fork_server.connector_protocol`,
+protocols live with their parsers (:mod:`fork_server.dialects.messages`,
 :mod:`fork_server.esl_messages`).
 """
 
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
+
+from .dialects import voicefork
+from .dialects.messages import Message
 
 __all__ = [
     # events the adapter creates
@@ -125,7 +128,14 @@ class ConnectConnector:
 
 @dataclass(frozen=True, slots=True)
 class SendToConnector:
-    text: str
+    """One dialect-neutral message; the connector link's dialect writes its wire frames."""
+
+    message: Message
+
+    @property
+    def text(self) -> str:
+        """The message as voicefork.v1 would send it (logs and tests; the link encodes its own)."""
+        return voicefork.encode(self.message)
 
 
 @dataclass(frozen=True, slots=True)

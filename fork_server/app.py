@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fs_dialplan.model import Config, Route
 
-from . import esl_messages as em
+from . import dialects, esl_messages as em, twilio_rest
 from .audio_fork import ForkIntake, ForkMetadata
 from .call import Call, CallLogger, ConnectorTarget
 from .errors import EslError, ForkProtocolError, LocalUsageError
@@ -26,6 +26,7 @@ from .esl_client import EslClient
 from .intake import BasicCredentials, ForkConnection, IntakeServer
 from .metrics import CONTENT_TYPE, SHARE_INTERVAL_S, Metrics, WorkerShare, merge
 from .recording import RecordingStore
+from .dialects.messages import HangupRequest
 from .session import CallSession, SessionSettings, Shutdown
 from .spool import SpoolLayout
 from .switch_status import parse_status, parse_version
@@ -107,6 +108,16 @@ class App:
             if c.token_env:
                 headers["Authorization"] = "Bearer " + _secret(env, c.token_env, f"connectors.{name}.token_env")
             self._connector_headers[name] = headers
+        # Connector dialects, and the auth tokens Twilio-speaking bots present to the REST hang-up.
+        self._dialects = {name: dialects.factory(c.protocol, account_sid=c.account_sid)
+                          for name, c in config.connectors.items()}
+        self._twilio_tokens: dict[str, str] = {}
+        for name, c in config.connectors.items():
+            if c.protocol != "twilio" or c.account_sid is None or c.auth_token_env is None:
+                continue
+            token = _secret(env, c.auth_token_env, f"connectors.{name}.auth_token_env")
+            if self._twilio_tokens.setdefault(c.account_sid, token) != token:
+                raise LocalUsageError(f"connectors.{name}: account {c.account_sid} has another auth token in another connector")
         # One ESL link per switch (freeswitch.switches); a call's commands go to the switch its
         # fork metadata names. One switch: its link is "default" and forks name none.
         self.multi_switch = bool(config.switches)
@@ -136,6 +147,7 @@ class App:
             on_reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
             call_body=self._call_info,
             switch_body=self._switch_info,
+            rest_answer=self._rest_answer if self._twilio_tokens else None,
         )
         # The last poll of each switch (see _switch_status_loop): what, and when.
         self._switch: dict[str, dict[str, Any]] = {name: {} for name in self.esls}
@@ -244,6 +256,7 @@ class App:
             reconnect_attempts=c.reconnect_attempts,
             max_spool_bytes=p.max_spool_bytes_per_call,
             switch_temp_dir=self.config.freeswitch.temp_dir,
+            connector_rate=dialects.DIALECTS[c.protocol].audio_rate,
         )
 
     async def _on_call(self, ws: ForkConnection, route_name: str) -> None:
@@ -297,6 +310,7 @@ class App:
             connector.ping_interval_s,
             connector.send_queue_ms,
             connector.ping_timeout_s,
+            self._dialects[route.connector],
         )
         settings = self._settings(route, fork_rate)
         if meta.stream_args_ignored:
@@ -396,6 +410,26 @@ class App:
                 self.metrics.errors.labels("recording_retention").inc()
                 self.log.error("recording retention sweep failed: %s", exc)
             await asyncio.sleep(interval_s)
+
+    # ------------------------------------------------------------------ Twilio REST
+
+    def _rest_answer(self, request: twilio_rest.RestRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
+        status, body, extra = twilio_rest.answer(request, tokens=self._twilio_tokens, hang_up=self._rest_hang_up)
+        self.log.info("< REST %s %.120s: %d", request.method[:10], request.target, status)
+        return status, body, extra
+
+    def _rest_hang_up(self, account_sid: str, call_sid: str) -> bool:
+        """A bot's ``Status=completed``: the connector's hang-up, as if it had asked on its socket."""
+        h = call_sid[2:]
+        call = self.calls.get(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+        if call is None:
+            return False
+        connector = self.config.connectors[self.config.route(call.session.settings.route).connector]
+        if connector.protocol != "twilio" or connector.account_sid != account_sid:
+            return False  # another account's call is not found, as at Twilio
+        call.log.info("< REST hang-up from the bot (Status=completed)")
+        call.post(HangupRequest(after_playback=False, reason="twilio rest"))
+        return True
 
     # ------------------------------------------------------------------ ESL
 

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from . import esl_messages as em
 from .audio_fork import CallerAudio, ForkDrained, ForkIntake, ForkText, parse_module_text
 from .connector_link import ConnectorLink
+from .dialects import Dialect, VoiceforkDialect
 from .errors import (
     ConnectorProtocolError,
     EslCommandError,
@@ -110,8 +111,10 @@ class ConnectorTarget:
         ping_interval_s: float,
         send_queue_ms: int,
         ping_timeout_s: float | None = None,
+        dialect: Callable[[], Dialect] = VoiceforkDialect,
     ) -> None:
         self.url = url
+        self.dialect = dialect  # makes one per connection (fork_server.dialects.factory)
         self.headers = dict(headers)
         self.connect_timeout_s = connect_timeout_s
         self.ping_interval_s = ping_interval_s
@@ -409,6 +412,7 @@ class Call:
             on_lost=lambda code, reason: self._on_connector_lost(link, code, reason),
             log=self.log,
             on_dropped=self._on_frames_dropped,
+            dialect=c.dialect,
         )
         t0 = time.monotonic()
         try:
@@ -447,7 +451,7 @@ class Call:
 
     async def _send_text(self, action: SendToConnector) -> None:
         if self._link is not None:
-            self._link.send_text(action.text)
+            self._link.send_message(action.message)
 
     async def _send_audio(self, action: SendAudioToConnector) -> None:
         if self._link is not None:

@@ -1,4 +1,5 @@
-"""The WebSocket client to a voice connector: one per call (adapter; protocol in connector_protocol).
+"""The WebSocket client to a voice connector: one per call (adapter; the wire is its dialect's,
+:mod:`fork_server.dialects`).
 
 It only moves data. Outgoing messages go through one bounded queue so that ``start`` always
 precedes audio and marks keep their place; when the connector reads too slowly, the OLDEST
@@ -21,15 +22,16 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from . import connector_protocol as cp
-from .errors import ConnectorProtocolError
+from .dialects import Dialect, VoiceforkDialect
+from .dialects import messages as msg
+from .dialects import voicefork as cp
+from .errors import ConnectorProtocolError, LocalUsageError
 from .wsconn import WsConnection as ClientConnection, connect  # lean websockets client (issue 5)
 
 __all__ = ["ConnectorLink"]
 
 SUBPROTOCOL = cp.SUBPROTOCOL
 _MAX_TEXT_QUEUE = 256  # control messages are few; a peer that never reads them is dead
-_MAX_MESSAGE = cp.MAX_BINARY_BYTES + 16
 # Below the bounded queue, keep the socket's own buffers small: the kernel autotunes a send
 # buffer to MiBs (~2 min of caller audio), so a connector reading slower than real time would
 # fall minutes behind before the queue ever dropped anything. Linux doubles SO_SNDBUF: 8 KiB,
@@ -60,8 +62,10 @@ class ConnectorLink:
         on_lost: Callable[[int | None, str], None],
         log: logging.LoggerAdapter,
         on_dropped: Callable[[int], None] | None = None,
+        dialect: Callable[[], Dialect] = VoiceforkDialect,
     ) -> None:
         self.url = url
+        self._make_dialect = dialect
         self._headers = dict(headers)
         self._connect_timeout = connect_timeout_s
         self._ping = ping_interval_s
@@ -77,8 +81,10 @@ class ConnectorLink:
         self._on_dropped = on_dropped
         self._log = log
         self._ws: ClientConnection | None = None
-        self._parser = cp.ConnectorParser()
-        self._out: deque[bytes | str] = deque()
+        self._dialect = dialect()
+        # Caller audio (bytes, encoded when written), messages (encoded when written, so a
+        # dialect's sequence numbers follow the wire order) and ready text frames.
+        self._out: deque[bytes | str | msg.Message] = deque()
         self._audio_in_queue = 0
         self._max_frames = max_queued_frames
         self._wake = asyncio.Event()
@@ -89,17 +95,18 @@ class ConnectorLink:
 
     async def open(self) -> None:
         """Connect within the timeout; raises ConnectorProtocolError on any failure."""
+        d = self._make_dialect()  # a fresh one per connection: a new leg starts a new stream
         try:
             self._ws = await asyncio.wait_for(
                 connect(
                     self.url,
                     additional_headers=self._headers,
-                    subprotocols=[SUBPROTOCOL],  # no compression, no proxy
+                    subprotocols=[d.subprotocol] if d.subprotocol else None,  # no compression, no proxy
                     open_timeout=self._connect_timeout,
                     ping_interval=self._ping,
                     ping_timeout=self._ping_timeout,
                     close_timeout=2,
-                    max_size=_MAX_MESSAGE,
+                    max_size=d.max_message_bytes + 16,
                     user_agent_header="voicefork",
                 ),
                 self._connect_timeout,
@@ -120,7 +127,7 @@ class ConnectorLink:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
             except OSError as exc:  # not fatal: only the latency bound after a stall is lost
                 self._log.warning("> connector socket: cannot set SO_SNDBUF: %s", exc)
-        self._parser = cp.ConnectorParser()
+        self._dialect = d
         self._closing = False
         self.alive_at = time.monotonic()
         self._ws.on_ack = self._acked
@@ -134,20 +141,38 @@ class ConnectorLink:
         """Caller audio frames waiting to be written (at most ``max_queued_frames``)."""
         return self._audio_in_queue
 
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
     def send_text(self, text: str) -> None:
+        """One ready text frame (already in the dialect's wire format)."""
+        self._queue_control(text)
+
+    def send_message(self, message: msg.Message) -> None:
+        """One dialect-neutral message; the dialect encodes it when it is written."""
+        self._queue_control(message)
+
+    def _queue_control(self, item: str | msg.Message) -> None:
         if len(self._out) - self._audio_in_queue >= _MAX_TEXT_QUEUE:
-            self._log.warning("> connector control queue full; dropping %.60s", text)
+            self._log.warning("> connector control queue full; dropping %.60r", item)
             return
-        self._out.append(text)
+        self._out.append(item)
         self._wake.set()
 
     def send_audio(self, frames: list[bytes] | tuple[bytes, ...]) -> None:
         out = self._out
         ws = self._ws
         # Hot path (issue 5): nothing queued ahead and the socket takes it: write now, no task switch.
-        if not out and ws is not None and not self._closing and ws.writable and ws.send_many_now(frames):
-            self._written(ws.sent_messages, frames)
-            return
+        if not out and ws is not None and not self._closing and ws.writable:
+            d = self._dialect
+            if d.binary_audio:
+                sent = ws.send_many_now(frames)
+            else:
+                sent = all([ws.send_now(text) for text in d.encode_audio(frames)])
+            if sent:
+                self._written(ws.sent_messages, frames)
+                return
         for frame in frames:
             out.append(frame)
         self._audio_in_queue += len(frames)
@@ -195,7 +220,7 @@ class ConnectorLink:
                               self._audio_in_queue)
         if self._on_dropped is not None:
             self._on_dropped(n)
-        kept: deque[bytes | str] = deque()
+        kept: deque[bytes | str | msg.Message] = deque()
         out = self._out
         while out and n:
             item = out.popleft()
@@ -222,12 +247,21 @@ class ConnectorLink:
                     self._wake.clear()
                     await self._wake.wait()
                 item = self._out.popleft()
+                d = self._dialect
                 if isinstance(item, bytes):
                     self._audio_in_queue -= 1
-                    await ws.send(item)
+                    await ws.send(item if d.binary_audio else d.encode_audio((item,))[0])
                     self._written(ws.sent_messages, (item,))
-                else:
+                elif isinstance(item, str):
                     await ws.send(item)
+                else:
+                    try:
+                        texts = d.encode(item)
+                    except LocalUsageError as exc:  # our bug: that message is lost, not the call
+                        self._log.error("> connector: cannot send %r: %s", item, exc)
+                        continue
+                    for text in texts:
+                        await ws.send(text)
         except ConnectionClosed:
             return
 
@@ -240,11 +274,11 @@ class ConnectorLink:
         try:
             async for message in ws:
                 if isinstance(message, str):
-                    events = self._parser.receive_text(message)
+                    events = self._dialect.receive_text(message)
                 else:
-                    events = self._parser.receive_binary(message)
+                    events = self._dialect.receive_binary(message)
                 for ev in events:
-                    if type(ev) is cp.Malformed:
+                    if type(ev) is msg.Malformed:
                         self._junk(ev)
                     # Awaited: while the call is behind, this stops reading, so a flooding
                     # connector is pushed back through TCP instead of filling the call's queue.
@@ -257,7 +291,7 @@ class ConnectorLink:
             if not self._closing:
                 self._on_lost(code, reason or "connection closed")
 
-    def _junk(self, ev: cp.Malformed) -> None:
+    def _junk(self, ev: msg.Malformed) -> None:
         self.malformed += 1
         n = self.malformed
         if n <= _LOG_FIRST_JUNK or n % _LOG_JUNK_EVERY == 0:

@@ -24,6 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from . import twilio_rest
 from .redact import WS_LOGGER
 from .wsconn import WsConnection
 
@@ -95,11 +96,46 @@ class ForkConnection(WsConnection):
         self._open_timer: asyncio.TimerHandle | None = None
         self.handler: asyncio.Task[None] | None = None
         self._answered = False
+        self._first = True
+        self._rest: twilio_rest.RequestReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server.connections.add(self)
         self._open_timer = self.loop.call_later(_OPEN_TIMEOUT_S, self._open_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        # A WebSocket handshake is a GET; a POST on this port is Twilio's REST API (a bot's
+        # hang-up), read by twilio_rest since websockets reads GET requests only.
+        if self._first:
+            self._first = False
+            if data[:1] == b"P" and self.server.rest_answer is not None:
+                self._rest = twilio_rest.RequestReader()
+        if self._rest is not None:
+            self._rest_data(data)
+            return
+        super().data_received(data)
+
+    def _rest_data(self, data: bytes) -> None:
+        if self._answered or self.transport is None:
+            return
+        try:
+            request = self._rest.feed(data)  # type: ignore[union-attr]
+        except twilio_rest.RestError as exc:
+            reply = twilio_rest.encode_response(400, {"code": None, "message": str(exc), "more_info": None,
+                                                      "status": 400}, {})
+        else:
+            if request is None:
+                return
+            try:
+                reply = twilio_rest.encode_response(*self.server.rest_answer(request))  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - as for the ops endpoints: a 500, not a dead server
+                _log.exception("intake: REST handler failed")
+                reply = twilio_rest.encode_response(500, {"code": None, "message": "internal error",
+                                                          "more_info": None, "status": 500}, {})
+        self._answered = True
+        self.transport.write(reply)
+        self.transport.close()
 
     def _open_timeout(self) -> None:
         if self.handler is None:
@@ -158,10 +194,12 @@ class IntakeServer:
         reuse_port: bool = False,
         call_body: Callable[[str], dict[str, Any] | None] | None = None,
         switch_body: Callable[[], dict[str, Any]] | None = None,
+        rest_answer: Callable[[twilio_rest.RestRequest], tuple[int, dict[str, Any], dict[str, str]]] | None = None,
     ) -> None:
         self._call_body = call_body
         self._switch_body = switch_body
         self._routes = routes
+        self.rest_answer = rest_answer  # Twilio's REST hang-up (twilio connectors), or None: no POST
         self._credentials = credentials
         self._on_call = on_call
         self._healthy = healthy

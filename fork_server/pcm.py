@@ -52,6 +52,8 @@ __all__ = [
     "array_to_pcm",
     "silence",
     "rms_dbfs",
+    "ulaw_encode",
+    "ulaw_decode",
 ]
 
 Kind = Literal["auto", "fir", "soxr"]
@@ -402,3 +404,37 @@ class OddByteCarry:
     def pending(self) -> int:
         """0 or 1: the byte held for the next push."""
         return len(self._carry)
+
+
+# --------------------------------------------------------------------------- G.711 μ-law
+
+def _ulaw_tables() -> tuple[np.ndarray, np.ndarray]:
+    """ITU-T G.711 μ-law as two lookup tables, bit-exact with Sun's g711.c (as CPython's
+    audioop ports it: 14-bit magnitude, bias 0x21, clip 8159, codes stored inverted):
+    65536 int16 → code, 256 codes → int16."""
+    codes = np.arange(256, dtype=np.int32)
+    u = ~codes & 0xFF
+    exponent = (u >> 4) & 0x07
+    magnitude = ((((u & 0x0F) << 3) + 0x84) << exponent) - 0x84
+    decode = np.where(u & 0x80, -magnitude, magnitude).astype("<i2")
+    x = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.int16).astype(np.int32) >> 2
+    mask = np.where(x < 0, 0x7F, 0xFF)
+    v = np.minimum(np.abs(x), 8159) + 0x21  # 0x21..0x2000
+    seg = np.floor(np.log2(v)).astype(np.int32) - 5  # 0..8; 8 only at the clip
+    code = np.where(seg > 7, 0x7F, (np.minimum(seg, 7) << 4) | ((v >> (seg + 1)) & 0x0F))
+    encode = (code ^ mask).astype(np.uint8)
+    return encode, decode
+
+
+_ULAW_ENCODE, _ULAW_DECODE = _ulaw_tables()
+
+
+def ulaw_encode(pcm: bytes) -> bytes:
+    """PCM s16le (even length) to G.711 μ-law, one byte a sample (a table lookup, no state)."""
+    _check_even(pcm)
+    return _ULAW_ENCODE[np.frombuffer(pcm, dtype="<u2")].tobytes()
+
+
+def ulaw_decode(data: bytes) -> bytes:
+    """G.711 μ-law to PCM s16le, two bytes a sample."""
+    return _ULAW_DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()

@@ -22,7 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import audio_fork, connector_protocol as cp, esl_messages as em
+from . import audio_fork, esl_messages as em
+from .dialects import messages as msg
 from .actions import (
     ArmTimer,
     BreakPlayback,
@@ -98,7 +99,7 @@ __all__ = [
     "SendAudioToFork",
 ]
 
-CONNECTOR_RATE = 16000
+CONNECTOR_RATE = 16000  # voicefork.v1's; a dialect may carry another (SessionSettings.connector_rate)
 FRAME_MS = 20
 FRAME_BYTES = CONNECTOR_RATE * FRAME_MS // 1000 * 2  # 640: 20 ms of 16 kHz s16le
 
@@ -121,14 +122,14 @@ IGNORE = "ignore"
 def _table() -> dict[State, dict[type, Any]]:
     S = State
     connector_events = (
-        cp.TtsAudio,
-        cp.AudioFormat,
-        cp.Clear,
-        cp.MarkRequest,
-        cp.HangupRequest,
-        cp.TransferRequest,
-        cp.SendDtmf,
-        cp.Malformed,
+        msg.TtsAudio,
+        msg.AudioFormat,
+        msg.Clear,
+        msg.MarkRequest,
+        msg.HangupRequest,
+        msg.TransferRequest,
+        msg.SendDtmf,
+        msg.Malformed,
     )
     esl_events = (em.PlaybackStarted, em.PlaybackStopped, em.ExecuteComplete, em.Dtmf, em.ForkEvent,
                   audio_fork.ModuleMark)
@@ -233,6 +234,7 @@ class SessionSettings:
     prestart_buffer_ms: int = 2000  # caller audio kept while the connector connects
     tts_idle_flush_s: float = 0.06
     switch_temp_dir: str = "/tmp"
+    connector_rate: int = CONNECTOR_RATE  # caller audio to the connector: the dialect's audio_rate
 
 
 class CallSession:
@@ -258,8 +260,11 @@ class CallSession:
         self.outcome = "completed"
         self.errors: dict[str, int] = {}
         # caller → connector
-        self._up = StreamResampler(settings.fork_rate, CONNECTOR_RATE)
-        self._framer = Framer(FRAME_BYTES, max_bytes=FRAME_BYTES * 64)
+        if settings.connector_rate not in (8000, 16000, 24000, 48000):
+            raise LocalUsageError(f"connector_rate: expected 8000, 16000, 24000 or 48000, got {settings.connector_rate!r}")
+        self._frame_bytes = settings.connector_rate * FRAME_MS // 1000 * 2
+        self._up = StreamResampler(settings.fork_rate, settings.connector_rate)
+        self._framer = Framer(self._frame_bytes, max_bytes=self._frame_bytes * 64)
         self._prestart: deque[bytes] = deque(maxlen=max(1, settings.prestart_buffer_ms // FRAME_MS))
         self.caller_bytes = 0
         self._made = 0  # 16 kHz frames made from the caller's audio: the caller's timeline
@@ -309,7 +314,7 @@ class CallSession:
         return [LookupCaller(self.uuid)]
 
     def caller_audio(self, pcm: bytes) -> list[bytes]:
-        """Caller PCM at the fork rate in; 640-byte 16 kHz frames to send now out."""
+        """Caller PCM at the fork rate in; 20 ms frames at the connector rate to send now out."""
         self.caller_bytes += len(pcm)
         state = self.state
         if state is State.ENDED or state is State.FALLBACK or state is State.ENDING:
@@ -396,9 +401,9 @@ class CallSession:
             return self._finish(event)
         return []
 
-    def _start_message(self, resumed: bool, offset_ms: int = 0) -> str:
+    def _start_message(self, resumed: bool, offset_ms: int = 0) -> msg.Start:
         info = self.caller
-        return cp.start(
+        return msg.Start(
             uuid=self.uuid,
             route=self.settings.route,
             from_=info.number if info else "",
@@ -406,7 +411,7 @@ class CallSession:
             caller_name=info.name if info else "",
             language=self.settings.language,
             metadata=dict(self.settings.metadata),
-            sample_rate=CONNECTOR_RATE,
+            sample_rate=self.settings.connector_rate,
             frame_ms=FRAME_MS,
             resumed=resumed,
             offset_ms=offset_ms,
@@ -437,8 +442,8 @@ class CallSession:
             return acts + self.files.prompt(s.fallback_file) + [QueueHangup(self.uuid)]
         return acts + [HangupCall(self.uuid)]
 
-    def _stop_message(self, reason: str) -> str:
-        return cp.stop(reason, self.caller.recording if self.caller is not None else None)
+    def _stop_message(self, reason: str) -> msg.Stop:
+        return msg.Stop(reason, self.caller.recording if self.caller is not None else None)
 
     def _connector_open(self) -> bool:
         return self._connector_connected
@@ -478,7 +483,7 @@ class CallSession:
             barge_ins=self.barge_ins,
             marks_played=self.marks_played,
             marks_cleared=self.marks_cleared,
-            dropped_frames=self.dropped_frames + self._framer.dropped_bytes // FRAME_BYTES,
+            dropped_frames=self.dropped_frames + self._framer.dropped_bytes // self._frame_bytes,
             errors=dict(self.errors),
         )
 
@@ -513,19 +518,19 @@ class CallSession:
 
     # ---------------------------------------------------------------- handlers: connector
 
-    def _on_tts(self, ev: cp.TtsAudio) -> list[Any]:
+    def _on_tts(self, ev: msg.TtsAudio) -> list[Any]:
         if self.state is not State.ACTIVE or self._pending_end is not None or not self.playback.ready:
             self._count("tts_after_end")
             return []
         return self.playback.tts(ev)
 
-    def _on_audio_format(self, ev: cp.AudioFormat) -> list[Any]:
+    def _on_audio_format(self, ev: msg.AudioFormat) -> list[Any]:
         acts: list[Any] = []
         for core in self._cores():  # both: the files take over if the stream never plays
             acts += core.audio_format(ev)
         return acts
 
-    def _on_clear(self, ev: cp.Clear) -> list[Any]:
+    def _on_clear(self, ev: msg.Clear) -> list[Any]:
         self.barge_ins += 1
         return self._drop_playback()
 
@@ -539,13 +544,13 @@ class CallSession:
             acts += self._end_now(pending)
         return acts
 
-    def _on_mark(self, ev: cp.MarkRequest) -> list[Any]:
+    def _on_mark(self, ev: msg.MarkRequest) -> list[Any]:
         return self.playback.mark(ev.name)
 
-    def _on_hangup_request(self, ev: cp.HangupRequest) -> list[Any]:
+    def _on_hangup_request(self, ev: msg.HangupRequest) -> list[Any]:
         return self._request_end(ev)
 
-    def _on_transfer_request(self, ev: cp.TransferRequest) -> list[Any]:
+    def _on_transfer_request(self, ev: msg.TransferRequest) -> list[Any]:
         return self._request_end(ev)
 
     def _request_end(self, ev: Any) -> list[Any]:
@@ -560,7 +565,7 @@ class CallSession:
         if self.state is not State.ENDING:
             self._move(State.ENDING)
         self._connector_connected = False
-        if isinstance(ev, cp.TransferRequest):
+        if isinstance(ev, msg.TransferRequest):
             self.outcome = "transfer"
             return [
                 SendToConnector(self._stop_message("transfer")),
@@ -578,10 +583,10 @@ class CallSession:
             return self._end_now(pending)
         return []
 
-    def _on_send_dtmf(self, ev: cp.SendDtmf) -> list[Any]:
+    def _on_send_dtmf(self, ev: msg.SendDtmf) -> list[Any]:
         return [SendDtmfToCaller(self.uuid, ev.digits)]
 
-    def _on_malformed(self, ev: cp.Malformed) -> list[Any]:
+    def _on_malformed(self, ev: msg.Malformed) -> list[Any]:
         self._count("connector_malformed")
         return []
 
@@ -604,7 +609,7 @@ class CallSession:
     def _on_dtmf(self, ev: em.Dtmf) -> list[Any]:
         if self.state is not State.ACTIVE:
             return []
-        return [SendToConnector(cp.dtmf(ev.digit, ev.duration_ms))]
+        return [SendToConnector(msg.DtmfPressed(ev.digit, ev.duration_ms))]
 
     def _on_execute_complete(self, ev: em.ExecuteComplete) -> list[Any]:
         return self.files.not_started(ev) + self._end_if_played()
@@ -636,7 +641,7 @@ class CallSession:
         self.playback = self.files
         acts: list[Any] = []
         if audio and self.state is State.ACTIVE:
-            acts += self.files.tts(cp.TtsAudio(audio, self.write_rate))
+            acts += self.files.tts(msg.TtsAudio(audio, self.write_rate))
         for name in marks:
             acts += self.files.mark(name)
         return acts
@@ -645,21 +650,21 @@ class CallSession:
 _MISSING = object()
 
 # Imported names used in annotations above.
-HangupRequest = cp.HangupRequest
-TransferRequest = cp.TransferRequest
+HangupRequest = msg.HangupRequest
+TransferRequest = msg.TransferRequest
 
 _HANDLERS = {
     CallerInfoReady: CallSession._on_caller_info,
     ConnectorClosed: CallSession._on_connector_lost,
     ConnectorFailed: CallSession._on_connector_lost,
-    cp.TtsAudio: CallSession._on_tts,
-    cp.AudioFormat: CallSession._on_audio_format,
-    cp.Clear: CallSession._on_clear,
-    cp.MarkRequest: CallSession._on_mark,
-    cp.HangupRequest: CallSession._on_hangup_request,
-    cp.TransferRequest: CallSession._on_transfer_request,
-    cp.SendDtmf: CallSession._on_send_dtmf,
-    cp.Malformed: CallSession._on_malformed,
+    msg.TtsAudio: CallSession._on_tts,
+    msg.AudioFormat: CallSession._on_audio_format,
+    msg.Clear: CallSession._on_clear,
+    msg.MarkRequest: CallSession._on_mark,
+    msg.HangupRequest: CallSession._on_hangup_request,
+    msg.TransferRequest: CallSession._on_transfer_request,
+    msg.SendDtmf: CallSession._on_send_dtmf,
+    msg.Malformed: CallSession._on_malformed,
     em.PlaybackStarted: CallSession._on_playback_started,
     em.PlaybackStopped: CallSession._on_playback_stopped,
     em.Dtmf: CallSession._on_dtmf,

@@ -302,6 +302,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 ping_timeout_s=_opt(c, "ping_timeout", lambda n: _key_seconds(ctx, n, f"{path}.ping_timeout", C["ping_timeout"]), 1.0),
                 reconnect_attempts=_opt(c, "reconnect_attempts", lambda n: _key_int(ctx, n, f"{path}.reconnect_attempts", C["reconnect_attempts"]), 1),
                 send_queue_ms=_opt(c, "send_queue", lambda n: (lambda s: int(s * 1000) if s is not None else None)(_key_seconds(ctx, n, f"{path}.send_queue", C["send_queue"])), 2000),
+                **_twilio_fields(ctx, node, c, path),
             )
 
     defaults_node = top.get("defaults")
@@ -421,6 +422,20 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_calls=max_calls,
         switches=switches,
     )
+
+
+def _twilio_fields(ctx: _Ctx, node: yaml.Node, c: dict[str, yaml.Node], path: str) -> dict[str, Any]:
+    """protocol, and the keys only a twilio connector has (both required there, refused elsewhere)."""
+    C = spec.CONNECTOR
+    protocol = _opt(c, "protocol", lambda n: _key_str(ctx, n, f"{path}.protocol", C["protocol"]), "voicefork")
+    out: dict[str, Any] = {"protocol": protocol}
+    for key in ("account_sid", "auth_token_env"):
+        if protocol == "twilio":
+            if _required(ctx, node, c, key, path) is not None:
+                out[key] = _key_str(ctx, c[key], f"{path}.{key}", C[key])
+        elif key in c:
+            ctx.error(c[key], f"{path}.{key}", f"only for protocol: twilio (this connector speaks {protocol})")
+    return out
 
 
 class _AnyKey(set):

@@ -81,6 +81,9 @@ class Connector:
     ping_timeout_s: float = 1.0
     reconnect_attempts: int = 1
     send_queue_ms: int = 2000
+    protocol: str = "voicefork"  # | twilio (fork_server.dialects)
+    account_sid: str | None = None  # twilio: AC + 32 hex
+    auth_token_env: str | None = None  # twilio: env var with the REST hang-up's auth token
 
 
 @dataclass(frozen=True, slots=True)

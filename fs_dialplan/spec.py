@@ -136,6 +136,8 @@ FORK_SERVER = _section(
                 "map", keys=HAPROXY),
 )
 
+CONNECTOR_PROTOCOLS = ("voicefork", "twilio")
+ACCOUNT_SID = r"^AC[0-9a-f]{32}$"
 CONNECTOR = _section(
     url=Key("ws:// or wss:// URL of the voice connector.", required=True, pattern=r"^wss?://[^\s'\"\\]+$",
             expected="a ws:// or wss:// URL"),
@@ -148,6 +150,12 @@ CONNECTOR = _section(
                      "seconds", lo=0.1, hi=300),
     reconnect_attempts=Key("Reconnects after a mid-call drop.", "int", lo=0, hi=10),
     send_queue=Key("Caller audio buffered for a slow connector (oldest dropped).", "seconds", lo=0.1, hi=30),
+    protocol=Key("The connector's wire: voicefork (voicefork.v1, the default) or twilio (Twilio Media Streams).",
+                 enum=CONNECTOR_PROTOCOLS, expected="voicefork or twilio"),
+    account_sid=Key("protocol twilio: the AccountSid the bot sees and its REST hang-up uses (AC + 32 hex).",
+                    pattern=ACCOUNT_SID, expected="an account sid like AC followed by 32 lowercase hex digits"),
+    auth_token_env=Key("protocol twilio: NAME of the env var with the auth token the bot's REST calls present "
+                       "(HTTP Basic, account_sid as the user).", pattern=ENV_NAME, expected=ENV_EXPECT),
 )
 
 FALLBACK_ACTIONS = ("hangup", "play", "transfer")

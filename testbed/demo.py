@@ -231,12 +231,79 @@ def _sent_clips(tl: Timeline, s, record) -> tuple[list[tp.Clip], str]:  # type: 
     return clips, f"{rate // 1000} kHz, at send\npaced {getattr(opts, 'speed', 1.0):g}\u00d7 real time"
 
 
+async def run_twilio_demo(config: str, out_dir: Path, route: str = "support") -> int:
+    """``just demo --twilio``: the same call with a Pipecat bot written for Twilio Media Streams
+    (testbed/pipecat_bot.py, in the Pipecat venv) as the route's connector: it answers with
+    TTS from a WAV, Pipecat's interruption becomes Twilio's ``clear`` when the caller barges
+    in, and the bot ends the call through Twilio's REST API, served by the fork server."""
+    from .pipecat_proc import PIPECAT_PY, start_bot
+    from .twilio_peer import twilio_config
+
+    if not PIPECAT_PY.exists():
+        print(f"demo --twilio: no Pipecat venv at {PIPECAT_PY}; run `just pipecat-env`", file=sys.stderr)
+        return 1
+    failures: list[str] = []
+    tl = Timeline()
+    base = Stack(config).base  # the route's connector becomes a twilio one
+    connector = base.route(route).connector
+    cfg = twilio_config(config, connector=connector)
+    async with Stack(cfg, connector_url_override="ws://127.0.0.1:9/until-the-bot-is-up") as s:
+        bot = await start_bot(s, "--bargein", "--listen-ms", "3000", connector=connector)
+        try:
+            number = s.number_of(route)
+            print(f"demo --twilio: calling {number} (route {route}); connector {connector}: protocol twilio, "
+                  f"a Pipecat {bot.proc.pid} bot (TwilioFrameSerializer, REST base_url http://127.0.0.1:{s.fork_port})")
+            tl.t0 = time.monotonic()
+            ch = s.switch.place_call(number, "+15550001111", "Demo Caller")
+            tl.at(tl.t0, "INVITE: emulated FreeSWITCH runs the rendered extension")
+            start = await bot.wait("start", timeout=10)
+            tl.at(start["t"], f"Pipecat bot: Twilio stream {start['stream_id']} (call {start['call_id']}) "
+                              f"from {start['from_number']}")
+            said_at = time.monotonic()
+            ch.say(load_wav(CALLER_QUESTION, ch.rate))
+            tl.at(said_at, "caller starts speaking: \"Hello, I would like to check the status of my order\"")
+            answer = await bot.wait("answer", timeout=20)
+            tl.at(answer["t"], "Pipecat bot pushes its answer (TTS from a WAV)")
+            if await _until(lambda: ch.ear.frames, 10, "the bot's first word in the caller's ear", failures):
+                tl.at(ch.ear.frames[0].time, "caller hears the bot's first audio")
+                await _until(lambda: len(ch.ear.frames) * ch.ptime_ms >= BARGE_IN_AFTER_S * 1000, 10,
+                             "1.5 s of bot speech", failures)
+                barge_at = time.monotonic()
+                ch.say(load_wav(CALLER_BARGEIN, ch.rate))
+                tl.at(barge_at, "caller barges in: \"Wait, stop, stop.\"")
+                cut = await bot.wait("interrupted", timeout=10)
+                tl.at(cut["t"], "Pipecat interrupts itself: its serializer sends Twilio `clear`")
+                await asyncio.sleep(0.3)
+                last = max(f.time for f in ch.ear.frames)
+                tl.at(last, f"last bot audio in the caller's ear ({1000 * (last - cut['t']):.0f} ms after the interruption)")
+                if last - cut["t"] > 0.3:
+                    failures.append(f"bot audio heard {1000 * (last - cut['t']):.0f} ms after the interruption")
+            if await _until(lambda: ch.hungup.is_set(), 10, "the bot's REST hang-up to end the call", failures):
+                tl.at(time.monotonic(), "the bot POSTed Status=completed: the fork server hung the call up (BYE)")
+            await _until(lambda: not s.app.calls and not s.spool_files(), 5, "the fork server to clean up", failures)
+        finally:
+            await bot.stop()
+        print("timeline:")
+        tl.print()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_wav(out_dir / "caller_heard_twilio.wav", ch.ear.timeline(from_tick=1), ch.rate)
+        print(f"caller heard {len(ch.ear.frames) * ch.ptime_ms} ms of bot audio, {len(ch.ear.gaps())} holes; "
+              f"wrote {out_dir / 'caller_heard_twilio.wav'}")
+        failures.extend(f"emulated FreeSWITCH logged: {e}" for e in s.switch.errors)
+    if failures:
+        print("DEMO FAILED:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
+    print("demo --twilio: OK")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m testbed.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(EXAMPLE_CONFIG))
     ap.add_argument("--out", default="build/demo")
     ap.add_argument("--route", default="support")
     ap.add_argument("-v", "--verbose", action="store_true", help="fork server logs at DEBUG")
+    ap.add_argument("--twilio", action="store_true", help="the connector is a Pipecat bot written for Twilio Media Streams")
     args = ap.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -245,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     for noisy in ("websockets", "testbed", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    sys.exit(asyncio.run(run_demo(args.config, Path(args.out), args.route)))
+    demo = run_twilio_demo if args.twilio else run_demo
+    sys.exit(asyncio.run(demo(args.config, Path(args.out), args.route)))
 
 
 if __name__ == "__main__":

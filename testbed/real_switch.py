@@ -19,12 +19,14 @@ import os
 import random
 import signal
 import socket
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from fork_server.app import App
 from fs_dialplan import load_config
+from fs_dialplan.model import Config
 from fs_dialplan.render import DIALPLAN_FILE, render
 
 from .connector.server import ConnectorServer
@@ -260,7 +262,7 @@ class RealStack:
     def __init__(
         self,
         binary: str,
-        config: str | Path = EXAMPLE_CONFIG,
+        config: "str | Path | Config" = EXAMPLE_CONFIG,
         *,
         connector_mode: str = "script",
         connector_options: Mapping[str, Any] | None = None,
@@ -269,7 +271,7 @@ class RealStack:
         fork_module: str = "drachtio",
     ) -> None:
         self.binary = binary
-        self.base = load_config(str(config))
+        self.base = config if isinstance(config, Config) else load_config(str(config))
         self.env = stack_env(self.base)
         self.connector = ConnectorServer(connector_mode, **dict(connector_options or {}))
         self.playback = dict(playback or {})
@@ -304,7 +306,7 @@ class RealStack:
             "recordings": str(self.workdir / "recordings"),
         }
         self.app = App(wire(self.base, fork_port=0, **wiring), env=self.env, listen_port=0)
-        port = await self.app.start()
+        port = self.fork_port = await self.app.start()
         self.config = wire(self.base, fork_port=port, **wiring)
         self.rendered = render(self.config, self.env)
         self.switch = RealSwitch(
@@ -320,6 +322,13 @@ class RealStack:
 
     async def place_call(self, destination: str, number: str = "+15550001111", name: str = "Test Caller"):  # type: ignore[no-untyped-def]
         return await self.caller.place_call(destination, number, name)
+
+    def point_connector(self, name: str, url: str) -> None:
+        """Send connector ``name``'s calls to ``url`` from now on (a bot that needs the fork
+        server's address, a Twilio bot's REST ``base_url``, starts after it)."""
+        for holder in (self, self.app):
+            c = holder.config.connectors
+            holder.config = dataclasses.replace(holder.config, connectors={**c, name: dataclasses.replace(c[name], url=url)})
 
     def spool_files(self) -> list[str]:
         return sorted(str(p.relative_to(self.spool)) for p in self.spool.rglob("*") if p.is_file())

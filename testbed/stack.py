@@ -49,6 +49,8 @@ def stack_env(config: Config) -> dict[str, str]:
     for c in config.connectors.values():
         if c.token_env:
             env[c.token_env] = "stack-connector-token"
+        if c.auth_token_env:
+            env[c.auth_token_env] = "stack-twilio-auth-token"
     for t in config.trunks:
         if t.password_env:
             env[t.password_env] = "stack-trunk-secret"
@@ -254,6 +256,16 @@ class Stack:
         await self.esl.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+    def point_connector(self, name: str, url: str) -> None:
+        """Send the calls of connector ``name`` to ``url`` from now on (in-process fork server):
+        for a bot that can only start once it knows the fork server's address (a Twilio bot's
+        REST ``base_url``)."""
+        if self.app is None:
+            raise RuntimeError("point_connector needs the in-process fork server")
+        for holder in (self, self.app):
+            c = holder.config.connectors
+            holder.config = dataclasses.replace(holder.config, connectors={**c, name: dataclasses.replace(c[name], url=url)})
 
     def spool_files(self) -> list[str]:
         # os.walk, not rglob: a call's directory may vanish while it is being listed.

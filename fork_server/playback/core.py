@@ -20,7 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import connector_protocol as cp, esl_messages as em
+from .. import esl_messages as em
+from ..dialects import messages as msg
 from ..actions import ArmTimer, BreakPlayback, DeleteFile, PlayFile, SendToConnector
 from ..errors import LocalUsageError
 from ..pcm import StreamResampler
@@ -125,7 +126,7 @@ class Playback:
 
     # ------------------------------------------------------------------ from the connector
 
-    def tts(self, ev: cp.TtsAudio) -> list[Any]:
+    def tts(self, ev: msg.TtsAudio) -> list[Any]:
         if self._planner is None:
             return []
         if ev.sample_rate != self._tts_rate or self._down is None:
@@ -143,7 +144,7 @@ class Playback:
         acts.append(ArmTimer(TTS_IDLE, self._idle_flush_s()))
         return acts
 
-    def audio_format(self, ev: cp.AudioFormat) -> list[Any]:
+    def audio_format(self, ev: msg.AudioFormat) -> list[Any]:
         acts = self._flush_resampler()
         self._tts_rate = ev.sample_rate
         self._down = StreamResampler(ev.sample_rate, self.write_rate) if self.write_rate else None
@@ -157,7 +158,7 @@ class Playback:
             target = self._item_covering(pos)
             if target is None:
                 self.marks_played += 1
-                return [SendToConnector(cp.mark(name, "played"))]
+                return [SendToConnector(msg.MarkDone(name, "played"))]
             target.marks.append(name)
             return []
         self._pending_marks.append((pos, name))
@@ -177,7 +178,7 @@ class Playback:
             self._pending_marks.clear()
             if last is None:
                 self.marks_played += len(names)
-                acts += [SendToConnector(cp.mark(n, "played")) for n in names]
+                acts += [SendToConnector(msg.MarkDone(n, "played")) for n in names]
             else:
                 last.marks.extend(names)
         return acts
@@ -203,7 +204,7 @@ class Playback:
         self.queue.clear()
         self.awaiting_file.clear()
         self.marks_cleared += len(marks)
-        acts += [SendToConnector(cp.mark(name, "cleared")) for name in marks]
+        acts += [SendToConnector(msg.MarkDone(name, "cleared")) for name in marks]
         return acts
 
     def finish(self) -> list[Any]:
@@ -246,7 +247,7 @@ class Playback:
                 self.marks_played += len(item.marks)
             else:
                 self.marks_cleared += len(item.marks)
-            acts += [SendToConnector(cp.mark(name, status)) for name in item.marks]
+            acts += [SendToConnector(msg.MarkDone(name, status)) for name in item.marks]
         if refill:
             acts += self._refill() + self._flush_if_idle_and_low()
         return acts
@@ -260,7 +261,7 @@ class Playback:
         del self.queue[i]
         acts = self._release(item)
         self.marks_cleared += len(item.marks)
-        acts += [SendToConnector(cp.mark(name, "cleared")) for name in item.marks]  # not heard: not "played"
+        acts += [SendToConnector(msg.MarkDone(name, "cleared")) for name in item.marks]  # not heard: not "played"
         return acts
 
     def not_started(self, ev: em.ExecuteComplete) -> list[Any]:

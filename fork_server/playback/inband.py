@@ -12,7 +12,8 @@ import posixpath
 import re
 from typing import Any
 
-from .. import audio_fork, connector_protocol as cp, esl_messages as em
+from .. import audio_fork, esl_messages as em
+from ..dialects import messages as msg
 from ..actions import PlayFile, SendToConnector, SendToFork
 from ..segments import Segment
 from .core import Item, Playback
@@ -45,7 +46,7 @@ class InbandTransport:
         if not ok:
             playback.errors["inband_bad_file"] = playback.errors.get("inband_bad_file", 0) + 1
             playback.marks_cleared += len(item.marks)
-            return [SendToConnector(cp.mark(m, "cleared")) for m in item.marks]
+            return [SendToConnector(msg.MarkDone(m, "cleared")) for m in item.marks]
         item.path = path
         playback.queue.append(item)
         return [PlayFile(playback.uuid, path, self.command)]

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import audio_fork, connector_protocol as cp
+from .. import audio_fork
+from ..dialects import messages as msg
 from ..actions import ArmTimer, SendAudioToFork, SendToConnector, SendToFork
 from ..errors import LocalUsageError
 from ..pcm import StreamResampler
@@ -151,7 +152,7 @@ class StreamPlayback:
 
     # ------------------------------------------------------------------ from the connector
 
-    def tts(self, ev: cp.TtsAudio) -> list[Any]:
+    def tts(self, ev: msg.TtsAudio) -> list[Any]:
         if not self.write_rate:
             return []
         if ev.sample_rate != self._tts_rate or self._down is None:
@@ -162,7 +163,7 @@ class StreamPlayback:
         self._add_audio(self._down.process(ev.pcm))
         return self._pump() + [ArmTimer(TTS_IDLE, self.tts_idle_flush_s)]
 
-    def audio_format(self, ev: cp.AudioFormat) -> list[Any]:
+    def audio_format(self, ev: msg.AudioFormat) -> list[Any]:
         self._flush_resampler()
         self._tts_rate = ev.sample_rate
         self._down = StreamResampler(ev.sample_rate, self.write_rate) if self.write_rate else None
@@ -171,7 +172,7 @@ class StreamPlayback:
     def mark(self, name: str) -> list[Any]:
         if not self._out and not self._speaking and not any(m.kind in ("mark", "end") for m in self._pending):
             self.marks_played += 1  # nothing of the connector's audio is left to play
-            return [SendToConnector(cp.mark(name, "played"))]
+            return [SendToConnector(msg.MarkDone(name, "played"))]
         last = self._out[-1] if self._out else None
         if isinstance(last, _Mark) and last.kind == "mark":
             last.connector.append(name)  # nothing between them: one module mark for both
@@ -206,7 +207,7 @@ class StreamPlayback:
             self._held = True
             self.played_ms = self.sent_ms  # nothing sent before the kill will be heard any more
         self.marks_cleared += len(names)
-        return acts + [SendToConnector(cp.mark(n, "cleared")) for n in names]
+        return acts + [SendToConnector(msg.MarkDone(n, "cleared")) for n in names]
 
     def finish(self) -> list[Any]:
         self.marks_cleared += sum(len(x.connector) for x in (*self._out, *self._pending) if isinstance(x, _Mark))
@@ -235,7 +236,7 @@ class StreamPlayback:
                 self.marks_played += len(m.connector)
             else:
                 self.marks_cleared += len(m.connector)
-            acts += [SendToConnector(cp.mark(n, status)) for n in m.connector]
+            acts += [SendToConnector(msg.MarkDone(n, status)) for n in m.connector]
             if m.name == ev.name:
                 break
         return acts + self._pump()

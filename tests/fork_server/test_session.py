@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fork_server import connector_protocol as cp, esl_messages as em
-from fork_server.errors import InvalidTransition
+from fork_server.errors import InvalidTransition, LocalUsageError
 from fork_server.session import (
     TimerFired,
     TRANSITIONS,
@@ -310,3 +310,18 @@ def test_undelivered_frames_are_ignored_once_the_call_is_past_the_connector():
     assert s.state is State.FALLBACK
     s.undelivered([_frame(1)])
     assert s.replayed_frames == 0
+
+
+def test_connector_rate_comes_from_the_settings_a_twilio_call_gets_8k_frames():
+    """The dialect's audio rate (twilio: 8 kHz) sets the caller frames and the start's rate."""
+    s = CallSession(U, settings(fork_rate=8000, connector_rate=8000))
+    s.start()
+    s.handle(CallerInfoReady("+15550001111", "Alice", "+15551234567", 8000))
+    acts = s.handle(ConnectorUp())
+    start = next(a.message for a in acts if isinstance(a, SendToConnector))
+    assert start.sample_rate == 8000 and start.frame_ms == 20
+    pcm = (np.sin(np.arange(800) * 0.1) * 5000).astype("<i2").tobytes()
+    frames = s.caller_audio(pcm)  # 100 ms at 8 kHz, fork rate = connector rate: passed through
+    assert [len(f) for f in frames] == [320] * 5 and b"".join(frames) == pcm
+    with pytest.raises(LocalUsageError):
+        CallSession(U, settings(connector_rate=11025))

@@ -246,3 +246,55 @@ def test_a_route_can_override_a_default_greeting_with_none():
 )
 def test_event_socket_values_that_land_in_the_xml_are_checked_where_they_are_written(line, expected):
     assert errors(BASE.replace("  esl_password_env: ESL_PW\n", f"  esl_password_env: ESL_PW\n{line}\n")) == [expected]
+
+
+# --- connectors.*.protocol, account_sid, auth_token_env (issue 15)
+
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+TWILIO = BASE.replace(
+    "    url: ws://127.0.0.1:8765/bot\n",
+    f"    url: ws://127.0.0.1:8765/bot\n    protocol: twilio\n    account_sid: {ACCOUNT}\n    auth_token_env: BOT_TOKEN\n",
+)
+
+
+def test_default_is_voicefork():
+    bot = parse_config(BASE, "cfg.yaml").connectors["bot"]
+    assert (bot.protocol, bot.account_sid, bot.auth_token_env) == ("voicefork", None, None)
+
+
+def test_twilio_connector_loads():
+    bot = parse_config(TWILIO, "cfg.yaml").connectors["bot"]
+    assert (bot.protocol, bot.account_sid, bot.auth_token_env) == ("twilio", ACCOUNT, "BOT_TOKEN")
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("protocol: twilio", "protocol: plivo", 'cfg.yaml:9: connectors.bot.protocol: expected voicefork or twilio, got "plivo"'),
+        (f"account_sid: {ACCOUNT}", "account_sid: AC12",
+         'cfg.yaml:10: connectors.bot.account_sid: expected an account sid like AC followed by 32 lowercase hex digits, got "AC12"'),
+        ("auth_token_env: BOT_TOKEN", "auth_token_env: hunter2",
+         'cfg.yaml:11: connectors.bot.auth_token_env: expected an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself), got "hunter2"'),
+        (f"    account_sid: {ACCOUNT}\n", "", "cfg.yaml:8: connectors.bot.account_sid: required key is missing"),
+        ("    auth_token_env: BOT_TOKEN\n", "", "cfg.yaml:8: connectors.bot.auth_token_env: required key is missing"),
+        ("protocol: twilio", "protocol: voicefork",
+         "cfg.yaml:10: connectors.bot.account_sid: only for protocol: twilio (this connector speaks voicefork)"),
+    ],
+)
+def test_errors_name_file_line_and_key(old, new, expected):
+    text = TWILIO.replace(old, new, 1)
+    got = errors(text)
+    assert got[0] == expected
+
+
+def test_twilio_keys_without_protocol_twilio_are_refused_not_ignored():
+    text = BASE.replace("    url: ws://127.0.0.1:8765/bot\n", "    url: ws://127.0.0.1:8765/bot\n    auth_token_env: BOT_TOKEN\n")
+    assert errors(text) == ["cfg.yaml:9: connectors.bot.auth_token_env: only for protocol: twilio (this connector speaks voicefork)"]
+
+
+def test_the_example_configs_commented_twilio_connector_loads_when_uncommented():
+    text = EXAMPLE.read_text()
+    block = text[text.index("  # twilio-bot:"):text.index("defaults:")]
+    lines = [line.replace("  # ", "  ", 1) for line in block.splitlines() if line.startswith("  #   ") or line.startswith("  # twilio-bot")]
+    c = parse_config(text.replace(block, block + "\n".join(lines) + "\n"), "voicefork.yaml").connectors["twilio-bot"]
+    assert (c.protocol, c.account_sid, c.auth_token_env) == ("twilio", "AC" + "0123456789abcdef" * 2, "VOICEFORK_TWILIO_TOKEN")

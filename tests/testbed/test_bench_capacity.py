@@ -279,3 +279,15 @@ def test_the_picture_is_drawn(tmp_path):
     rows.append({"server": "relay", "switch": "emulated", "calls": 20, "cpu_ms_per_call_s": 1.0, "latency_ms": {"p99": 0.5}})
     assert plot.draw(rows, tmp_path / "c.png").startswith("wrote")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_protocol_bench_measures_both_dialects_on_the_wire():
+    """`just bench --protocol twilio`: both rows, and the bytes are what each wire carries."""
+    from testbed.bench import protocol
+
+    rows = {r["protocol"]: r for r in protocol.run(200)}
+    assert set(rows) == {"voicefork", "twilio"}
+    assert rows["voicefork"]["wire_bytes"] >= 640 + 6  # 20 ms at 16 kHz plus a masked frame header
+    # 160 mu-law bytes in base64 (216) plus the media JSON, in a masked text frame
+    assert 216 < rows["twilio"]["wire_bytes"] < 640
+    assert all(r["encode_us"] > 0 and r["decode_us"] > 0 and r["hot_path_us"] > 0 for r in rows.values())
