@@ -172,6 +172,8 @@ class App:
             self._spawn(self._switch_status_loop(name))
         if self.metrics_share is not None:
             self._spawn(self._share_metrics_loop(self.metrics_share))
+        if self.recordings is not None:
+            await self.recordings.start()
         # One sweeper per server: with --workers only worker 0 (the one with orphan_events).
         if self.recordings is not None and self.recordings.settings.retention_days > 0 and self.orphan_events:
             self._spawn(self._retention_loop(self.recordings))
@@ -221,6 +223,8 @@ class App:
         await asyncio.gather(*self._background, return_exceptions=True)
         for esl in self.esls.values():
             await esl.close()
+        if self.recordings is not None:
+            self.recordings.close()
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT, then drain and stop."""
@@ -402,7 +406,7 @@ class App:
         takes a while to walk)."""
         while True:
             try:
-                deleted = await asyncio.to_thread(store.sweep)
+                deleted = await store.run(store.sweep)
                 if deleted:
                     self.log.info("recording retention: deleted %d files older than %d days", len(deleted),
                                   store.settings.retention_days)

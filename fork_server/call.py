@@ -557,7 +557,7 @@ class Call:
             recording=caller.recording,
         )
         try:
-            path = await asyncio.to_thread(self.recordings.write_sidecar, caller.recording, data)
+            path = await self.recordings.run(self.recordings.write_sidecar, caller.recording, data)
         except (OSError, ValueError) as exc:
             self.metrics.errors.labels("recording_sidecar").inc()
             self.log.error("> recording sidecar for %s: %s", caller.recording, exc)

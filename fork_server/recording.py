@@ -11,14 +11,18 @@ The sidecar holds the caller's numbers as JSON data only; nothing of it goes int
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from fs_dialplan.model import RecordingSettings
+
+T = TypeVar("T")
 
 __all__ = ["RecordingStore", "MAX_SWEEP_FILES", "MAX_SIDECAR_BYTES"]
 
@@ -36,6 +40,23 @@ class RecordingStore:
     def __init__(self, settings: RecordingSettings) -> None:
         self.settings = settings
         self.local_root = os.path.abspath(settings.fork_server_dir)
+        # Sidecars and sweeps touch the disk off the event loop, in one thread of their own made
+        # at start (see start()): a lazily made default-executor thread stayed for good after the
+        # first recorded call (the churn counts threads: 7 -> 8).
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicefork-recording")
+        await asyncio.get_running_loop().run_in_executor(self._io, lambda: None)  # the thread exists from now
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the recording thread (the default executor before start())."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=False, cancel_futures=True)
+            self._io = None
 
     def accept(self, switch_path: str | None) -> str | None:
         """The switch's path if it is a plain .wav under ``recording.dir``, else None."""

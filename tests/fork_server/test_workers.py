@@ -41,7 +41,7 @@ async def test_two_workers_share_the_port_split_the_calls_and_drain_on_sigterm(t
     log_file = open(log_path, "wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fork_server", "--config", str(cfg), "--workers", "2", cwd=ROOT, env=env,
-        stderr=log_file,
+        stderr=log_file, start_new_session=True,
     )
     log_file.close()
     try:
@@ -88,8 +88,8 @@ async def test_two_workers_share_the_port_split_the_calls_and_drain_on_sigterm(t
         assert {line.split()[3] for line in opened} == {"w0", "w1"}, "SO_REUSEPORT spread 12 calls over both workers"
         assert log.count("draining:") == 2
     finally:
-        if proc.returncode is None:
-            proc.kill()
+        if proc.returncode is None:  # a failed test: the workers go with their parent (its group)
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         await bot.close()
         await esl.close()
@@ -122,7 +122,8 @@ async def test_one_scrape_of_two_workers_shows_the_whole_server(tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fork_server", "--config", str(cfg), "--workers", "2", cwd=ROOT, env=env, stderr=log_file)
+            sys.executable, "-m", "fork_server", "--config", str(cfg), "--workers", "2", cwd=ROOT, env=env, stderr=log_file,
+            start_new_session=True)
     try:
         await until(lambda: len(esl.event_writers) == 2, 15, "both workers' ESL event connections")
         uuids = [str(uuidlib.uuid4()) for _ in range(12)]
@@ -157,8 +158,8 @@ async def test_one_scrape_of_two_workers_shows_the_whole_server(tmp_path):
         print(f"--workers 2: calls per worker {per_worker}; every scrape: 300 caller frames, 12 active calls")
         assert all(per_worker.values()), per_worker  # so one worker alone would have counted fewer
     finally:
-        if proc.returncode is None:
-            proc.kill()
+        if proc.returncode is None:  # a failed test: the workers go with their parent (its group)
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         await bot.close()
         await esl.close()
