@@ -98,6 +98,19 @@ def _load_esl() -> Any:
     return ESL
 
 
+
+def _settle(fut: concurrent.futures.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+    """Complete a command's future from the command thread, unless its caller gave up on it
+    meanwhile (cancelled: a timeout or a call that ended). set_result on a cancelled future
+    raises, and that killed the command thread: every later command then waited for ever."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
 class EslClient:
     def __init__(
         self,
@@ -281,13 +294,13 @@ class EslClient:
                     if not retried and _idempotent(kind, payload):
                         carry = (kind, payload, fut, True)  # lost in flight; safe to send again
                     else:  # sendmsg playback is not idempotent: reported, never silently lost
-                        fut.set_exception(EslLostInFlight(f"connection lost during {kind}"))
+                        _settle(fut, exc=EslLostInFlight(f"connection lost during {kind}"))
                     break
-                fut.set_result(reply)
+                _settle(fut, reply)
             self._set_state(flag, False)
             con.disconnect()
-        if carry is not None and not carry[2].done():
-            carry[2].set_exception(EslUnavailable("ESL client closed"))
+        if carry is not None:
+            _settle(carry[2], exc=EslUnavailable("ESL client closed"))
         self._fail_pending()
 
     def _log_unreachable(self, attempt: int) -> None:
@@ -318,8 +331,7 @@ class EslClient:
                 _, _, fut = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if not fut.done():
-                fut.set_exception(EslUnavailable("ESL client closed"))
+            _settle(fut, exc=EslUnavailable("ESL client closed"))
 
     # ---------------------------------------------------------------- events, without the guard only
 

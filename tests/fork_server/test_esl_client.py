@@ -265,3 +265,34 @@ async def test_python_esl_rss_does_not_grow_with_the_bytes_it_receives():
         assert grew < 1_000_000, f"RSS grew {grew / 1e6:.1f} MB over {n} api replies of 2 KB"
     finally:
         await peer.close()
+
+
+async def test_a_command_given_up_while_in_flight_leaves_the_command_thread_working():
+    # A call that ends (or times out) cancels its command while python-ESL still waits for the
+    # reply; the reply then arrives for a cancelled future. Setting it raised InvalidStateError
+    # and killed the command thread, and every later command waited for ever (a hung full run).
+    peer, events = MiniEsl(), []
+    await peer.start()
+    release = asyncio.Event()
+
+    async def slow(cmd):
+        await release.wait()
+        return "+OK slow\n"
+
+    peer.on_api = lambda cmd: slow(cmd) if cmd.startswith("uuid_dump") else None
+    client = await started(peer, events, command_connections=1)
+    try:
+        assert await client.wait_up(5)
+        gone = asyncio.create_task(client.api(em.uuid_dump(U)))
+        for _ in range(100):  # the command is on the wire
+            if any(c.startswith("api uuid_dump") for c in peer.commands):
+                break
+            await asyncio.sleep(0.02)
+        gone.cancel()
+        release.set()  # its reply comes back now, to nobody
+        reply = await asyncio.wait_for(client.api(em.uuid_getvar(U, "write_rate")), 5)
+        assert reply.startswith("+OK uuid_getvar")
+    finally:
+        release.set()
+        await client.close()
+        await peer.close()
