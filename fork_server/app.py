@@ -95,7 +95,6 @@ class App:
         self._accepting = True
         self._draining = False
         self._listen_port = config.fork_server.listen_port if listen_port is None else listen_port
-        fs = config.freeswitch
         auth = config.fork_server.auth
         self._credentials = (
             BasicCredentials(auth.username, _secret(env, auth.password_env, "fork_server.auth.password_env"))

@@ -248,6 +248,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     )
 
     switches = _switches(ctx, fs["switches"], freeswitch) if "switches" in fs else ()
+    if switches and "esl_host" in fs:  # each switch names its own; this one would do nothing
+        ctx.error(fs["esl_host"], "freeswitch.esl_host", "not used with switches: give each switch its esl_host")
 
     S = spec.FORK_SERVER
     fsv_node = _required(ctx, root, top, "fork_server", "")

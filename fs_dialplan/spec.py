@@ -93,7 +93,7 @@ SWITCH = _section(
 )
 
 FREESWITCH = _section(
-    esl_host=Key("Where the fork server reaches FreeSWITCH's Event Socket."),
+    esl_host=Key("Where the fork server reaches FreeSWITCH's Event Socket (with switches, each names its own)."),
     esl_port=Key("Event Socket port.", "int", lo=1, hi=65535),
     esl_password_env=Key("NAME of the env var holding the ESL password (no literal, no default).", required=True,
                          pattern=ENV_NAME, expected=ENV_EXPECT),

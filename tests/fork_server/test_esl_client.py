@@ -191,16 +191,21 @@ async def test_sendmsg_refuses_newlines_before_anything_is_sent():
         await client.sendmsg("x\nexit", {})
 
 
-async def test_a_stalled_command_does_not_hold_up_commands_of_other_calls():
-    peer, events = MiniEsl(), []
+async def _slow_dump_peer():
+    """A MiniEsl whose uuid_dump replies wait for ``release``; other api commands answer at once."""
+    peer, release = MiniEsl(), asyncio.Event()
     await peer.start()
-    release = asyncio.Event()
 
     async def slow(cmd):
         await release.wait()
         return "+OK slow\n"
 
     peer.on_api = lambda cmd: slow(cmd) if cmd.startswith("uuid_dump") else None
+    return peer, release
+
+
+async def test_a_stalled_command_does_not_hold_up_commands_of_other_calls():
+    (peer, release), events = await _slow_dump_peer(), []
     client = await started(peer, events, command_connections=2)
     try:
         assert await client.wait_up(5)
@@ -271,15 +276,7 @@ async def test_a_command_given_up_while_in_flight_leaves_the_command_thread_work
     # A call that ends (or times out) cancels its command while python-ESL still waits for the
     # reply; the reply then arrives for a cancelled future. Setting it raised InvalidStateError
     # and killed the command thread, and every later command waited for ever (a hung full run).
-    peer, events = MiniEsl(), []
-    await peer.start()
-    release = asyncio.Event()
-
-    async def slow(cmd):
-        await release.wait()
-        return "+OK slow\n"
-
-    peer.on_api = lambda cmd: slow(cmd) if cmd.startswith("uuid_dump") else None
+    (peer, release), events = await _slow_dump_peer(), []
     client = await started(peer, events, command_connections=1)
     try:
         assert await client.wait_up(5)

@@ -77,6 +77,8 @@ def test_switches_inherit_the_section_s_keys_and_keep_their_own():
      'cfg.yaml:19: fork_server.haproxy.servers[0]: expected host:port (the fork server\'s listen port), got "10.0.0.21"'),
     ("    bind: 10.0.0.5:8099\n", "", "cfg.yaml:18: fork_server.haproxy.bind: required key is missing"),
     ("  drain_grace: 1.5s\n", "  drain_grace: 2m\n", "cfg.yaml:16: fork_server.drain_grace: expected a duration between 0 s and 60 s"),
+    ("  esl_port: 8021\n", "  esl_port: 8021\n  esl_host: 10.0.0.9\n",
+     "cfg.yaml:4: freeswitch.esl_host: not used with switches: give each switch its esl_host"),
     ("      esl_host: 10.0.0.11\n", "      esl_hots: 10.0.0.11\n", "cfg.yaml:6: freeswitch.switches[0].esl_hots: unknown key (did you mean 'esl_host'?)"),
 ])
 def test_scale_out_errors_name_file_line_and_key(old, new, expected):
