@@ -18,7 +18,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -173,7 +172,7 @@ class Cluster:
         await self.connector.start()
         names = [f"fs-{chr(ord('a') + i)}" for i in range(self.n_switches)]
         esl_ports = [free_port() for _ in names]
-        sip_ports = [free_port(socket.SOCK_DGRAM) for _ in names]
+        sip_ports = [free_port() for _ in names]
         fork_ports = [free_port() for _ in range(self.n_fork_servers)]
         self.haproxy_port = free_port()
         self.config_path = self.workdir / "voicefork.yaml"

@@ -43,10 +43,40 @@ _MODULES = (
 )
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(tries: int = 200) -> int:
+    """A port for a server a test starts later (a switch's SIP or ESL port, a fork server's,
+    HAProxy's), free for TCP and UDP alike, below the kernel's ephemeral range and below the RTP
+    ranges (:func:`rtp_range`), never the same twice in one process.
+
+    A port from ``bind(port 0)`` is an ephemeral one: between the pick and the switch's own bind,
+    any outgoing connection on this box could take it, and sofia binds its SIP port for UDP and
+    TCP both, so a UDP-free port could be TCP-taken. Either way the switch's profile or ESL never
+    came up (CI, 2026-12-07: "SIP profile did not come up"; sofia logs "Error Creating SIP UA",
+    mod_event_socket "Could not listen")."""
+    high = min(_ephemeral_low(), 16384)
+    for _ in range(tries):
+        port = random.randrange(10000, high)
+        if port in _handed_out:
+            continue
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found for a test server")
 
 
 def _conf_tree(
@@ -157,6 +187,16 @@ def rtp_range(span: int = 1000, tries: int = 50) -> int:
     raise RuntimeError("no free RTP port range found")
 
 
+def _log_errors(log_dir: Path, last: int = 4) -> str:
+    """The switch's last distinct [ERR] lines, for an error message CI shows (its log is gone)."""
+    try:
+        lines = (log_dir / "freeswitch.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errs = list(dict.fromkeys(line.split("[ERR]", 1)[1].strip() for line in lines if "[ERR]" in line and "SQL ERR" not in line))
+    return "; its errors: " + " | ".join(errs[-last:]) if errs else ""
+
+
 class RealSwitch:
     """``FREESWITCH_BIN`` on a throwaway conf tree; ``start()`` returns once ESL answers."""
 
@@ -204,7 +244,7 @@ class RealSwitch:
         end = loop.time() + timeout
         while loop.time() < end:
             if self.proc.returncode is not None:
-                raise RuntimeError(f"FreeSWITCH exited with {self.proc.returncode}; see {log_dir}")
+                raise RuntimeError(f"FreeSWITCH exited with {self.proc.returncode}; see {log_dir}{_log_errors(log_dir)}")
             # Ready means the SIP profile runs, not only ESL: an INVITE sent before the profile is
             # up gets no answer, and a fork started within ~50 ms of ESL answering crashed the
             # switch (SIGSEGV, 2 of 3 tries on 1.10.12, seen by the bench on 2026-12-06).
@@ -212,7 +252,10 @@ class RealSwitch:
             if status is not None and any("external" in line and "RUNNING" in line for line in status.splitlines()):
                 return
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"FreeSWITCH's SIP profile did not come up (ESL on {self.esl_port}) within {timeout} s")
+        raise RuntimeError(
+            f"FreeSWITCH's SIP profile did not come up (ESL on {self.esl_port}, SIP on {self.sip_port}) "
+            f"within {timeout} s{_log_errors(log_dir)}"
+        )
 
     async def _esl_api(self, command: str) -> str | None:
         """One API command over a throwaway ESL connection; None while ESL does not answer."""
@@ -295,7 +338,7 @@ class RealStack:
         self.spool.mkdir()
         (self.workdir / "temp").mkdir()
         await self.connector.start()
-        esl_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+        esl_port, sip_port = free_port(), free_port()
         wiring = {
             "esl_port": esl_port,
             "fs_temp": str(self.workdir / "temp"),

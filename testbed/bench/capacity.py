@@ -41,7 +41,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -210,7 +209,7 @@ async def _point(kind: str, switch: str, n: int, opts: argparse.Namespace, work:
     server = None
     try:
         if real:
-            esl_port, sip_port, fork_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+            esl_port, sip_port, fork_port = free_port(), free_port(), free_port()
         else:
             esl_port, sip_port, fork_port = gen.esl_port, 0, 0
         server = Server(kind, gen, work, opts, esl_port=esl_port, fork_port=fork_port)

@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -175,7 +174,7 @@ def _template(headers: list[tuple[str, str]], tokens: list[tuple[str, str]]) -> 
 
 async def _one_switch(binary: str, work: Path, *, verbose: bool, jitter_ms: int | None, voice: CallerVoice,
                       log_level: str | None) -> dict[str, Any]:
-    esl_port, sip_port, fork_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    esl_port, sip_port, fork_port = free_port(), free_port(), free_port()
     spool = work / "spool"
     spool.mkdir(parents=True)
     cfg = benchconf.write_config(work, esl_port=esl_port, connector_url="ws://127.0.0.1:9/unused", spool=spool,
