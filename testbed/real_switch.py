@@ -287,12 +287,18 @@ class RealSwitch:
     def log_file(self) -> Path:
         return self.workdir / "log" / "freeswitch.log"
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 1.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``. A throwaway switch has nothing to save, and
+        a clean exit takes 5.4-6.9 s on this box: the drachtio mod_audio_fork's shutdown sleeps
+        2 s (AudioPipe::deinitialize, audio_pipe.cpp:488, seen with gdb) before libwebsockets'
+        teardown; ~30 real-switch tests spent ~3 minutes on it. Its log ends ~0.4 s after the
+        SIGTERM, so a second keeps everything the switch writes."""
         if self.proc is None or self.proc.returncode is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.proc.wait(), 15)
+            async with asyncio.timeout(grace_s):
+                await self.proc.wait()
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
