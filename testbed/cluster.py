@@ -121,7 +121,8 @@ class ForkServerProc:
         self.cpu_s_before = self.cpu_s()
         self.proc.send_signal(sig)
         try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.proc.wait()
         except TimeoutError:
             self.proc.kill()
             return await self.proc.wait()

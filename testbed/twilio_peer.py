@@ -66,7 +66,8 @@ class Stream:
                 raise AssertionError(f"timed out waiting for {what}")
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.1))
+                async with asyncio.timeout(min(left, 0.1)):
+                    await self.changed.wait()
             except TimeoutError:
                 pass
 
@@ -117,7 +118,8 @@ class TwilioPeer:
                 raise AssertionError(f"no Media Stream #{index} within {timeout} s")
             self._new.clear()
             try:
-                await asyncio.wait_for(self._new.wait(), 0.1)
+                async with asyncio.timeout(0.1):
+                    await self._new.wait()
             except TimeoutError:
                 pass
         s = self.streams[index]

@@ -138,7 +138,8 @@ class ChaosBehaviour(ScriptBehaviour):
             # Reads nothing more. Its own socket is paused, so it would never see the fork
             # server's reset either: after hang_ms it gives up too (testbed cleanup).
             try:
-                await asyncio.wait_for(self.raw_io.ws.wait_closed(), opts.hang_ms / 1000)
+                async with asyncio.timeout(opts.hang_ms / 1000):
+                    await self.raw_io.ws.wait_closed()
             except TimeoutError:
                 self.raw_io.ws.transport.abort()
             return

@@ -246,7 +246,8 @@ class ConnectorServer:
             if self._changed is None:
                 self._changed = asyncio.Event()
             try:
-                await asyncio.wait_for(self._changed.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
             except TimeoutError:
                 pass
         return found
@@ -261,7 +262,8 @@ class ConnectorServer:
             if self._closing is None:
                 self._closing = asyncio.Event()
             try:  # close() ends the wait, so a hung handshake does not hold up the teardown
-                await asyncio.wait_for(self._closing.wait(), self.handshake_delay_s)
+                async with asyncio.timeout(self.handshake_delay_s):
+                    await self._closing.wait()
             except TimeoutError:
                 pass
         if self.refuse_status is not None:
@@ -395,7 +397,8 @@ class ConnectorServer:
     @staticmethod
     async def _expect_close(ws: ServerConnection, record: CallRecord) -> None:
         try:
-            await asyncio.wait_for(ws.wait_closed(), _CLOSE_AFTER_STOP_S)
+            async with asyncio.timeout(_CLOSE_AFTER_STOP_S):
+                await ws.wait_closed()
         except TimeoutError:
             record.violations.append(f"connection still open {_CLOSE_AFTER_STOP_S} s after stop")
             await ws.close(1000)
