@@ -267,6 +267,17 @@ class SegmentPlanner:
             return []
         return [self._emit(whole)]
 
+    def take_whole(self) -> list[Segment]:
+        """sendmsg, the connector paused while a file still plays: the whole ptimes buffered go out
+        now, never across a mark's cut; the partial frame stays for the next audio (see
+        :meth:`fork_server.playback.core.Playback.timer`)."""
+        if self.policy != "sendmsg":
+            return []
+        whole = len(self._buf) - len(self._buf) % self.frame_bytes
+        if self._cuts:
+            whole = min(whole, self._cuts[0])
+        return [self._emit(whole)] if whole else []
+
     def flush(self) -> list[Segment]:
         """End of an utterance (or a mark): everything buffered goes out, padded to a whole ptime."""
         out = []

@@ -288,10 +288,9 @@ class Playback:
             return self._on_watchdog()
         if name != TTS_IDLE or self._planner is None:
             return []
-        # The connector paused: whatever is buffered must not wait for more audio.
+        # The connector paused: what is buffered must not wait for more audio.
         if self._queued_ahead_ms() < 2 * self.ptime_ms:
-            self._tts_idle = False
-            return self.flush()
+            return self._idle_out()
         # Enough is queued to cover the pause for now. What is queued ahead only shrinks when a
         # file starts or stops (PLAYBACK_START/STOP), so from now on those handlers flush the
         # tail as soon as it runs low; the tail (and any mark on it) never waits for TTS that
@@ -383,9 +382,23 @@ class Playback:
 
     def _flush_if_idle_and_low(self) -> list[Any]:
         if self._tts_idle and self._queued_ahead_ms() < 2 * self.ptime_ms:
+            return self._idle_out()
+        return []
+
+    def _idle_out(self) -> list[Any]:
+        """The connector paused and what is queued runs low. With nothing left on the channel (or
+        a mark waiting for its audio, or uuid_broadcast) everything buffered goes out, its last
+        partial frame padded: that is the end of speech. While a file still plays only whole
+        ptimes go, and the partial frame (< 1 ptime) waits for the next audio or for the queue to
+        run dry. A connector that sends in bursts with pauses (Pipecat's 8 kHz TTS: 137.5 ms,
+        not whole frames, each pause longer than the 60 ms idle flush) had each burst's partial
+        frame padded with zeros: ~39 runs of 1-20 samples of silence in 5 s of speech."""
+        assert self._planner is not None
+        if self._pending_marks or self.command != "sendmsg" or not (self.queue or self.awaiting_file):
             self._tts_idle = False
             return self.flush()
-        return []
+        self._tts_idle = True  # the queue's next start or stop looks again; the last stop flushes
+        return self._send(self._planner.take_whole())
 
     def _send(self, segments: list[Segment]) -> list[Any]:
         acts: list[Any] = []

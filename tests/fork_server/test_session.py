@@ -325,3 +325,36 @@ def test_connector_rate_comes_from_the_settings_a_twilio_call_gets_8k_frames():
     assert [len(f) for f in frames] == [320] * 5 and b"".join(frames) == pcm
     with pytest.raises(LocalUsageError):
         CallSession(U, settings(connector_rate=11025))
+
+
+def test_tts_in_bursts_with_pauses_is_played_whole_with_no_silence_inserted():
+    # Pipecat's resampler releases 8 kHz TTS in 137.5 ms bursts (1100 samples: not whole 20 ms
+    # frames) with a pause after each, longer than the 60 ms TTS-idle flush. The flush padded each
+    # burst's partial frame with zeros: ~39 runs of 1-20 samples of silence in 5 s of speech
+    # (tests/e2e/test_pipecat.py). While a file still plays, the partial frame waits for the next
+    # burst; it is padded only at the end, when the queue has run dry.
+    s = active()
+    bursts = [np.rint(np.sin(np.arange(i * 1100, (i + 1) * 1100) * 0.05) * 8000).astype("<i2").tobytes() for i in range(12)]
+    writes, playing = [], []
+    for burst in bursts:
+        acts = s.handle(cp.TtsAudio(burst, 8000)) + s.handle(TimerFired("tts_idle"))
+        for _ in range(3):  # the switch starts what was queued and finishes all but the newest file
+            for a in acts:
+                if isinstance(a, PlayFile):
+                    playing.append(a.path)
+                    acts += s.handle(em.PlaybackStarted(U, "support", a.path))
+            writes += [a.pcm for a in acts if isinstance(a, WriteSegment)]
+            acts = []
+            while len(playing) > 1:
+                acts += s.handle(em.PlaybackStopped(U, "support", playing.pop(0), "done", None))
+    while playing:  # the last file ends: the queue runs dry, the held partial frame goes out
+        acts = s.handle(em.PlaybackStopped(U, "support", playing.pop(0), "done", None))
+        for a in acts:
+            if isinstance(a, PlayFile):
+                playing.append(a.path)
+        writes += [a.pcm for a in acts if isinstance(a, WriteSegment)]
+    spoken = b"".join(bursts)
+    heard = b"".join(writes)
+    assert all(len(w) % 320 == 0 for w in writes)  # whole ptimes, always
+    assert heard[: len(spoken)] == spoken  # nothing inserted, nothing lost
+    assert len(heard) - len(spoken) < 320 and not any(heard[len(spoken):])  # one pad, at the very end
