@@ -438,7 +438,8 @@ JB_DIALPLAN = """<include>
 
 async def _play_three_files_while_the_caller_talks(sw, ch, peer, tmp_path):
     await until(lambda: ch.parked and len(peer.binary) >= 3)
-    ch.say(tone(4000, rate=ch.rate, amp=6000, freq=1000))
+    # Longer than the test needs, so a stall on a loaded box never counts the silence after it.
+    ch.say(tone(10000, rate=ch.rate, amp=6000, freq=1000))
     await until(lambda: len(peer.binary) >= 8)
     before_frames, before_silenced = len(peer.binary), ch.silenced_frames
     for i in range(3):
