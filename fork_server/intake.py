@@ -106,10 +106,11 @@ class ForkConnection(WsConnection):
 
     def data_received(self, data: bytes) -> None:
         # A WebSocket handshake is a GET; a POST on this port is Twilio's REST API (a bot's
-        # hang-up), read by twilio_rest since websockets reads GET requests only.
+        # hang-up) or /v1/calls (outbound calls), read by twilio_rest's bounded reader since
+        # websockets reads GET requests only.
         if self._first:
             self._first = False
-            if data[:1] == b"P" and self.server.rest_answer is not None:
+            if data[:1] == b"P" and (self.server.rest_answer is not None or self.server.api_answer is not None):
                 self._rest = twilio_rest.RequestReader()
         if self._rest is not None:
             self._rest_data(data)
@@ -128,7 +129,13 @@ class ForkConnection(WsConnection):
             if request is None:
                 return
             try:
-                reply = twilio_rest.encode_response(*self.server.rest_answer(request))  # type: ignore[misc]
+                if request.target.startswith("/v1/") and self.server.api_answer is not None:
+                    reply = twilio_rest.encode_response(*self.server.api_answer(request.method, request.target,
+                                                                                  request.headers, request.body))
+                elif self.server.rest_answer is not None:
+                    reply = twilio_rest.encode_response(*self.server.rest_answer(request))
+                else:
+                    reply = twilio_rest.encode_response(404, {"error": "not found"}, {})
             except Exception:  # noqa: BLE001 - as for the ops endpoints: a 500, not a dead server
                 _log.exception("intake: REST handler failed")
                 reply = twilio_rest.encode_response(500, {"code": None, "message": "internal error",
@@ -195,11 +202,13 @@ class IntakeServer:
         call_body: Callable[[str], dict[str, Any] | None] | None = None,
         switch_body: Callable[[], dict[str, Any]] | None = None,
         rest_answer: Callable[[twilio_rest.RestRequest], tuple[int, dict[str, Any], dict[str, str]]] | None = None,
+        api_answer: Callable[[str, str, Mapping[str, str], bytes], tuple[int, dict[str, Any], dict[str, str]]] | None = None,
     ) -> None:
         self._call_body = call_body
         self._switch_body = switch_body
         self._routes = routes
         self.rest_answer = rest_answer  # Twilio's REST hang-up (twilio connectors), or None: no POST
+        self.api_answer = api_answer  # /v1/calls (outbound calls; 404 when not configured)
         self._credentials = credentials
         self._on_call = on_call
         self._healthy = healthy
@@ -234,6 +243,10 @@ class IntakeServer:
             return _response(http.HTTPStatus.OK, body, "application/json")
         if path == "/freeswitch/status" and self._switch_body is not None:
             return _response(http.HTTPStatus.OK, json.dumps(self._switch_body(), indent=1).encode(), "application/json")
+        if path.startswith("/v1/") and self.api_answer is not None:
+            headers = {k.lower(): v for k, v in request.headers.raw_items()}
+            code, doc, extra = self.api_answer("GET", path, headers, b"")
+            return _response(http.HTTPStatus(code), json.dumps(doc, indent=1).encode(), "application/json", extra)
         status = _STATUS_PATH.match(path)
         if status is not None and self._call_body is not None and "upgrade" not in request.headers.get("Connection", "").lower():
             info = self._call_body(status.group(1).lower())

@@ -54,6 +54,8 @@ def stack_env(config: Config) -> dict[str, str]:
     for t in config.trunks:
         if t.password_env:
             env[t.password_env] = "stack-trunk-secret"
+    if config.outbound is not None and config.outbound.token_env:
+        env[config.outbound.token_env] = "stack-api-token"
     return env
 
 
