@@ -158,7 +158,7 @@ class App:
         ob = config.outbound
         self.outbound = OutboundService(
             config, ob, token=_secret(env, ob.token_env, "outbound.token_env") if ob.token_env else None,
-            esls=self.esls, metrics=self.metrics, log=logger.getChild("outbound"), accepting=lambda: self._accepting,
+            esls=self.esls, metrics=self.metrics, log=logger.getChild("outbound"), accepting=lambda: not self._draining,
         ) if ob is not None else None
         # The last poll of each switch (see _switch_status_loop): what, and when.
         self._switch: dict[str, dict[str, Any]] = {name: {} for name in self.esls}
