@@ -159,6 +159,7 @@ class App:
         self.outbound = OutboundService(
             config, ob, token=_secret(env, ob.token_env, "outbound.token_env") if ob.token_env else None,
             esls=self.esls, metrics=self.metrics, log=logger.getChild("outbound"), accepting=lambda: not self._draining,
+            over_limit=lambda name, ringing_route, ringing: self._over_limit(self.config.route(name), ringing_route, ringing),
         ) if ob is not None else None
         # The last poll of each switch (see _switch_status_loop): what, and when.
         self._switch: dict[str, dict[str, Any]] = {name: {} for name in self.esls}
@@ -543,14 +544,15 @@ class App:
         except EslError as exc:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop: %s", exc)
 
-    def _over_limit(self, route: Route) -> str | None:
+    def _over_limit(self, route: Route, ringing_route: int = 0, ringing: int = 0) -> str | None:
         """The fork-server guard: which max_calls a new call of ``route`` would pass, if any
-        (this process's calls; with --workers each worker guards its own share)."""
+        (this process's calls, and for a new outbound call those it has ringing; with
+        --workers each worker guards its own share)."""
         top = self.config.max_calls
-        if top is not None and len(self.calls) >= top:
+        if top is not None and len(self.calls) + ringing >= top:
             return f"limits.max_calls ({top})"
         if route.max_calls is not None:
-            n = sum(1 for c in self.calls.values() if c.session.settings.route == route.name)
+            n = sum(1 for c in self.calls.values() if c.session.settings.route == route.name) + ringing_route
             if n >= route.max_calls:
                 return f"routes[{route.name}].max_calls ({route.max_calls})"
         return None

@@ -58,6 +58,7 @@ def _error(status: int, message: str, field: str | None = None, extra: Mapping[s
 class OutboundService:
     def __init__(self, config: Config, settings: OutboundSettings, *, token: str | None, esls: Mapping[str, Any],
                  metrics: Metrics, log: logging.Logger, accepting: Callable[[], bool],
+                 over_limit: Callable[[str, int, int], str | None] = lambda route, ringing_route, ringing: None,
                  wall: Callable[[], float] = time.time) -> None:
         self.config = config
         self.settings = settings
@@ -66,6 +67,8 @@ class OutboundService:
         self.metrics = metrics
         self.log = log
         self._accepting = accepting
+        # (route, its calls ringing, all calls ringing) -> the max_calls a new call would pass, or None
+        self._over_limit = over_limit
         self._wall = wall
         self.book = CallBook()
         self._routes = {r.name for r in config.routes}
@@ -152,6 +155,12 @@ class OutboundService:
         if self.book.pending() >= self.settings.max_pending:
             self._refused("max_pending")
             return _error(429, f"{self.settings.max_pending} calls are ringing already (outbound.max_pending)", None,
+                          {"Retry-After": "1"})
+        ringing = [r for r in self.book.live.values() if r.status is Status.QUEUED]
+        over = self._over_limit(req.route, sum(1 for r in ringing if r.request.route == req.route), len(ringing))
+        if over:
+            self._refused("max_calls")
+            return _error(429, f"route {req.route} is at its {over} (its live and ringing calls)", "route",
                           {"Retry-After": "1"})
         if not self._bucket.take(loop.time()):
             self._refused("rate")

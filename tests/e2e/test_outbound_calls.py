@@ -214,3 +214,18 @@ async def test_a_draining_server_answers_503():
         code, _, doc = await post(s, {"to": CALLEE, "from": OURS, "route": "support"})
         assert code == 503 and "draining" in doc["error"]
         await drain
+
+
+async def test_a_route_at_its_max_calls_refuses_a_new_call():
+    base = _config()
+    routes = tuple(dataclasses.replace(r, max_calls=1) if r.name == "support" else r for r in base.routes)
+    async with Stack(dataclasses.replace(base, routes=routes)) as s:
+        s.switch.default_callee = "no-answer"
+        good = {"to": CALLEE, "from": OURS, "route": "support", "timeout": 30}
+        assert (await post(s, good))[0] == 202
+        code, _, doc = await post(s, good)  # one ringing already counts
+        assert code == 429 and doc["field"] == "route" and "max_calls (1)" in doc["error"]
+        assert (await post(s, {**good, "route": "sales"}))[0] == 202  # another route is not held
+        s.switch.originated[0].hangup("ORIGINATOR_CANCEL")
+        await until(lambda: s.app.outbound.book.pending() == 1, what="the first call to end")
+        assert (await post(s, good))[0] == 202
