@@ -229,3 +229,13 @@ async def test_a_route_at_its_max_calls_refuses_a_new_call():
         s.switch.originated[0].hangup("ORIGINATOR_CANCEL")
         await until(lambda: s.app.outbound.book.pending() == 1, what="the first call to end")
         assert (await post(s, good))[0] == 202
+
+
+async def test_the_asyncio_esl_client_originates_too():
+    async with Stack(esl="asyncio") as s:
+        s.switch.callees[CALLEE] = "busy"
+        code, _, doc = await post(s, {"to": CALLEE, "from": OURS, "route": "support"})
+        assert code == 202
+        doc = await final(s, doc["id"])
+        assert (doc["status"], doc["cause"]) == ("busy", "USER_BUSY")
+        assert any(c.startswith("bgapi originate") for c in s.esl.commands)
