@@ -25,7 +25,7 @@ from typing import Any, Callable, Final, Mapping
 from fs_dialplan.model import Config, OutboundSettings
 
 from .. import esl_messages as em
-from ..errors import EslError
+from ..errors import EslError, EslLostInFlight
 from ..metrics import Metrics
 from .originate import originate_args
 from .request import RequestError, parse_request
@@ -59,7 +59,8 @@ class OutboundService:
     def __init__(self, config: Config, settings: OutboundSettings, *, token: str | None, esls: Mapping[str, Any],
                  metrics: Metrics, log: logging.Logger, accepting: Callable[[], bool],
                  over_limit: Callable[[str, int, int], str | None] = lambda route, ringing_route, ringing: None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, job_margin_s: float = JOB_MARGIN_S,
+                 gone_check_s: float = GONE_CHECK_S, watchdog_interval_s: float = 1.0) -> None:
         self.config = config
         self.settings = settings
         self._token = token
@@ -70,6 +71,7 @@ class OutboundService:
         # (route, its calls ringing, all calls ringing) -> the max_calls a new call would pass, or None
         self._over_limit = over_limit
         self._wall = wall
+        self.job_margin_s, self.gone_check_s, self.watchdog_interval_s = job_margin_s, gone_check_s, watchdog_interval_s
         self.book = CallBook()
         self._routes = {r.name for r in config.routes}
         self._trunks = {t.name for t in config.trunks}
@@ -90,7 +92,7 @@ class OutboundService:
         self._bucket = TokenBucket(self.settings.calls_per_second, self.settings.burst, loop.time())
         if self.webhook is not None:
             self.webhook.start()
-        self._spawn(self._watchdog())
+        self._spawn(self._watchdog(self.watchdog_interval_s))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -169,7 +171,7 @@ class OutboundService:
         call_id, job = str(uuidlib.uuid4()), str(uuidlib.uuid4())
         record = CallRecord(id=call_id, request=req, switch=switch, created=round(self._wall(), 3), job=job)
         self.book.add(record)
-        self._deadlines[call_id] = loop.time() + req.timeout_s + JOB_MARGIN_S
+        self._deadlines[call_id] = loop.time() + req.timeout_s + self.job_margin_s
         self.log.info("< POST /v1/calls %s: to %s from %s via %s into route %s on %s, ring %d s", call_id, mask(req.to),
                       mask(req.from_), req.trunk, req.route, switch, req.timeout_s)
         self._changed(record)
@@ -201,6 +203,9 @@ class OutboundService:
         try:
             await self.esls[record.switch].bgapi("originate " + args, record.job)
             self.log.info("> bgapi originate %s (job %s)", record.id, record.job)
+        except EslLostInFlight as exc:
+            # It may have reached the switch: its job event decides, or the watchdog.
+            self.log.warning("> bgapi originate %s: %s; waiting for its job's event", record.id, exc)
         except EslError as exc:
             self.log.error("> bgapi originate %s: %s", record.id, exc)
             self._apply(record.id, Failed("ORIGINATE_NOT_SENT"))
@@ -274,10 +279,10 @@ class OutboundService:
                 if record is None or record.status is not Status.QUEUED:
                     self._deadlines.pop(call_id, None)
                 elif now > deadline:
-                    self.log.error("outbound %s: no result from the switch %.0f s after its ring time", call_id, JOB_MARGIN_S)
+                    self.log.error("outbound %s: no result from the switch %.0f s after its ring time", call_id, self.job_margin_s)
                     self._apply(call_id, Failed("NO_JOB_RESULT"))
             for call_id, gone in list(self._fork_gone.items()):
-                if now - gone >= GONE_CHECK_S:
+                if now - gone >= self.gone_check_s:
                     self._fork_gone.pop(call_id, None)
                     self._spawn(self._check_gone(call_id))
 
@@ -288,7 +293,9 @@ class OutboundService:
         try:
             exists = (await self.esls[record.switch].api(f"uuid_exists {call_id}")).strip()
         except EslError as exc:
-            self.log.warning("> uuid_exists %s: %s", call_id, exc)
+            self.log.warning("> uuid_exists %s: %s; asking again later", call_id, exc)
+            if call_id in self.book.live:
+                self._fork_gone[call_id] = asyncio.get_running_loop().time()
             return
         if exists == "false":
             self._apply(call_id, Ended("UNKNOWN"))

@@ -102,8 +102,9 @@ class CallRecord:
             return replace(self, status=outcome(event.cause), cause=event.cause, ended=now)
         if target is Status.ANSWERED:
             return replace(self, status=Status.ANSWERED, answered=now)
-        assert isinstance(event, Ended)
-        return replace(self, status=Status.COMPLETED, cause=event.cause, ended=now)
+        assert isinstance(event, Ended)  # (queued: a call answered and ended before its job's +OK came)
+        return replace(self, status=Status.COMPLETED, cause=event.cause, ended=now,
+                       answered=self.answered if self.answered is not None else now)
 
     def to_json(self) -> dict[str, Any]:
         r = self.request
