@@ -534,7 +534,7 @@ class EmulatedSwitch:
 
     # ------------------------------------------------------------ originate (bgapi)
 
-    def bgapi(self, command: str, args: str = "") -> "str | asyncio.Future[str] | typing.Coroutine":
+    def bgapi(self, command: str, args: str = "") -> "str | typing.Coroutine[object, object, str]":
         """A bgapi job: ``originate`` runs for the ring time (a coroutine the ESL server awaits),
         anything else as ``api``."""
         if command == "originate":
