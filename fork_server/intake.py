@@ -98,6 +98,7 @@ class ForkConnection(WsConnection):
         self._answered = False
         self._first = True
         self._rest: twilio_rest.RequestReader | None = None
+        self._api_request = False  # the POST is to /v1/ (outbound calls), not Twilio's REST
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -112,6 +113,7 @@ class ForkConnection(WsConnection):
             self._first = False
             if data[:1] == b"P" and (self.server.rest_answer is not None or self.server.api_answer is not None):
                 self._rest = twilio_rest.RequestReader()
+                self._api_request = data.startswith(b"POST /v1/")
         if self._rest is not None:
             self._rest_data(data)
             return
@@ -123,8 +125,11 @@ class ForkConnection(WsConnection):
         try:
             request = self._rest.feed(data)  # type: ignore[union-attr]
         except twilio_rest.RestError as exc:
-            reply = twilio_rest.encode_response(400, {"code": None, "message": str(exc), "more_info": None,
-                                                      "status": 400}, {})
+            if self._api_request:  # /v1/calls answers in its own shape; a body over the reader's bound is 413
+                reply = twilio_rest.encode_response(413 if "over" in str(exc) else 400, {"error": str(exc)}, {})
+            else:
+                reply = twilio_rest.encode_response(400, {"code": None, "message": str(exc), "more_info": None,
+                                                          "status": 400}, {})
         else:
             if request is None:
                 return

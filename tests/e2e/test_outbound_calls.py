@@ -173,7 +173,7 @@ async def test_api_refusals():
         code, _, _ = await s.http("POST", "/v1/calls", b"to=1", {**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
         assert code == 415
         code, _, _ = await s.http("POST", "/v1/calls", b"{" + b" " * 20000 + b"}", AUTH)
-        assert code == 400  # over the request reader's 16 KiB: refused before it is read whole
+        assert code == 413  # over the request reader's 16 KiB: refused before it is read whole
         ids = []
         for _ in range(2):
             code, _, doc = await post(s, good)
