@@ -235,13 +235,31 @@ class App:
         await self.intake.close()
         if self.outbound is not None:
             await self.outbound.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._cancel_background()
         for esl in self.esls.values():
             await esl.close()
         if self.recordings is not None:
             self.recordings.close()
+
+    async def _cancel_background(self, attempts: int = 10) -> None:
+        """Cancel the app's own tasks (pollers, sweeps, fallbacks of calls already gone) and wait
+        for them. A task that swallows its cancel is cancelled again each second, then left with
+        an error line: stop() must end. (Python 3.11's wait_for lost a cancel that arrived in the
+        same loop turn as its result; the status poller then polled on and a test's teardown
+        waited for it for ever. The client code now uses asyncio.timeout, which does not.)"""
+        for _ in range(attempts):
+            pending = [t for t in self._background if not t.done()]
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            _, still = await asyncio.wait(pending, timeout=1.0)
+            if still:
+                self.log.warning("stop: %d background tasks ignored their cancel (%s); cancelling again",
+                                 len(still), ", ".join(sorted(t.get_name() for t in still)))
+        left = [t.get_name() for t in self._background if not t.done()]
+        if left:
+            self.log.error("stop: background tasks still running after %d cancels: %s", attempts, ", ".join(sorted(left)))
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT, then drain and stop."""
@@ -290,7 +308,8 @@ class App:
         intake = ForkIntake(expected_route=route.name, max_metadata_bytes=self.config.fork_server.max_metadata_bytes)
         peer = ws.remote_address
         try:
-            first = await asyncio.wait_for(ws.recv(), _METADATA_TIMEOUT_S)
+            async with asyncio.timeout(_METADATA_TIMEOUT_S):
+                first = await ws.recv()
             if isinstance(first, bytes):
                 raise ForkProtocolError("audio before the metadata text frame")
             meta = next(ev for ev in intake.receive_text(first) if isinstance(ev, ForkMetadata))
@@ -532,7 +551,7 @@ class App:
             task.add_done_callback(self._background.discard)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro, name=getattr(coro, "__qualname__", None))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

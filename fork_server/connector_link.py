@@ -97,8 +97,8 @@ class ConnectorLink:
         """Connect within the timeout; raises ConnectorProtocolError on any failure."""
         d = self._make_dialect()  # a fresh one per connection: a new leg starts a new stream
         try:
-            self._ws = await asyncio.wait_for(
-                connect(
+            async with asyncio.timeout(self._connect_timeout):
+                self._ws = await connect(
                     self.url,
                     additional_headers=self._headers,
                     subprotocols=[d.subprotocol] if d.subprotocol else None,  # no compression, no proxy
@@ -108,9 +108,7 @@ class ConnectorLink:
                     close_timeout=2,
                     max_size=d.max_message_bytes + 16,
                     user_agent_header="voicefork",
-                ),
-                self._connect_timeout,
-            )
+                )
         except asyncio.CancelledError:
             raise
         except TimeoutError as exc:
@@ -305,7 +303,8 @@ class ConnectorLink:
         if not tasks:
             return
         try:
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 3)
+            async with asyncio.timeout(3):
+                await asyncio.gather(*tasks, return_exceptions=True)
         except TimeoutError:
             for t in tasks:
                 t.cancel()

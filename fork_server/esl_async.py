@@ -208,10 +208,10 @@ class _Keeper:
                 attempt += 1
                 continue
             if self._stopping:
-                # close() ran while this link was being opened, and its cancel was lost (3.11's
-                # wait_for returns a result that arrives with the cancel): the link is ours to close.
-                # Without this, close() waited for ever on a link nobody would close (1 run in 3
-                # of the hostile Content-Length test under load).
+                # close() ran while this link was being opened (its cancel lost, as 3.11's wait_for
+                # lost one that came with a result, before _open used asyncio.timeout): the link
+                # is ours to close. Without this, close() waited for ever on a link nobody would
+                # close (1 run in 3 of the hostile Content-Length test under load).
                 if link.transport is not None:
                     link.transport.close()
                 return
@@ -228,12 +228,16 @@ class _Keeper:
         loop = asyncio.get_running_loop()
         link: _Link | None = None
         try:
-            _, link = await asyncio.wait_for(loop.create_connection(lambda: _Link(self), *self._addr), self.timeout)
-            if not await asyncio.wait_for(asyncio.shield(link.authed), self.timeout):
+            async with asyncio.timeout(self.timeout):
+                _, link = await loop.create_connection(lambda: _Link(self), *self._addr)
+            async with asyncio.timeout(self.timeout):
+                authed = await asyncio.shield(link.authed)
+            if not authed:
                 link.transport.close()  # type: ignore[union-attr]
                 return None
             for text, what in self._setup():
-                await asyncio.wait_for(link.send(text, what), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await link.send(text, what)
             return link
         except (OSError, TimeoutError, EslUnavailable):
             if link is not None and link.transport is not None:
@@ -381,13 +385,15 @@ class AsyncEslClient:
                 if left <= 0 or self._stopping:
                     raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})")
                 try:
-                    await asyncio.wait_for(self._cmd_up.wait(), left)
+                    async with asyncio.timeout(left):
+                        await self._cmd_up.wait()
                 except TimeoutError:
                     raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({what})") from None
             link = self._commands.link
             fut = link.send(text, what)
             try:
-                return await asyncio.wait_for(fut, max(deadline - loop.time(), 0.001))
+                async with asyncio.timeout_at(deadline):
+                    return await fut
             except TimeoutError:
                 # Its reply may still come and would be matched to the next command: drop the link.
                 if link.transport is not None:

@@ -212,7 +212,8 @@ class EslClient:
         except queue.Full:
             raise EslUnavailable("command queue full") from None
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), self.command_timeout)
+            async with asyncio.timeout(self.command_timeout):
+                return await asyncio.wrap_future(fut)
         except TimeoutError:
             fut.cancel()
             raise EslUnavailable(f"no answer within {self.command_timeout:.1f} s ({kind})") from None

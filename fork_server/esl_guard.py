@@ -81,8 +81,11 @@ class EslGuard:
         loop = asyncio.get_running_loop()
         link: _Link | None = None
         try:
-            _, link = await asyncio.wait_for(loop.create_connection(lambda: _Link(self), *self._addr), self.timeout)
-            if not await asyncio.wait_for(asyncio.shield(link.authed), self.timeout) or self._closing:
+            async with asyncio.timeout(self.timeout):
+                _, link = await loop.create_connection(lambda: _Link(self), *self._addr)
+            async with asyncio.timeout(self.timeout):
+                authed = await asyncio.shield(link.authed)
+            if not authed or self._closing:
                 link.close()
                 return None
             return link.attach()

@@ -310,7 +310,8 @@ class WsConnection(asyncio.Protocol):
     async def _wait_closed_then_raise(self) -> None:
         # websockets' send() on a closing connection waits for the close, then raises.
         try:
-            await asyncio.wait_for(asyncio.shield(self._closed), self.close_timeout + 1)
+            async with asyncio.timeout(self.close_timeout + 1):
+                await asyncio.shield(self._closed)
         except TimeoutError:
             self.abort()
         raise self._close_exc()
@@ -634,5 +635,6 @@ async def connect(
             raise
         return conn
 
-    return await asyncio.wait_for(_open(), open_timeout)
+    async with asyncio.timeout(open_timeout):
+        return await _open()
 

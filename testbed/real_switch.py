@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import signal
 import socket
 import dataclasses
@@ -288,12 +289,18 @@ class RealSwitch:
     def log_file(self) -> Path:
         return self.workdir / "log" / "freeswitch.log"
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 1.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``. A throwaway switch has nothing to save, and
+        a clean exit takes 5.4-6.9 s on this box: the drachtio mod_audio_fork's shutdown sleeps
+        2 s (AudioPipe::deinitialize, audio_pipe.cpp:488, seen with gdb) before libwebsockets'
+        teardown; ~30 real-switch tests spent ~3 minutes on it. Its log ends ~0.4 s after the
+        SIGTERM, so a second keeps everything the switch writes."""
         if self.proc is None or self.proc.returncode is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.proc.wait(), 15)
+            async with asyncio.timeout(grace_s):
+                await self.proc.wait()
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
@@ -366,6 +373,34 @@ class RealStack:
 
     async def place_call(self, destination: str, number: str = "+15550001111", name: str = "Test Caller"):  # type: ignore[no-untyped-def]
         return await self.caller.place_call(destination, number, name)
+
+    async def wait_call(self, key: str | int, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+        """The connector's call ``key`` (see ConnectorServer.wait_call); if it does not come, an
+        error that says what the switch and the fork server saw meanwhile (a real-switch test
+        once failed with only "no call 0 within 10 s", 1 run in ~10, cause not found)."""
+        try:
+            return await self.connector.wait_call(key, timeout=timeout)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; {self.what_happened()}") from None
+
+    def what_happened(self, lines: int = 20) -> str:
+        """The switch's log lines about forks, errors and warnings (the last ``lines``), and the
+        fork server's live calls and refusals: for an error message CI shows."""
+        seen = []
+        if self.switch is not None:
+            try:
+                text = self.switch.log_file.read_text(errors="replace").splitlines()
+            except OSError:
+                text = []
+            keep = ("audio_fork", "[ERR]", "[WARNING]", "[CRIT]", "New Channel", "Hangup", "EXECUTE")
+            seen = [re.sub(r"^[0-9a-f-]{36} ", "", line)[:300] for line in text
+                    if any(k in line for k in keep) and "SQL ERR" not in line][-lines:]
+        app = ""
+        if self.app is not None:
+            scrape = self.app.metrics.render().decode().splitlines()
+            refused = [line for line in scrape if line.startswith(("voicefork_fork_rejected_total", "voicefork_errors_total"))]
+            app = f"fork server: calls {sorted(self.app.calls)}, {refused or 'no refusals or errors'}"
+        return f"{app}; the switch's log: " + " | ".join(seen)
 
     def point_connector(self, name: str, url: str) -> None:
         """Send connector ``name``'s calls to ``url`` from now on (a bot that needs the fork

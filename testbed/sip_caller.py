@@ -445,7 +445,8 @@ class SipCallee(SipCall):
         self._sender.start()
         for _ in range(6):  # RFC 3261 13.3.1.4: the 200 again until the ACK comes
             try:
-                await asyncio.wait_for(self.acked.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await self.acked.wait()
                 return
             except TimeoutError:
                 if self.hungup.is_set():

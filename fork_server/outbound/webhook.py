@@ -84,7 +84,10 @@ class WebhookSender:
             doc = await self._queue.get()
             for attempt in range(self.retries + 1):
                 try:
-                    status = await asyncio.wait_for(self._send(doc), self.timeout_s)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancel (close()) that
+                    # lands in the loop turn its result does, and this loop would post on.
+                    async with asyncio.timeout(self.timeout_s):
+                        status = await self._send(doc)
                 except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                     status, why = None, f"{type(exc).__name__}: {exc}"
                 else:

@@ -572,7 +572,8 @@ class EmulatedSwitch:
         timeout_s = float(variables.get("originate_timeout", "60") or 60)
         ring_s = timeout_s if behaviour == "no-answer" else self.ring_ms / 1000
         try:  # a leg killed while it rings (uuid_kill) ends the originate at once, with its cause
-            await asyncio.wait_for(ch.hungup.wait(), ring_s)
+            async with asyncio.timeout(ring_s):
+                await ch.hungup.wait()
         except TimeoutError:
             pass
         cause = "NO_ANSWER" if behaviour == "no-answer" else {"answer": "", "busy": "USER_BUSY"}.get(behaviour, behaviour)

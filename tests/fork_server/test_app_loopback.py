@@ -195,3 +195,24 @@ async def test_barge_in_breaks_playback_and_reports_marks_cleared(stack):
     await fork.close()
     await record.wait_stopped(timeout=5)
     assert record.stop_reason == "hangup" and record.violations == []
+
+
+async def test_stop_ends_even_when_a_background_task_swallows_its_cancel(stack, caplog):
+    # A lost cancel (Python 3.11's wait_for, fixed at the source with asyncio.timeout) kept the
+    # status poller polling, and stop() waited for it for ever. stop() cancels again.
+    app, *_ = stack
+    cancels = []
+
+    async def stubborn():
+        while len(cancels) < 2:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels.append(1)  # swallowed, as a lost cancel looks from outside
+        await asyncio.sleep(3600)
+
+    app._spawn(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(app.stop(), 10)
+    assert len(cancels) == 2 and not app._background
+    assert "ignored their cancel (test_stop_ends_even_when_a_background_task_swallows_its_cancel.<locals>.stubborn)" in caplog.text

@@ -95,7 +95,7 @@ async def test_answered_call_the_connector_hears_the_callee_and_the_callee_hears
         leg = await o.callee.wait_incoming(0)
         t_invite = time.monotonic()
         assert leg.dialled == CALLEE
-        record = await s.connector.wait_call(0, timeout=15)
+        record = await s.wait_call(0, timeout=15)
         t_start = time.monotonic()
         c = record.start["call"]
         assert (c["uuid"], c["route"], c["direction"], c["from"], c["to"]) == (call_id, "sales", "outbound", OURS, CALLEE)

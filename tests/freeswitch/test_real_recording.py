@@ -67,7 +67,7 @@ def as_carried(clip):
 async def test_recording_has_the_caller_left_and_the_bot_right():
     async with RealStack(BIN, connector_options=bot()) as s:
         call = await s.place_call(SALES, "+15550001111", "Eve")
-        record = await s.connector.wait_call(0, timeout=10)
+        record = await s.wait_call(0, timeout=10)
         said = as_carried(CALLER_QUESTION)
         call.say(said)
         await record.wait_mark("end", timeout=30)
@@ -108,7 +108,7 @@ async def test_recording_has_the_caller_left_and_the_bot_right():
 async def test_recording_survives_a_fork_server_restart_mid_call():
     async with RealStack(BIN, connector_options=bot(answer_delay_ms=60_000)) as s:
         call = await s.place_call(SALES)
-        record = await s.connector.wait_call(0, timeout=10)
+        record = await s.wait_call(0, timeout=10)
         first, second = as_carried(CALLER_QUESTION), as_carried(CALLER_BARGEIN)
         call.say(first)
         await until(lambda: not call.speaking, timeout=20, what="the first clip")

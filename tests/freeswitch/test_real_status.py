@@ -31,7 +31,7 @@ async def get(port, path):
 async def test_status_endpoints_on_a_real_switch():
     async with RealStack(BIN, connector_options={"answer_delay_ms": 60_000}) as s:
         call = await s.place_call(SALES)
-        record = await s.connector.wait_call(0, timeout=10)
+        record = await s.wait_call(0, timeout=10)
         uuid = record.start["call"]["uuid"]
         print("real `status` reply:\n" + await s.app.esl.api("status"))
         end = time.monotonic() + 8

