@@ -142,7 +142,9 @@ async def test_busy_and_no_answer_with_the_switchs_causes():
         print(f"real FreeSWITCH outbound no-answer: {ring['status']} ({ring['cause']}) "
               f"{ring['ended'] - ring['created']:.2f} s after the POST (timeout 5 s)")
         assert (ring["status"], ring["cause"]) == ("no-answer", "NO_ANSWER")
-        assert 4.5 <= ring["ended"] - ring["created"] <= 9
+        # switch_ivr_originate measures the ring on a whole-second clock (switch_epoch_time_now), so
+        # it ends up to about a second off the timeout (seen: 4.68 and 4.98 s of 5 s).
+        assert 4.0 <= ring["ended"] - ring["created"] <= 9
         ringing = [leg for leg in o.callee.incoming if leg.dialled == "+15551230001"]
         assert ringing and ringing[0].cancelled  # the switch CANCELled the ringing INVITE
         assert o.s.connector.calls == {} and time.monotonic() - t0 < 15
