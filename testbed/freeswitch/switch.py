@@ -38,6 +38,14 @@ the call's own), where the rendered dialplan runs again (an extension it does no
 test sees ``transferred_to``). The count comes back when the channel hangs up or goes back to
 routing, i.e. on any transfer (switch_limit.c limit_state_handler, without
 ``limit_ignore_transfer``).
+
+``bgapi originate {vars}sofia/gateway/<gw>/<number> <exten> XML <context>`` (outbound calls) is
+emulated as a real 1.10.12 did it (tests/freeswitch/test_outbound_real.py): a test says what each
+callee does (``callees[number]``, else ``default_callee``: "answer", "busy", "no-answer" or a
+cause) after ``ring_ms``; the leg (``originated``) is a :class:`Channel` with
+``direction="outbound"`` whose far end is the callee; answered, it runs ``<exten>`` of the
+rendered ``<context>`` (``load_dialplan(path, context=...)``); ``gateways`` are the sofia
+gateways the switch has (another is ``-ERR INVALID_GATEWAY``).
 """
 
 from __future__ import annotations
