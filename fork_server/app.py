@@ -47,8 +47,11 @@ SUBSCRIBED_EVENTS = [
     "DTMF",
     "CHANNEL_HANGUP_COMPLETE",
     # Outbound calls: the originate's outcome (+OK <uuid> | -ERR <CAUSE>); fired to every
-    # connection subscribed to it, ours being the event connection (seen on 1.10.12).
+    # connection subscribed to it, ours being the event connection (seen on 1.10.12). And the
+    # callee's ringing (a 180) on the leg, which carries voicefork_route from the originate;
+    # an inbound call of ours is answered without one, so it sends none.
     "BACKGROUND_JOB",
+    "CHANNEL_PROGRESS",
     "CUSTOM",
     "mod_audio_fork::connect",
     "mod_audio_fork::connect_failed",
@@ -530,6 +533,10 @@ class App:
             # REF "Close": after a server-side close the bug stays attached and the next start
             # on the channel fails until `stop` is run; so it is run, whatever the call's state.
             self._spawn(self._detach_fork(event.uuid, self.esls[switch]))
+        if isinstance(event, em.Progress):  # only outbound legs ring; no call session takes it
+            if self.outbound is not None:
+                self.outbound.on_event(event)
+            return
         if self.outbound is not None and isinstance(event, (em.BackgroundJob, em.HangupComplete)):
             self.outbound.on_event(event)
             if isinstance(event, em.BackgroundJob):

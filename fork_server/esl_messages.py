@@ -40,6 +40,7 @@ __all__ = [
     "HangupComplete",
     "ForkEvent",
     "BackgroundJob",
+    "Progress",
     "bgapi_text",
     "parse_event",
     "parse_plain",
@@ -197,6 +198,11 @@ class HangupComplete(EslEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class Progress(EslEvent):
+    """CHANNEL_PROGRESS: the far end of a leg we originated rings (a 180)."""
+
+
+@dataclass(frozen=True, slots=True)
 class BackgroundJob(EslEvent):
     """BACKGROUND_JOB: ``uuid`` is the job's (the Job-UUID the bgapi gave), ``body`` its output
     (``+OK <uuid>`` or ``-ERR <CAUSE>`` for originate; cut to 256 characters)."""
@@ -313,6 +319,8 @@ def _parse(headers: Mapping[str, str], body: str | None) -> EslEvent | None:
         # FreeSWITCH reports DTMF-Duration in samples at 8 kHz.
         samples = _int(headers.get("DTMF-Duration")) or 0
         return Dtmf(uuid, route, digit, max(0, samples) // 8)
+    if name == "CHANNEL_PROGRESS":
+        return Progress(uuid, route)
     if name == "CHANNEL_HANGUP_COMPLETE":
         return HangupComplete(uuid, route, _field(headers, "Hangup-Cause"),
                               _field(headers, "Caller-Channel-Answered-Time") not in ("", "0"))

@@ -28,7 +28,7 @@ from ..errors import EslError, EslLostInFlight
 from ..metrics import Metrics
 from .originate import originate_args
 from .request import RequestError, parse_request
-from .status import FINISHED, Answered, CallBook, CallRecord, Ended, Failed, Status, TokenBucket
+from .status import FINISHED, RINGING_OR_QUEUED, Answered, CallBook, CallRecord, Ended, Failed, Ringing, Status, TokenBucket
 from .webhook import WebhookSender
 
 __all__ = ["OutboundService", "API_PREFIX", "mask"]
@@ -157,7 +157,7 @@ class OutboundService:
             self._refused("max_pending")
             return _error(429, f"{self.settings.max_pending} calls are ringing already (outbound.max_pending)", None,
                           {"Retry-After": "1"})
-        ringing = [r for r in self.book.live.values() if r.status is Status.QUEUED]
+        ringing = [r for r in self.book.live.values() if r.status in RINGING_OR_QUEUED]
         over = self._over_limit(req.route, sum(1 for r in ringing if r.request.route == req.route), len(ringing))
         if over:
             self._refused("max_calls")
@@ -213,7 +213,7 @@ class OutboundService:
         """Would :meth:`on_event` act on it? (dict lookups only: asked for every event)"""
         if isinstance(event, em.BackgroundJob):
             return self.book.by_job(event.uuid) is not None
-        return isinstance(event, em.HangupComplete) and event.uuid in self.book.live
+        return isinstance(event, (em.HangupComplete, em.Progress)) and event.uuid in self.book.live
 
     def on_event(self, event: Any) -> None:
         if isinstance(event, em.BackgroundJob):
@@ -226,6 +226,9 @@ class OutboundService:
             else:
                 cause = rest.strip().split(" ", 1)[0] if word == "-ERR" else ""
                 self._apply(record.id, Failed(cause if _CAUSE.fullmatch(cause) else "UNKNOWN"))
+        elif isinstance(event, em.Progress):
+            if event.uuid in self.book.live:
+                self._apply(event.uuid, Ringing())
         elif isinstance(event, em.HangupComplete):
             record = self.book.live.get(event.uuid)
             # An originated leg that never answered also hangs up (with the cause its job
@@ -245,7 +248,7 @@ class OutboundService:
         if uuid in self.book.live:
             self._fork_gone[uuid] = asyncio.get_running_loop().time()
 
-    def _apply(self, call_id: str, event: Answered | Failed | Ended) -> None:
+    def _apply(self, call_id: str, event: Ringing | Answered | Failed | Ended) -> None:
         result = self.book.apply(call_id, event, round(self._wall(), 3))
         if result is None or not result[1]:
             return
@@ -253,7 +256,7 @@ class OutboundService:
 
     def _changed(self, record: CallRecord) -> None:
         r = record.request
-        if record.status is not Status.QUEUED:
+        if record.status not in RINGING_OR_QUEUED:
             self.metrics.originates.labels(record.status.value).inc()
         if record.status in FINISHED:
             self._deadlines.pop(record.id, None)
@@ -275,7 +278,7 @@ class OutboundService:
             now = loop.time()
             for call_id, deadline in list(self._deadlines.items()):
                 record = self.book.live.get(call_id)
-                if record is None or record.status is not Status.QUEUED:
+                if record is None or record.status not in RINGING_OR_QUEUED:
                     self._deadlines.pop(call_id, None)
                 elif now > deadline:
                     self.log.error("outbound %s: no result from the switch %.0f s after its ring time", call_id, self.job_margin_s)

@@ -3,11 +3,12 @@ rate limit and the bounded book of calls (sans-I/O: time comes in as numbers).
 
 ::
 
-    queued ──Answered──▶ answered ──Ended──▶ completed
-      │
-      └──Failed(cause)──▶ busy | no-answer | failed     (outcome(cause))
+    queued ──Ringing──▶ ringing ──Answered──▶ answered ──Ended──▶ completed
+      │                   │
+      └───────────────────┴──Failed(cause)──▶ busy | no-answer | failed     (outcome(cause))
 
-``Answered`` comes from the originate's BACKGROUND_JOB (``+OK``) or from the call's fork,
+``Ringing`` comes from the leg's CHANNEL_PROGRESS (the callee's 180; a callee that answers or
+refuses at once never rings); ``Answered`` comes from the originate's BACKGROUND_JOB (``+OK``) or from the call's fork,
 whichever is first; ``Failed`` from ``-ERR <CAUSE>`` (or an originate the switch never took);
 ``Ended`` from the leg's CHANNEL_HANGUP_COMPLETE. A finished call ignores everything after.
 """
@@ -22,12 +23,13 @@ from typing import Any, Final, Mapping
 from ..errors import InvalidTransition
 from .request import CallRequest
 
-__all__ = ["Status", "Answered", "Failed", "Ended", "TRANSITIONS", "outcome", "CallRecord", "TokenBucket",
-           "CallBook", "FINISHED"]
+__all__ = ["Status", "Ringing", "Answered", "Failed", "Ended", "TRANSITIONS", "outcome", "CallRecord", "TokenBucket",
+           "CallBook", "FINISHED", "RINGING_OR_QUEUED"]
 
 
 class Status(enum.Enum):
     QUEUED = "queued"
+    RINGING = "ringing"
     ANSWERED = "answered"
     COMPLETED = "completed"
     BUSY = "busy"
@@ -36,6 +38,11 @@ class Status(enum.Enum):
 
 
 FINISHED: Final = frozenset({Status.COMPLETED, Status.BUSY, Status.NO_ANSWER, Status.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class Ringing:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +64,12 @@ _OUTCOME: Final = object()  # the target of Failed: outcome(cause)
 _STAY: Final = object()  # nothing changes
 
 TRANSITIONS: Final[Mapping[Status, Mapping[type, Any]]] = {
-    Status.QUEUED: {Answered: Status.ANSWERED, Failed: _OUTCOME, Ended: Status.COMPLETED},
-    Status.ANSWERED: {Answered: _STAY, Failed: _STAY, Ended: Status.COMPLETED},
-    **{s: {Answered: _STAY, Failed: _STAY, Ended: _STAY} for s in FINISHED},
+    Status.QUEUED: {Ringing: Status.RINGING, Answered: Status.ANSWERED, Failed: _OUTCOME, Ended: Status.COMPLETED},
+    Status.RINGING: {Ringing: _STAY, Answered: Status.ANSWERED, Failed: _OUTCOME, Ended: Status.COMPLETED},
+    Status.ANSWERED: {Ringing: _STAY, Answered: _STAY, Failed: _STAY, Ended: Status.COMPLETED},
+    **{s: {Ringing: _STAY, Answered: _STAY, Failed: _STAY, Ended: _STAY} for s in FINISHED},
 }
+RINGING_OR_QUEUED: Final = frozenset({Status.QUEUED, Status.RINGING})  # not answered yet: pending
 
 # USER_BUSY is the callee's 486 (or 600); a ring that runs out is NO_ANSWER (originate_timeout)
 # or NO_USER_RESPONSE (a 408 from the far end); the rest is a failure with its cause.
@@ -90,7 +99,7 @@ class CallRecord:
     ended: float | None = None
     job: str = ""  # the bgapi Job-UUID
 
-    def handle(self, event: Answered | Failed | Ended, now: float) -> "CallRecord":
+    def handle(self, event: Ringing | Answered | Failed | Ended, now: float) -> "CallRecord":
         """The record after ``event`` (itself when nothing changes)."""
         target = TRANSITIONS[self.status].get(type(event))
         if target is None:
@@ -100,6 +109,8 @@ class CallRecord:
         if target is _OUTCOME:
             assert isinstance(event, Failed)
             return replace(self, status=outcome(event.cause), cause=event.cause, ended=now)
+        if target is Status.RINGING:
+            return replace(self, status=Status.RINGING)
         if target is Status.ANSWERED:
             return replace(self, status=Status.ANSWERED, answered=now)
         assert isinstance(event, Ended)  # (queued: a call answered and ended before its job's +OK came)
@@ -151,7 +162,7 @@ class CallBook:
             self._by_job[record.job] = record.id
 
     def pending(self) -> int:
-        return sum(1 for r in self.live.values() if r.status is Status.QUEUED)
+        return sum(1 for r in self.live.values() if r.status in RINGING_OR_QUEUED)
 
     def get(self, call_id: str) -> CallRecord | None:
         return self.live.get(call_id) or self.finished.get(call_id)
@@ -160,7 +171,7 @@ class CallBook:
         call_id = self._by_job.get(job)
         return self.live.get(call_id) if call_id is not None else None
 
-    def apply(self, call_id: str, event: Answered | Failed | Ended, now: float) -> tuple[CallRecord, bool] | None:
+    def apply(self, call_id: str, event: Ringing | Answered | Failed | Ended, now: float) -> tuple[CallRecord, bool] | None:
         """Feed one event to a live call: (its record now, whether it changed), or None when no
         live call has that id."""
         old = self.live.get(call_id)

@@ -42,7 +42,7 @@ routing, i.e. on any transfer (switch_limit.c limit_state_handler, without
 ``bgapi originate {vars}sofia/gateway/<gw>/<number> <exten> XML <context>`` (outbound calls) is
 emulated as a real 1.10.12 did it (tests/freeswitch/test_outbound_real.py): a test says what each
 callee does (``callees[number]``, else ``default_callee``: "answer", "busy", "no-answer" or a
-cause) after ``ring_ms``; the leg (``originated``) is a :class:`Channel` with
+cause) after ``ring_ms``, the ringing ones with a CHANNEL_PROGRESS first; the leg (``originated``) is a :class:`Channel` with
 ``direction="outbound"`` whose far end is the callee; answered, it runs ``<exten>`` of the
 rendered ``<context>`` (``load_dialplan(path, context=...)``); ``gateways`` are the sofia
 gateways the switch has (another is ``-ERR INVALID_GATEWAY``).
@@ -578,6 +578,8 @@ class EmulatedSwitch:
         self._emit("CHANNEL_CREATE", ch)
         behaviour = self.callees.get(number, self.default_callee)
         timeout_s = float(variables.get("originate_timeout", "60") or 60)
+        if behaviour in ("answer", "no-answer"):  # the callee's 180 (a busy one answers 486 at once)
+            self._emit("CHANNEL_PROGRESS", ch)
         ring_s = timeout_s if behaviour == "no-answer" else self.ring_ms / 1000
         try:  # a leg killed while it rings (uuid_kill) ends the originate at once, with its cause
             async with asyncio.timeout(ring_s):

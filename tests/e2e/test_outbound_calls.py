@@ -45,9 +45,15 @@ async def final(s, call_id, timeout=10.0):
 
     async def done():
         out.update((await status_of(s, call_id))[1])
-        return out["status"] not in ("queued", "answered")
+        return out["status"] not in ("queued", "ringing", "answered")
     await until(done, timeout, f"call {call_id} to finish")
     return out
+
+
+async def status_becomes(s, call_id, status, timeout=5.0):
+    async def reached():
+        return (await status_of(s, call_id))[1]["status"] == status
+    await until(reached, timeout, f"call {call_id} {status}")
 
 
 class Hook:
@@ -120,8 +126,8 @@ async def test_answered_call_forks_as_outbound_with_the_requests_metadata(hook):
         await record.wait_stopped(timeout=5)
         doc = await final(s, call_id)
         assert doc["status"] == "completed" and doc["cause"] == "NORMAL_CLEARING" and doc["duration_s"] > 0
-        await until(lambda: len(hook.statuses(call_id)) == 3, what="three webhook posts")
-        assert hook.statuses(call_id) == ["queued", "answered", "completed"]  # in order, the first one retried
+        await until(lambda: len(hook.statuses(call_id)) == 4, what="four webhook posts")
+        assert hook.statuses(call_id) == ["queued", "ringing", "answered", "completed"]  # in order, the first one retried
         assert hook.docs[-1]["metadata"]["lead"] == "L-42"
         metrics = (await s.http("GET", "/metrics"))[2].decode()
         assert 'voicefork_outbound_calls_total{outcome="answered"} 1.0' in metrics
@@ -139,6 +145,8 @@ async def test_calls_that_are_not_answered(callee, status, cause):
         s.switch.callees[CALLEE] = callee
         code, _, doc = await post(s, {"to": CALLEE, "from": OURS, "route": "support", "timeout": 5})
         assert code == 202
+        if callee == "no-answer":
+            await status_becomes(s, doc["id"], "ringing")
         doc = await final(s, doc["id"], timeout=15)
         assert (doc["status"], doc["cause"], doc["answered"]) == (status, cause, None)
         assert s.connector.calls == {} and not s.app.calls
@@ -182,7 +190,7 @@ async def test_api_refusals():
         code, head, doc = await post(s, good)
         assert code == 429 and "max_pending" in doc["error"] and head["retry-after"] == "1"
         assert (await status_of(s, "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"))[0] == 404
-        assert (await status_of(s, ids[0]))[1]["status"] == "queued"
+        assert (await status_of(s, ids[0]))[1]["status"] in ("queued", "ringing")
         for leg in list(s.switch.originated):  # end the ringing: the switch's own cancel
             leg.hangup("ORIGINATOR_CANCEL")
         await until(lambda: not s.app.outbound.book.pending(), what="the pending calls to end")

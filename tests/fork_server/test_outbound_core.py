@@ -12,7 +12,7 @@ from fork_server import esl_messages as em
 from fork_server.errors import InvalidTransition, LocalUsageError
 from fork_server.outbound.originate import originate_args
 from fork_server.outbound.request import MAX_BODY_BYTES, RequestError, parse_request
-from fork_server.outbound.status import (Answered, CallBook, CallRecord, Ended, Failed, Status, TokenBucket,
+from fork_server.outbound.status import (Answered, CallBook, CallRecord, Ended, Failed, Ringing, Status, TokenBucket,
                                          TRANSITIONS, outcome)
 from fork_server.outbound.webhook import encode_post, parse_status_line
 
@@ -139,14 +139,19 @@ def _record(**kw):
 
 def test_status_table():
     r = _record()
+    ringing = r.handle(Ringing(), 101.0)
+    assert ringing.status is Status.RINGING and ringing.handle(Ringing(), 102.0) is ringing
+    assert ringing.handle(Answered(), 103.0).status is Status.ANSWERED
+    assert ringing.handle(Failed("NO_ANSWER"), 130.0).status is Status.NO_ANSWER
     a = r.handle(Answered(), 103.0)
+    assert a.handle(Ringing(), 104.0) is a
     assert (a.status, a.answered) == (Status.ANSWERED, 103.0) and a.handle(Answered(), 104.0) is a
     c = a.handle(Ended("NORMAL_CLEARING"), 110.0)
     assert (c.status, c.cause, c.to_json()["duration_s"]) == (Status.COMPLETED, "NORMAL_CLEARING", 7.0)
     b = r.handle(Failed("USER_BUSY"), 101.0)
     assert (b.status, b.cause, b.ended) == (Status.BUSY, "USER_BUSY", 101.0)
     for done in (b, c):  # finished calls take nothing
-        for ev in (Answered(), Failed("X"), Ended("Y")):
+        for ev in (Ringing(), Answered(), Failed("X"), Ended("Y")):
             assert done.handle(ev, 200.0) is done
     assert set(TRANSITIONS) == set(Status)
 
@@ -194,6 +199,8 @@ def test_background_job_is_parsed_whole_and_byte_by_byte():
     assert ev == em.BackgroundJob("22222222-2222-3333-4444-555555555555", None, "-ERR INVALID_GATEWAY\n")
     assert em.parse_plain(REAL_JOB.replace(b"Job-UUID: 2222", b"Job-UUID: zz22")) is None
     assert em.parse_event({"Event-Name": "BACKGROUND_JOB", "Job-UUID": JOB}, "+OK " + UUID) == em.BackgroundJob(JOB, None, "+OK " + UUID)
+    assert em.parse_plain(b"Event-Name: CHANNEL_PROGRESS\nUnique-ID: " + UUID.encode() +
+                          b"\nvariable_voicefork_route: sales\n\n") == em.Progress(UUID, "sales")
     hang = em.parse_plain(b"Event-Name: CHANNEL_HANGUP_COMPLETE\nUnique-ID: " + UUID.encode() +
                           b"\nHangup-Cause: USER_BUSY\nCaller-Channel-Answered-Time: 0\n\n")
     assert hang == em.HangupComplete(UUID, None, "USER_BUSY", answered=False)

@@ -77,7 +77,7 @@ class Outbound:
 
         async def done():
             out.update(await self.status(call_id))
-            return out["status"] not in ("queued", "answered")
+            return out["status"] not in ("queued", "ringing", "answered")
         await until(done, timeout, f"call {call_id} to finish")
         return out
 
@@ -134,6 +134,12 @@ async def test_busy_and_no_answer_with_the_switchs_causes():
         code, _, ring = await o.post({"to": "+15551230001", "from": OURS, "route": "support", "timeout": 5})
         assert code == 202
         t0 = time.monotonic()
+        seen = []
+
+        async def ringing():  # the callee's 180 reaches us as the leg's CHANNEL_PROGRESS
+            seen.append((await o.status(ring["id"]))["status"])
+            return seen[-1] == "ringing"
+        await until(ringing, 3, "the ringing status")
         busy = await o.final(busy["id"], 10)
         print(f"\nreal FreeSWITCH outbound busy: {busy['status']} ({busy['cause']}) "
               f"{busy['ended'] - busy['created']:.2f} s after the POST")
