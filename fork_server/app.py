@@ -49,7 +49,8 @@ SUBSCRIBED_EVENTS = [
     # Outbound calls: the originate's outcome (+OK <uuid> | -ERR <CAUSE>); fired to every
     # connection subscribed to it, ours being the event connection (seen on 1.10.12). And the
     # callee's ringing (a 180) on the leg, which carries voicefork_route from the originate;
-    # an inbound call of ours is answered without one, so it sends none.
+    # an inbound call of ours is answered without one, so it sends none (checked on 1.10.12:
+    # a whole inbound call sent CHANNEL_ANSWER and no CHANNEL_PROGRESS or _MEDIA).
     "BACKGROUND_JOB",
     "CHANNEL_PROGRESS",
     "CUSTOM",
