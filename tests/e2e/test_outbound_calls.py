@@ -191,6 +191,7 @@ async def test_api_refusals():
         assert code == 429 and "max_pending" in doc["error"] and head["retry-after"] == "1"
         assert (await status_of(s, "3f1a2b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b"))[0] == 404
         assert (await status_of(s, ids[0]))[1]["status"] in ("queued", "ringing")
+        await until(lambda: len(s.switch.originated) == 2, what="both legs at the switch")
         for leg in list(s.switch.originated):  # end the ringing: the switch's own cancel
             leg.hangup("ORIGINATOR_CANCEL")
         await until(lambda: not s.app.outbound.book.pending(), what="the pending calls to end")
@@ -234,7 +235,9 @@ async def test_a_route_at_its_max_calls_refuses_a_new_call():
         code, _, doc = await post(s, good)  # one ringing already counts
         assert code == 429 and doc["field"] == "route" and "max_calls (1)" in doc["error"]
         assert (await post(s, {**good, "route": "sales"}))[0] == 202  # another route is not held
-        s.switch.originated[0].hangup("ORIGINATOR_CANCEL")
+        await until(lambda: len(s.switch.originated) == 2, what="both legs at the switch")
+        (support,) = [leg for leg in s.switch.originated if leg.vars["voicefork_route"] == "support"]
+        support.hangup("ORIGINATOR_CANCEL")
         await until(lambda: s.app.outbound.book.pending() == 1, what="the first call to end")
         assert (await post(s, good))[0] == 202
 
