@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from fs_dialplan.model import Config, Route
 
 from . import dialects, esl_messages as em, twilio_rest
+from .outbound import OutboundService
 from .audio_fork import ForkIntake, ForkMetadata
 from .call import Call, CallLogger, ConnectorTarget
 from .errors import EslError, ForkProtocolError, LocalUsageError
@@ -45,6 +46,13 @@ SUBSCRIBED_EVENTS = [
     "CHANNEL_EXECUTE_COMPLETE",
     "DTMF",
     "CHANNEL_HANGUP_COMPLETE",
+    # Outbound calls: the originate's outcome (+OK <uuid> | -ERR <CAUSE>); fired to every
+    # connection subscribed to it, ours being the event connection (seen on 1.10.12). And the
+    # callee's ringing (a 180) on the leg, which carries voicefork_route from the originate;
+    # an inbound call of ours is answered without one, so it sends none (checked on 1.10.12:
+    # a whole inbound call sent CHANNEL_ANSWER and no CHANNEL_PROGRESS or _MEDIA).
+    "BACKGROUND_JOB",
+    "CHANNEL_PROGRESS",
     "CUSTOM",
     "mod_audio_fork::connect",
     "mod_audio_fork::connect_failed",
@@ -66,7 +74,9 @@ _METADATA_TIMEOUT_S = 5.0  # REF: metadata arrives ~0.5 ms after open
 # lookups per event with 10,000 routes). (verbose_events does not make the events we get any
 # larger: PLAYBACK_*, CHANNEL_EXECUTE* and CHANNEL_HANGUP* carry every channel variable anyway,
 # 6.6-6.8 KB on 1.10.12; it only bloated DTMF and the events we do not subscribe to.)
-ESL_FILTERS = [("variable_voicefork_route", "/^[a-z0-9]/"), ("Event-Name", "DTMF")]
+# A third filter passes BACKGROUND_JOB (no channel, so no variables): the outcome of our
+# originates; other jobs on the switch are dropped by their Job-UUID.
+ESL_FILTERS = [("variable_voicefork_route", "/^[a-z0-9]/"), ("Event-Name", "DTMF"), ("Event-Name", "BACKGROUND_JOB")]
 
 
 def _secret(env: Mapping[str, str], name: str, what: str) -> str:
@@ -147,7 +157,14 @@ class App:
             call_body=self._call_info,
             switch_body=self._switch_info,
             rest_answer=self._rest_answer if self._twilio_tokens else None,
+            api_answer=self._api_answer,
         )
+        ob = config.outbound
+        self.outbound = OutboundService(
+            config, ob, token=_secret(env, ob.token_env, "outbound.token_env") if ob.token_env else None,
+            esls=self.esls, metrics=self.metrics, log=logger.getChild("outbound"), accepting=lambda: not self._draining,
+            over_limit=lambda name, ringing_route, ringing: self._over_limit(self.config.route(name), ringing_route, ringing),
+        ) if ob is not None else None
         # The last poll of each switch (see _switch_status_loop): what, and when.
         self._switch: dict[str, dict[str, Any]] = {name: {} for name in self.esls}
         self._switch_checked: dict[str, float | None] = {name: None for name in self.esls}
@@ -173,6 +190,8 @@ class App:
             self._spawn(self._share_metrics_loop(self.metrics_share))
         if self.recordings is not None:
             await self.recordings.start()
+        if self.outbound is not None:
+            await self.outbound.start()
         # One sweeper per server: with --workers only worker 0 (the one with orphan_events).
         if self.recordings is not None and self.recordings.settings.retention_days > 0 and self.orphan_events:
             self._spawn(self._retention_loop(self.recordings))
@@ -201,7 +220,8 @@ class App:
             await asyncio.sleep(grace)
         self._accepting = False
         self.intake.stop_accepting()
-        self.log.info("draining: %d live calls, timeout %.0f s", len(self.calls), timeout_s)
+        self.log.info("draining: %d live calls, timeout %.0f s%s", len(self.calls), timeout_s,
+                      "; POST /v1/calls answers 503 now" if self.outbound is not None else "")
         await self._wait_calls(timeout_s)
         if self.calls:
             self.log.warning("drain timeout: ending %d calls with their route fallback", len(self.calls))
@@ -217,6 +237,8 @@ class App:
 
     async def stop(self) -> None:
         await self.intake.close()
+        if self.outbound is not None:
+            await self.outbound.close()
         await self._cancel_background()
         for esl in self.esls.values():
             await esl.close()
@@ -257,14 +279,19 @@ class App:
 
     # ------------------------------------------------------------------ calls
 
-    def _settings(self, route: Route, fork_rate: int) -> SessionSettings:
+    def _settings(self, route: Route, fork_rate: int, outbound: Any = None, direction: str = "inbound") -> SessionSettings:
         p = self.config.playback
         c = self.config.connectors[route.connector]
+        metadata = route.metadata
+        if outbound is not None:  # the request's metadata over the route's (the more specific wins)
+            metadata = {**route.metadata, **outbound.request.metadata}
         return SessionSettings(
+            direction=direction,
+            parties=(outbound.request.from_, outbound.request.to) if outbound is not None else None,
             route=route.name,
             fork_rate=fork_rate,
             language=route.language,
-            metadata=route.metadata,
+            metadata=metadata,
             fallback_action=route.fallback.action,
             fallback_file=route.fallback.file,
             fallback_target=route.fallback.target,
@@ -334,7 +361,11 @@ class App:
             connector.ping_timeout_s,
             self._dialects[route.connector],
         )
-        settings = self._settings(route, fork_rate)
+        # An outbound call of ours (its uuid is the one we originated with), or one the switch says
+        # was originated (the outbound extension's fork metadata; another fork server's call).
+        outbound = self.outbound.on_fork(meta.uuid) if self.outbound is not None else None
+        direction = "outbound" if outbound is not None or meta.direction == "outbound" else "inbound"
+        settings = self._settings(route, fork_rate, outbound, direction)
         if meta.stream_args_ignored:
             # playback.transport: stream, but the switch runs a mod_audio_fork that took the
             # jambonz module's bidirectional arguments for metadata (the drachtio one): files.
@@ -347,12 +378,14 @@ class App:
         call.switch = meta.switch or "default"
         self.calls[meta.uuid] = call
         self.metrics.active_calls.inc()
-        call.log.info("< fork open on /calls/%s from %s (%d Hz)", route.name, peer, fork_rate)
+        call.log.info("< fork open on /calls/%s from %s (%d Hz, %s)", route.name, peer, fork_rate, direction)
         try:
             await call.run()
         finally:
             self.calls.pop(meta.uuid, None)
             self.metrics.active_calls.dec()
+            if self.outbound is not None:
+                self.outbound.on_fork_ended(meta.uuid)
 
     def _metrics_body(self) -> bytes:
         own = self.metrics.render()
@@ -433,6 +466,17 @@ class App:
                 self.log.error("recording retention sweep failed: %s", exc)
             await asyncio.sleep(interval_s)
 
+    # ------------------------------------------------------------------ outbound calls
+
+    def _api_answer(self, method: str, target: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """/v1/calls: the outbound service's answer; 404 saying why when outbound is not configured."""
+        if self.outbound is None:
+            status, doc, extra = 404, {"error": "outbound calls are not configured (no outbound: section in the config)"}, {}
+        else:
+            status, doc, extra = self.outbound.answer(method, target, headers, body)
+        self.log.info("< %s %.80s: %d", method[:10], target, status)
+        return status, doc, extra
+
     # ------------------------------------------------------------------ Twilio REST
 
     def _rest_answer(self, request: twilio_rest.RestRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -481,6 +525,8 @@ class App:
         python-ESL's event thread in the unguarded comparison mode: dict lookups only.)"""
         if event.uuid in self.calls:
             return True
+        if self.outbound is not None and self.outbound.tracks(event):
+            return True
         return self.orphan_events and isinstance(event, em.ForkEvent) and event.name == "connect_failed"
 
     def _on_esl_event(self, event: Any, switch: str = "default") -> None:
@@ -488,6 +534,14 @@ class App:
             # REF "Close": after a server-side close the bug stays attached and the next start
             # on the channel fails until `stop` is run; so it is run, whatever the call's state.
             self._spawn(self._detach_fork(event.uuid, self.esls[switch]))
+        if isinstance(event, em.Progress):  # only outbound legs ring; no call session takes it
+            if self.outbound is not None:
+                self.outbound.on_event(event)
+            return
+        if self.outbound is not None and isinstance(event, (em.BackgroundJob, em.HangupComplete)):
+            self.outbound.on_event(event)
+            if isinstance(event, em.BackgroundJob):
+                return
         call = self.calls.get(event.uuid)
         if call is not None:
             call.post(event)
@@ -517,14 +571,15 @@ class App:
         except EslError as exc:
             clog.info("< mod_audio_fork::disconnect; > uuid_audio_fork stop: %s", exc)
 
-    def _over_limit(self, route: Route) -> str | None:
+    def _over_limit(self, route: Route, ringing_route: int = 0, ringing: int = 0) -> str | None:
         """The fork-server guard: which max_calls a new call of ``route`` would pass, if any
-        (this process's calls; with --workers each worker guards its own share)."""
+        (this process's calls, and for a new outbound call those it has ringing; with
+        --workers each worker guards its own share)."""
         top = self.config.max_calls
-        if top is not None and len(self.calls) >= top:
+        if top is not None and len(self.calls) + ringing >= top:
             return f"limits.max_calls ({top})"
         if route.max_calls is not None:
-            n = sum(1 for c in self.calls.values() if c.session.settings.route == route.name)
+            n = sum(1 for c in self.calls.values() if c.session.settings.route == route.name) + ringing_route
             if n >= route.max_calls:
                 return f"routes[{route.name}].max_calls ({route.max_calls})"
         return None

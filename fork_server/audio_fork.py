@@ -88,6 +88,7 @@ class ForkMetadata:
     # the three bidirectional arguments as part of the metadata (measured) and will never play our audio.
     stream_args_ignored: bool = False
     switch: str | None = None  # several switches: the one that owns the call (rendered, from the config)
+    direction: str = "inbound"  # outbound: the rendered outbound extension's fork (an originated call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,8 @@ def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
     tail = _STREAM_ARGS_TAIL.match(text)
     if tail is not None:
         meta = _parse_metadata(tail.group(1), expected_route)
-        return ForkMetadata(meta.route, meta.uuid, text, meta.rate, stream_args_ignored=True, switch=meta.switch)
+        return ForkMetadata(meta.route, meta.uuid, text, meta.rate, stream_args_ignored=True, switch=meta.switch,
+                            direction=meta.direction)
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -194,7 +196,10 @@ def _parse_metadata(text: str, expected_route: str | None) -> ForkMetadata:
     switch = doc.get("switch")
     if switch is not None and (not isinstance(switch, str) or not SWITCH_RE.fullmatch(switch)):
         raise ForkProtocolError(f"metadata switch: expected ^[a-z0-9][a-z0-9_-]{{0,31}}$, got {_show(switch)}")
-    return ForkMetadata(route, uuid, text, _fork_rate(doc.get("rate", None)), switch=switch)
+    direction = doc.get("direction", "inbound")
+    if direction not in ("inbound", "outbound"):
+        raise ForkProtocolError(f"metadata direction: expected inbound or outbound, got {_show(direction)}")
+    return ForkMetadata(route, uuid, text, _fork_rate(doc.get("rate", None)), switch=switch, direction=direction)
 
 
 _RATE_TOKEN = re.compile(r"^([1-9][0-9]?)k$|^([1-9][0-9]{3,4})$")

@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.workers <= 64:
         print(f"voicefork-server: --workers must be 1..64, got {args.workers}", file=sys.stderr)
         return 1
+    if args.workers > 1 and config.outbound is not None:
+        # A call's status and its request's metadata live in the process that took the POST;
+        # its fork (and GET /v1/calls/<id>) could land in any worker.
+        print("voicefork-server: outbound: is served by one process only; run it without --workers", file=sys.stderr)
+        return 1
     runner = _runner(args.uvloop)
     port = config.fork_server.listen_port if args.port is None else args.port
     esl = args.esl

@@ -412,6 +412,15 @@ class AsyncEslClient:
             raise EslCommandError(cmdline, reply)
         return reply
 
+    async def bgapi(self, cmdline: str, job_uuid: str) -> str:
+        """As :meth:`fork_server.esl_client.EslClient.bgapi`."""
+        self.log.debug("> bgapi %s", cmdline)
+        head, _ = await self._submit(em.bgapi_text(cmdline, job_uuid) + "\n\n", "bgapi")
+        reply = head.get("Reply-Text", "")
+        if not reply.startswith("+OK"):
+            raise EslCommandError("bgapi " + cmdline.split(" ", 1)[0], reply)
+        return reply
+
     async def execute_playback(self, cmd: em.PlaybackCommand) -> None:
         await self.sendmsg(cmd.uuid, cmd.headers())
 

@@ -225,6 +225,16 @@ class EslClient:
             raise EslCommandError(cmdline, reply)
         return reply
 
+    async def bgapi(self, cmdline: str, job_uuid: str) -> str:
+        """``bgapi`` with our own Job-UUID; the reply only says the job was taken (``+OK
+        Job-UUID: ...``), its outcome comes later as a BACKGROUND_JOB event. Never sent twice."""
+        text = em.bgapi_text(cmdline, job_uuid)
+        self.log.debug("> bgapi %s", cmdline)
+        reply = await self._submit("raw", text)
+        if not reply.startswith("+OK"):
+            raise EslCommandError("bgapi " + cmdline.split(" ", 1)[0], reply)
+        return reply
+
     async def execute_playback(self, cmd: em.PlaybackCommand) -> None:
         await self.sendmsg(cmd.uuid, cmd.headers())
 
@@ -318,6 +328,9 @@ class EslClient:
             name, _, args = payload.partition(" ")
             ev = con.api(name, args)
             return ev.getBody() or "" if ev is not None else None
+        if kind == "raw":  # a command block checked by its builder (bgapi_text); the reply's text
+            ev = con.sendRecv(payload)
+            return ev.getHeader("Reply-Text") or "" if ev is not None else None
         uuid, headers = payload
         # The raw sendmsg block: ESLevent("sendmsg") + sendMSG() segfaults in python-ESL 1.4.18
         # (the event type name is unknown, so the event is NULL). Headers were validated by

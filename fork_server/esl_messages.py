@@ -39,6 +39,9 @@ __all__ = [
     "Dtmf",
     "HangupComplete",
     "ForkEvent",
+    "BackgroundJob",
+    "Progress",
+    "bgapi_text",
     "parse_event",
     "parse_plain",
     "parse_dump",
@@ -191,6 +194,32 @@ class Dtmf(EslEvent):
 @dataclass(frozen=True, slots=True)
 class HangupComplete(EslEvent):
     cause: str
+    answered: bool = True  # Caller-Channel-Answered-Time is not 0 (an originated leg that never rang through: False)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(EslEvent):
+    """CHANNEL_PROGRESS: the far end of a leg we originated rings (a 180)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundJob(EslEvent):
+    """BACKGROUND_JOB: ``uuid`` is the job's (the Job-UUID the bgapi gave), ``body`` its output
+    (``+OK <uuid>`` or ``-ERR <CAUSE>`` for originate; cut to 256 characters)."""
+
+    body: str
+
+
+_JOB_COMMAND = re.compile(r"^[a-z_]{1,32} [^\r\n\0]{1,2048}$")
+
+
+def bgapi_text(cmdline: str, job_uuid: str) -> str:
+    """The ``bgapi`` command block (without its blank line) with our own Job-UUID (mod_event_socket
+    takes the header, checked on 1.10.12), so the job's event can be matched with no race
+    against the reply."""
+    if not isinstance(cmdline, str) or not _JOB_COMMAND.match(cmdline) or "${" in cmdline:
+        raise LocalUsageError(f"unsafe bgapi command {cmdline[:60]!r}")
+    return f"bgapi {cmdline}\nJob-UUID: {_uuid(job_uuid)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +248,7 @@ def _field(headers: Mapping[str, str], name: str) -> str:
 _USED_HEADERS = (
     "Event-Name", "Event-Subclass", "Unique-ID", "variable_voicefork_route", "Playback-File-Path",
     "Playback-Status", "variable_playback_ms", "Application", "Application-Data", "Application-Response",
-    "DTMF-Digit", "DTMF-Duration", "Hangup-Cause", "Content-Length",
+    "DTMF-Digit", "DTMF-Duration", "Hangup-Cause", "Content-Length", "Job-UUID", "Caller-Channel-Answered-Time",
 )
 _USED_KEYS = tuple((name, b"\n" + name.encode() + b": ") for name in _USED_HEADERS)
 _MAX_PLAIN = 4 << 20
@@ -259,6 +288,9 @@ def parse_event(headers: Mapping[str, str], body: str | None) -> EslEvent | None
 
 
 def _parse(headers: Mapping[str, str], body: str | None) -> EslEvent | None:
+    if _field(headers, "Event-Name") == "BACKGROUND_JOB":
+        job = _field(headers, "Job-UUID")
+        return BackgroundJob(job, None, (body or "")[:_MAX_FIELD]) if valid_uuid(job) else None
     uuid = _field(headers, "Unique-ID")
     if not valid_uuid(uuid):
         return None
@@ -287,8 +319,11 @@ def _parse(headers: Mapping[str, str], body: str | None) -> EslEvent | None:
         # FreeSWITCH reports DTMF-Duration in samples at 8 kHz.
         samples = _int(headers.get("DTMF-Duration")) or 0
         return Dtmf(uuid, route, digit, max(0, samples) // 8)
+    if name == "CHANNEL_PROGRESS":
+        return Progress(uuid, route)
     if name == "CHANNEL_HANGUP_COMPLETE":
-        return HangupComplete(uuid, route, _field(headers, "Hangup-Cause"))
+        return HangupComplete(uuid, route, _field(headers, "Hangup-Cause"),
+                              _field(headers, "Caller-Channel-Answered-Time") not in ("", "0"))
     if name == "CUSTOM":
         subclass = _field(headers, "Event-Subclass")
         if not subclass.startswith("mod_audio_fork::"):

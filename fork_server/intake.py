@@ -98,6 +98,7 @@ class ForkConnection(WsConnection):
         self._answered = False
         self._first = True
         self._rest: twilio_rest.RequestReader | None = None
+        self._api_request = False  # the POST is to /v1/ (outbound calls), not Twilio's REST
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -106,11 +107,13 @@ class ForkConnection(WsConnection):
 
     def data_received(self, data: bytes) -> None:
         # A WebSocket handshake is a GET; a POST on this port is Twilio's REST API (a bot's
-        # hang-up), read by twilio_rest since websockets reads GET requests only.
+        # hang-up) or /v1/calls (outbound calls), read by twilio_rest's bounded reader since
+        # websockets reads GET requests only.
         if self._first:
             self._first = False
-            if data[:1] == b"P" and self.server.rest_answer is not None:
+            if data[:1] == b"P" and (self.server.rest_answer is not None or self.server.api_answer is not None):
                 self._rest = twilio_rest.RequestReader()
+                self._api_request = data.startswith(b"POST /v1/")
         if self._rest is not None:
             self._rest_data(data)
             return
@@ -122,13 +125,22 @@ class ForkConnection(WsConnection):
         try:
             request = self._rest.feed(data)  # type: ignore[union-attr]
         except twilio_rest.RestError as exc:
-            reply = twilio_rest.encode_response(400, {"code": None, "message": str(exc), "more_info": None,
-                                                      "status": 400}, {})
+            if self._api_request:  # /v1/calls answers in its own shape; a body over the reader's bound is 413
+                reply = twilio_rest.encode_response(413 if "over" in str(exc) else 400, {"error": str(exc)}, {})
+            else:
+                reply = twilio_rest.encode_response(400, {"code": None, "message": str(exc), "more_info": None,
+                                                          "status": 400}, {})
         else:
             if request is None:
                 return
             try:
-                reply = twilio_rest.encode_response(*self.server.rest_answer(request))  # type: ignore[misc]
+                if request.target.startswith("/v1/") and self.server.api_answer is not None:
+                    reply = twilio_rest.encode_response(*self.server.api_answer(request.method, request.target,
+                                                                                  request.headers, request.body))
+                elif self.server.rest_answer is not None:
+                    reply = twilio_rest.encode_response(*self.server.rest_answer(request))
+                else:
+                    reply = twilio_rest.encode_response(404, {"error": "not found"}, {})
             except Exception:  # noqa: BLE001 - as for the ops endpoints: a 500, not a dead server
                 _log.exception("intake: REST handler failed")
                 reply = twilio_rest.encode_response(500, {"code": None, "message": "internal error",
@@ -195,11 +207,13 @@ class IntakeServer:
         call_body: Callable[[str], dict[str, Any] | None] | None = None,
         switch_body: Callable[[], dict[str, Any]] | None = None,
         rest_answer: Callable[[twilio_rest.RestRequest], tuple[int, dict[str, Any], dict[str, str]]] | None = None,
+        api_answer: Callable[[str, str, Mapping[str, str], bytes], tuple[int, dict[str, Any], dict[str, str]]] | None = None,
     ) -> None:
         self._call_body = call_body
         self._switch_body = switch_body
         self._routes = routes
         self.rest_answer = rest_answer  # Twilio's REST hang-up (twilio connectors), or None: no POST
+        self.api_answer = api_answer  # /v1/calls (outbound calls; 404 when not configured)
         self._credentials = credentials
         self._on_call = on_call
         self._healthy = healthy
@@ -234,6 +248,10 @@ class IntakeServer:
             return _response(http.HTTPStatus.OK, body, "application/json")
         if path == "/freeswitch/status" and self._switch_body is not None:
             return _response(http.HTTPStatus.OK, json.dumps(self._switch_body(), indent=1).encode(), "application/json")
+        if path.startswith("/v1/") and self.api_answer is not None:
+            headers = {k.lower(): v for k, v in request.headers.raw_items()}
+            code, doc, extra = self.api_answer("GET", path, headers, b"")
+            return _response(http.HTTPStatus(code), json.dumps(doc, indent=1).encode(), "application/json", extra)
         status = _STATUS_PATH.match(path)
         if status is not None and self._call_body is not None and "upgrade" not in request.headers.get("Connection", "").lower():
             info = self._call_body(status.group(1).lower())

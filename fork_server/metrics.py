@@ -71,6 +71,8 @@ class Metrics:
         self.esl_reconnects = Counter("voicefork_esl_reconnects", "ESL reconnections", ["switch"], registry=r)
         self.esl_up = Gauge("voicefork_esl_up", "1 when the ESL link to the switch is up", ["switch"], registry=r)
         self.errors = Counter("voicefork_errors", "Errors by kind", ["kind"], registry=r)
+        self.originates = Counter("voicefork_outbound_calls", "Outbound calls by outcome (answered, completed, busy, "
+                                  "no-answer, failed) and refused requests (refused_<why>)", ["outcome"], registry=r)
         self.relay_latency = Histogram(
             "voicefork_relay_seconds",
             f"Caller frame received from FreeSWITCH to handed to the connector socket (1 frame in {RELAY_SAMPLE_EVERY})",

@@ -235,6 +235,8 @@ class SessionSettings:
     tts_idle_flush_s: float = 0.06
     switch_temp_dir: str = "/tmp"
     connector_rate: int = CONNECTOR_RATE  # caller audio to the connector: the dialect's audio_rate
+    direction: str = "inbound"  # | outbound: a call the fork server originated (POST /v1/calls)
+    parties: tuple[str, str] | None = None  # outbound: (from, to) of the request, instead of the leg's caller ID
 
 
 class CallSession:
@@ -403,11 +405,13 @@ class CallSession:
 
     def _start_message(self, resumed: bool, offset_ms: int = 0) -> msg.Start:
         info = self.caller
+        parties = self.settings.parties
         return msg.Start(
             uuid=self.uuid,
             route=self.settings.route,
-            from_=info.number if info else "",
-            to=info.destination if info else "",
+            from_=parties[0] if parties else info.number if info else "",
+            to=parties[1] if parties else info.destination if info else "",
+            direction=self.settings.direction,
             caller_name=info.name if info else "",
             language=self.settings.language,
             metadata=dict(self.settings.metadata),

@@ -31,6 +31,7 @@ from .model import (
     ForkServerSettings,
     FreeswitchSettings,
     HaproxySettings,
+    OutboundSettings,
     PlaybackSettings,
     RecordingSettings,
     Route,
@@ -409,6 +410,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             ctx.error(r_node, r_node_paths[id(r_node)], "recording: true needs a top-level `recording:` section "
                       "with `dir` (where FreeSWITCH writes the WAV files)")
 
+    outbound = _outbound(ctx, top["outbound"], trunks) if "outbound" in top else None
+
     if ctx.issues:
         raise ConfigError(sorted(ctx.issues, key=lambda i: i.line))
     return Config(
@@ -423,6 +426,51 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         recording=recording,
         max_calls=max_calls,
         switches=switches,
+        outbound=outbound,
+    )
+
+
+def _outbound(ctx: _Ctx, node: yaml.Node, trunks: tuple[Trunk, ...]) -> OutboundSettings | None:
+    """``outbound:``: the Bearer token is required unless it says ``token_env: none`` (as the media
+    socket's auth); calls go out through a configured trunk, so there must be one, and with
+    several the default must name one of them."""
+    K = spec.OUTBOUND
+    f = _mapping(ctx, node, "outbound", K)
+    if not f and not isinstance(node, yaml.MappingNode):
+        return None
+    tok_node = _required(ctx, node, f, "token_env", "outbound")
+    token_env: str | None = None
+    if isinstance(tok_node, yaml.ScalarNode) and tok_node.value in K["token_env"].none_words:
+        token_env = None
+    elif tok_node is not None:
+        token_env = _key_str(ctx, tok_node, "outbound.token_env", K["token_env"])
+    names = [t.name for t in trunks]
+    default = _opt(f, "default_trunk", lambda n: _key_str(ctx, n, "outbound.default_trunk", K["default_trunk"]), None)
+    if not trunks:
+        ctx.error(node, "outbound", "calls go out through a trunk: add one under `trunks:`")
+    elif default is not None and default not in names:
+        ctx.error(f["default_trunk"], "outbound.default_trunk", f'no trunk "{default}"; the trunks are {", ".join(names)}')
+    elif default is None and len(trunks) > 1:
+        ctx.error(node, "outbound.default_trunk", f"required with several trunks (one of {', '.join(names)})")
+    elif default is None:
+        default = names[0]
+    webhook = _opt(f, "status_webhook", lambda n: _key_str(ctx, n, "outbound.status_webhook", K["status_webhook"]), None)
+    if webhook is not None:
+        parts = urlsplit(webhook)
+        try:
+            parts.port
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if not parts.hostname:
+            ctx.error(f["status_webhook"], "outbound.status_webhook", f'expected an http:// or https:// URL with a host, got "{webhook}"')
+    return OutboundSettings(
+        token_env=token_env,
+        default_trunk=default,
+        calls_per_second=_opt(f, "calls_per_second", lambda n: _key_int(ctx, n, "outbound.calls_per_second", K["calls_per_second"]), 1),
+        burst=_opt(f, "burst", lambda n: _key_int(ctx, n, "outbound.burst", K["burst"]), 5),
+        max_pending=_opt(f, "max_pending", lambda n: _key_int(ctx, n, "outbound.max_pending", K["max_pending"]), 20),
+        default_timeout_s=_opt(f, "default_timeout", lambda n: _key_seconds(ctx, n, "outbound.default_timeout", K["default_timeout"]), 30.0),
+        status_webhook=webhook,
     )
 
 

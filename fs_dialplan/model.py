@@ -22,6 +22,7 @@ __all__ = [
     "PlaybackSettings",
     "RecordingSettings",
     "Busy",
+    "OutboundSettings",
     "Config",
 ]
 
@@ -163,6 +164,19 @@ class RecordingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboundSettings:
+    """``outbound:``: POST /v1/calls originates through a trunk into a route (fork_server.outbound)."""
+
+    token_env: str | None  # the NAME of the Bearer token's env var; None: `token_env: none`, no auth
+    default_trunk: str | None = None  # None: every request names its trunk
+    calls_per_second: int = 1
+    burst: int = 5
+    max_pending: int = 20
+    default_timeout_s: float = 30.0
+    status_webhook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     freeswitch: FreeswitchSettings
@@ -176,6 +190,13 @@ class Config:
     max_calls: int | None = None  # limits.max_calls: over all routes
     # freeswitch.switches, each complete (the section's keys filled in); empty: one switch, `freeswitch`.
     switches: tuple[FreeswitchSettings, ...] = ()
+    outbound: OutboundSettings | None = None
+
+    def trunk(self, name: str) -> Trunk:
+        for t in self.trunks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
 
     def all_switches(self) -> tuple[FreeswitchSettings, ...]:
         return self.switches or (self.freeswitch,)

@@ -69,10 +69,14 @@ from .model import Config, FreeswitchSettings, RecordingSettings, Route, Trunk
 from .spec import AUTO_RATE, RECORDING_FILE
 
 __all__ = ["render", "write_tree", "verify", "switch_tree", "haproxy_cfg", "dispatcher_list", "HAPROXY_FILE", "DISPATCHER_FILE", "fork_action_data", "gateway_params", "rate_name", "DIALPLAN_FILE",
-           "ACL_FILE", "ACL_LIST", "TRUNK_CONTEXT", "TEMPLATES", "JITTER_BUFFER_MS", "AUTO_RATE_DATA", "AUTH_GLOBALS"]
+           "ACL_FILE", "ACL_LIST", "TRUNK_CONTEXT", "OUTBOUND_FILE", "OUTBOUND_CONTEXT", "TEMPLATES", "JITTER_BUFFER_MS", "AUTO_RATE_DATA", "AUTH_GLOBALS"]
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DIALPLAN_FILE = "dialplan/public/50_voicefork.xml"
+# Outbound calls (config `outbound:`): a context of its own, which no SIP profile routes into.
+# FreeSWITCH's stock freeswitch.xml includes dialplan/*.xml into the dialplan section.
+OUTBOUND_FILE = "dialplan/voicefork_outbound.xml"
+OUTBOUND_CONTEXT = "voicefork_outbound"
 ACL_FILE = "autoload_configs/acl.conf.xml"
 ESL_FILE = "autoload_configs/event_socket.conf.xml"
 MODULES_FILE = "autoload_configs/modules.conf.xml"
@@ -139,13 +143,17 @@ def rate_name(rate: int) -> str:
     return "auto" if rate == AUTO_RATE else rate_token(rate)
 
 
-def fork_metadata(route: Route, switch: str | None = None) -> str:
+def fork_metadata(route: Route, switch: str | None = None, outbound: bool = False) -> str:
     """Compact JSON, no spaces anywhere (REF: a space splits the arguments). ``rate`` tells the
     fork server what the switch picked for a ``rate: auto`` route; ``switch`` (several switches
-    only) which switch owns the call, from the config, so its ESL commands go there."""
+    only) which switch owns the call, from the config, so its ESL commands go there;
+    ``direction`` (the outbound extensions only) that the call was originated, so any fork
+    server that gets the fork knows it, not only the one that originated it."""
     doc = {"route": route.name, "uuid": "${uuid}", "rate": rate_token(route.rate)}
     if switch is not None:
         doc["switch"] = switch
+    if outbound:
+        doc["direction"] = "outbound"
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -210,9 +218,9 @@ def busy_extension(config: Config, route: Route) -> list[tuple[str, str | None]]
             ("hangup", "USER_BUSY")]
 
 
-def fork_action_data(config: Config, route: Route, switch: str | None = None) -> str:
+def fork_action_data(config: Config, route: Route, switch: str | None = None, outbound: bool = False) -> str:
     url = _safe(config.fork_server.fork_url(route.name), f"routes[{route.name}] fork URL", argument=True)
-    meta = fork_metadata(route, switch)
+    meta = fork_metadata(route, switch, outbound)
     if config.playback.transport == "stream":
         args = f"{STREAM_BUGNAME} {meta} {STREAM_ARGS}"
     else:
@@ -403,13 +411,26 @@ def _render_switch(config: Config, env: Mapping[str, str], sw: FreeswitchSetting
         MODULES_FILE: _env.get_template("modules.conf.xml.j2").render(),
         "README.txt": _env.get_template("README.txt.j2").render(
             source=source, routes=[r.name for r in config.routes], trunks=trunks, acl_list=ACL_LIST,
-            context=TRUNK_CONTEXT,
+            context=TRUNK_CONTEXT, outbound=OUTBOUND_CONTEXT if config.outbound is not None else None,
         ),
     }
     for t in trunks:
         files[gateway_file(t.name)] = _env.get_template("gateway.xml.j2").render(source=source, t=t)
+    if config.outbound is not None:
+        files[OUTBOUND_FILE] = _env.get_template("outbound.xml.j2").render(
+            source=source, context=OUTBOUND_CONTEXT,
+            routes=[{"name": v.name, "actions": _outbound_actions(config, r, switch)} for v, r in zip(routes, config.routes)])
     _verify(config, files, auth, esl, trunks, switch)
     return files
+
+
+def _outbound_actions(config: Config, r: Route, switch: str | None) -> list[tuple[str, str | None]]:
+    """A route's outbound extension: the inbound one's actions, the fork saying direction
+    outbound. ``answer`` is a no-op there (the callee answered before the channel got here);
+    the jitter buffer is set on the originated leg itself (fork_server.outbound), before its
+    media comes up, and the extension's own set of it changes nothing then."""
+    return _expected_actions(r, fork_action_data(config, r, switch, outbound=True), config.playback.transport == "stream",
+                             _record_data(config, r), limit_actions(config, r))
 
 
 def _parse(path: str, text: str) -> ET.Element:
@@ -461,6 +482,25 @@ def _verify(config: Config, files: Mapping[str, str], auth: Mapping[str, str] | 
     if mods != ["mod_audio_fork"]:
         raise RenderError(f"{MODULES_FILE}: loads {mods}, expected mod_audio_fork")
     _verify_trunks(roots, trunks)
+    if (OUTBOUND_FILE in roots) != (config.outbound is not None):
+        raise RenderError(f"{OUTBOUND_FILE}: rendered {'without' if config.outbound is None else 'missing with'} an outbound: section")
+    if config.outbound is not None:
+        _verify_outbound(config, roots[OUTBOUND_FILE], switch)
+
+
+def _verify_outbound(config: Config, root: ET.Element, switch: str | None) -> None:
+    ctxs = list(root)
+    if root.tag != "include" or len(ctxs) != 1 or ctxs[0].tag != "context" or ctxs[0].get("name") != OUTBOUND_CONTEXT:
+        raise RenderError(f"{OUTBOUND_FILE}: expected <include> with one <context name={OUTBOUND_CONTEXT!r}>")
+    exts = list(ctxs[0])
+    if [e.get("name") for e in exts] != [f"voicefork_outbound_{r.name}" for r in config.routes]:
+        raise RenderError(f"{OUTBOUND_FILE}: extensions {[e.get('name') for e in exts]} differ from one per route")
+    for r, ext in zip(config.routes, exts):
+        conds = list(ext)
+        if len(conds) != 1 or conds[0].get("field") != "destination_number" or conds[0].get("expression") != f"^{r.name}$":
+            raise RenderError(f"{OUTBOUND_FILE}: route {r.name}: expected one condition on destination_number ^{r.name}$")
+        if [(a.get("application"), a.get("data")) for a in conds[0]] != _outbound_actions(config, r, switch):
+            raise RenderError(f"{OUTBOUND_FILE}: route {r.name}: actions differ from the intended")
 
 
 def _verify_dialplan(config: Config, root: ET.Element, auth: Mapping[str, str] | None, switch: str | None) -> None:

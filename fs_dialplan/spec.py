@@ -16,7 +16,7 @@ from typing import Mapping
 
 __all__ = ["Key", "TOP", "FREESWITCH", "SWITCH", "AUTH", "FORK_SERVER", "HAPROXY", "CONNECTOR", "FALLBACK",
            "ROUTE_DEFAULTS", "ROUTE", "TRUNK", "PLAYBACK", "RECORDING", "RECORDING_FIELDS", "BUSY", "LIMITS",
-           "enum_pattern"]
+           "OUTBOUND", "enum_pattern"]
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # route and trunk names: URL path, file name, dialplan
@@ -270,6 +270,21 @@ LIMITS = _section(
                   "gets its route's `busy`.", "int", lo=1, hi=MAX_CALLS),
 )
 
+HTTP_URL = r"^https?://[^\s'\"\\\\#]+$"
+OUTBOUND = _section(
+    token_env=Key("NAME of the env var holding the Bearer token of POST/GET /v1/calls; `none` disables auth.",
+                  required=True, pattern=ENV_NAME, expected=ENV_EXPECT + ", or none", none_words=("none",)),
+    default_trunk=Key("The trunk a call goes out through when the request names none (required with several trunks).",
+                      pattern=NAME, expected="a trunk name of a-z, 0-9, _ and -"),
+    calls_per_second=Key("New calls accepted per second (a token bucket; over it: 429).", "int", lo=1, hi=1000),
+    burst=Key("Calls accepted at once above the per-second rate (the bucket's size).", "int", lo=1, hi=10000),
+    max_pending=Key("Calls originating (not yet answered or failed) at once; over it: 429.", "int", lo=1, hi=10000),
+    default_timeout=Key("How long a call rings before it is no-answer, when the request gives no timeout.", "seconds",
+                        lo=5, hi=120),
+    status_webhook=Key("http(s) URL the fork server POSTs each status change of a call to (JSON).", pattern=HTTP_URL,
+                       expected="an http:// or https:// URL"),
+)
+
 TOP = _section(
     freeswitch=Key("FreeSWITCH's Event Socket.", "map", required=True, keys=FREESWITCH),
     fork_server=Key("The fork server as FreeSWITCH reaches it.", "map", required=True, keys=FORK_SERVER),
@@ -281,4 +296,6 @@ TOP = _section(
     playback=Key("Where TTS segments are written and how they are played.", "map", required=True, keys=PLAYBACK),
     recording=Key("Where recorded calls go (routes with recording: true).", "map", keys=RECORDING),
     limits=Key("Limits over all routes.", "map", keys=LIMITS),
+    outbound=Key("Outbound calls: POST /v1/calls on the fork server's port originates through a trunk into a route.",
+                 "map", keys=OUTBOUND),
 )

@@ -5,7 +5,8 @@ mod_sofia, mod_event_socket, mod_commands, mod_dptools, mod_dialplan_xml, mod_sn
 mod_native_file, mod_tone_stream and the drachtio mod_audio_fork in its module dir) on a
 throwaway conf tree written here. The tree is minimal, loopback only: an unauthenticated SIP
 profile into context ``public``, and voicefork's rendered ``event_socket.conf.xml``,
-``acl.conf.xml``, ``dialplan/public/50_voicefork.xml`` and trunk gateways
+``acl.conf.xml``, ``dialplan/public/50_voicefork.xml``, the outbound context
+(``dialplan/voicefork_outbound.xml``, with an ``outbound:`` section) and trunk gateways
 (``sip_profiles/external/*.xml``, in the profile's ``<gateways>``) dropped in unchanged, as
 an operator would. :class:`RealStack` wires it to the real fork server and the reference
 connector, like :class:`testbed.stack.Stack` does with the emulator.
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 from fork_server.app import App
 from fs_dialplan import load_config
 from fs_dialplan.model import Config
-from fs_dialplan.render import DIALPLAN_FILE, render
+from fs_dialplan.render import DIALPLAN_FILE, OUTBOUND_FILE, render
 
 from .connector.server import ConnectorServer
 from .sip_caller import SipCaller
@@ -164,7 +165,8 @@ def _conf_tree(
 """,
     }
     for rel, text in rendered.items():  # unchanged, as an operator drops them in
-        if rel.startswith("sip_profiles/") or rel in ("autoload_configs/event_socket.conf.xml", "autoload_configs/acl.conf.xml", DIALPLAN_FILE):
+        if rel.startswith("sip_profiles/") or rel in ("autoload_configs/event_socket.conf.xml", "autoload_configs/acl.conf.xml",
+                                                      DIALPLAN_FILE, OUTBOUND_FILE):
             files[rel] = text
     files.setdefault("sip_profiles/external/.keep.xml", "<include/>\n")  # the include needs a match
     return files

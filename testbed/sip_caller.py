@@ -6,7 +6,11 @@ RTP packet it receives, with its arrival time, sequence number, timestamp and ma
 (REF "Playback timing": an idle park sends no RTP, so a hole is a timestamp jump, and
 playback starts with the marker bit set). It speaks only what such a test needs: one
 unauthenticated INVITE per call (the profile must not challenge), ACK, BYE both ways, RFC
-4733 telephone-events for DTMF. Not for production.
+4733 telephone-events for DTMF. It is also called (a UAS, for outbound calls the switch
+originates through a gateway whose proxy is this agent): per dialled number it answers (180,
+then 200 with SDP, RTP both ways as a caller's), is busy (486) or rings (180) until the
+switch CANCELs (200, then 487); ACK, BYE and retransmitted INVITEs are handled. Not for
+production.
 
 The caller's RTP goes out from a thread of its own on an absolute 20 ms schedule, not from the
 event loop: the tests run the fork server in the same process, and a busy loop sent packets
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SipCaller", "SipCall", "RtpEar", "ulaw_encode", "ulaw_decode", "SipError"]
+__all__ = ["SipCaller", "SipCall", "SipCallee", "RtpEar", "ulaw_encode", "ulaw_decode", "SipError"]
 
 log = logging.getLogger("testbed.sip")
 
@@ -363,13 +367,129 @@ class SipCall:
         return dtmf
 
 
+class SipCallee(SipCall):
+    """One call the switch placed to this agent (we are the UAS): ``behaviour`` is "answer"
+    (180, then 200 with SDP after ``answer_after_ms``), "busy" (486) or "ring" (180 until the
+    switch CANCELs). ``say``/``ear``/``hangup``/``hungup`` as for a call we placed."""
+
+    def __init__(self, caller: "SipCaller", invite: str, behaviour: str, answer_after_ms: float) -> None:
+        first, headers, body = _headers(invite)
+        super().__init__(caller, first.split()[1], "", "")
+        self.call_id = headers.get("call-id", self.call_id)
+        self.dialled = re.sub(r"^sips?:([^@;>]*).*$", r"\1", first.split()[1])
+        self.invite_headers = headers
+        self.behaviour = behaviour
+        self.answer_after_ms = answer_after_ms
+        self.remote_tag = (re.search(r"tag=([^;>\s]+)", headers.get("from", "")) or [None, None])[1]  # type: ignore[index]
+        self.remote_target = _uri(headers.get("contact", ""))
+        self._remote_rtp = _sdp_rtp_address(body)
+        self._invite = invite
+        self._last: str | None = None  # the last response to the INVITE (sent again on a retransmission)
+        self.cancelled = False
+        self.acked = asyncio.Event()
+        self.rang = asyncio.Event()
+
+    def _response(self, code: int, reason: str, body: str = "") -> str:
+        c = self.caller
+        keep = [line for line in self._invite.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+                if line.split(":", 1)[0].strip().lower() in ("via", "from", "call-id", "cseq")]
+        to = self.invite_headers.get("to", "")
+        lines = [f"SIP/2.0 {code} {reason}", *keep, f"To: {to};tag={self.tag}" if "tag=" not in to else f"To: {to}",
+                 f"Contact: <sip:callee@{c.local_ip}:{c.port}>", "User-Agent: voicefork-test-callee"]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Length: {len(body.encode())}")
+        return "\r\n".join(lines) + "\r\n\r\n" + body
+
+    def _request(self, method: str, uri: str, body: str = "", cseq: int | None = None) -> str:
+        """An in-dialog request from the callee's side (BYE): From and To the other way round."""
+        c = self.caller
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {c.local_ip}:{c.port};branch=z9hG4bK{random.getrandbits(48):012x};rport",
+            "Max-Forwards: 70",
+            f"From: {self.invite_headers.get('to', '')};tag={self.tag}",
+            f"To: {self.invite_headers.get('from', '')}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq if cseq is not None else next(self.cseq)} {method}",
+            "Content-Length: 0",
+        ]
+        return "\r\n".join(lines) + "\r\n\r\n"
+
+    def _reply_invite(self, code: int, reason: str, body: str = "") -> None:
+        self._last = self._response(code, reason, body)
+        self.caller._send(self._last)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.caller.local_ip, 0))
+        self._send_sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self._rtp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self._on_rtp), sock=sock)
+        self.rtp_port = sock.getsockname()[1]
+        self.cseq = itertools.count(int(self.invite_headers.get("cseq", "1").split()[0]) + 100)
+        if self.behaviour == "busy":
+            self._reply_invite(486, "Busy Here")
+            self._stop()
+            return
+        self._reply_invite(180, "Ringing")
+        self.rang.set()
+        if self.behaviour != "answer":
+            return  # rings until the switch CANCELs
+        await asyncio.sleep(self.answer_after_ms / 1000)
+        if self.cancelled or self.hungup.is_set():
+            return
+        self._reply_invite(200, "OK", self._sdp())
+        self.answered.set()
+        self._sender = threading.Thread(target=self._send_rtp, name=f"rtp-{self.call_id}", daemon=True)
+        self._sender.start()
+        for _ in range(6):  # RFC 3261 13.3.1.4: the 200 again until the ACK comes
+            try:
+                async with asyncio.timeout(0.5):
+                    await self.acked.wait()
+                return
+            except TimeoutError:
+                if self.hungup.is_set():
+                    return
+                self.caller._send(self._last)  # type: ignore[arg-type]
+
+    def _on_request(self, first: str, headers: dict[str, str], raw: str) -> None:
+        method = first.split()[0]
+        if method == "INVITE":  # a retransmission: our last answer again
+            if self._last is not None:
+                self.caller._send(self._last)
+        elif method == "ACK":
+            self.acked.set()
+        elif method == "CANCEL":
+            self.caller._reply(raw, 200, "OK")
+            if not self.answered.is_set():
+                self.cancelled = True
+                self._reply_invite(487, "Request Terminated")
+                self._stop()
+        elif method == "BYE":
+            self.caller._reply(raw, 200, "OK")
+            self.bye_from_switch = True
+            self._stop()
+        else:
+            self.caller._reply(raw, 200, "OK")
+
+    def _on_response(self, code: int, headers: dict[str, str], body: str) -> None:
+        pass  # the 200 to our BYE
+
+
 class SipCaller:
-    """One UDP SIP socket on 127.0.0.1 placing calls to ``host:sip_port``."""
+    """One UDP SIP socket on 127.0.0.1 placing calls to ``host:sip_port``, and taking calls to
+    the numbers in ``callees`` (number -> "answer" | "busy" | "ring"; others get 404)."""
 
     def __init__(self, host: str = "127.0.0.1", sip_port: int = 5080, local_ip: str = "127.0.0.1") -> None:
         self.host, self.sip_port, self.local_ip = host, sip_port, local_ip
         self.port = 0
         self.calls: dict[str, SipCall] = {}
+        self.callees: dict[str, str] = {}
+        self.answer_after_ms = 200.0
+        self.incoming: list[SipCallee] = []
+        self._incoming_event = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._transport: asyncio.DatagramTransport | None = None
 
     async def start(self) -> None:
@@ -380,9 +500,42 @@ class SipCaller:
     async def close(self) -> None:
         for call in list(self.calls.values()):
             call.hangup()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.sleep(0.05)
         if self._transport is not None:
             self._transport.close()
+
+    async def wait_incoming(self, index: int = 0, timeout: float = 10.0) -> SipCallee:
+        """The ``index``-th call the switch placed to this agent (from 0), once its INVITE is in."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(self.incoming) <= index:
+            self._incoming_event.clear()
+            left = end - loop.time()
+            if left <= 0:
+                raise SipError(f"no INVITE number {index} within {timeout} s")
+            try:
+                await asyncio.wait_for(self._incoming_event.wait(), left)
+            except TimeoutError:
+                pass
+        return self.incoming[index]
+
+    def _on_invite(self, raw: str) -> None:
+        first, headers, _ = _headers(raw)
+        number = re.sub(r"^sips?:([^@;>]*).*$", r"\1", first.split()[1])
+        behaviour = self.callees.get(number)
+        if behaviour is None:
+            self._reply(raw, 404, "Not Found")
+            return
+        callee = SipCallee(self, raw, behaviour, self.answer_after_ms)
+        self.calls[callee.call_id] = callee
+        self.incoming.append(callee)
+        self._incoming_event.set()
+        task = asyncio.get_running_loop().create_task(callee._run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def place_call(
         self, destination: str, caller_id_number: str = "+15550001111", caller_id_name: str = "Test Caller",
@@ -417,6 +570,10 @@ class SipCaller:
                 call._on_response(int(first.split()[1]), headers, body)
         elif call is not None:
             call._on_request(first, headers, raw)
+        elif first.startswith("INVITE "):
+            self._on_invite(raw)
+        elif first.startswith("ACK "):
+            pass  # the ACK of a final answer to a call that is over (486, 487)
         else:
             self._reply(raw, 481, "Call/Transaction Does Not Exist")
 

@@ -28,14 +28,14 @@ from fork_server.esl_async import AsyncEslClient
 from fork_server.esl_client import EslClient
 from fs_dialplan import load_config
 from fs_dialplan.model import Config
-from fs_dialplan.render import render, write_tree
+from fs_dialplan.render import OUTBOUND_CONTEXT, OUTBOUND_FILE, render, write_tree
 
 from .connector.server import ConnectorServer
 from .freeswitch.esl_server import EslServer
 from .freeswitch.switch import FORK_MODULES, EmulatedSwitch
 from .freeswitch.timings import Timings
 
-__all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env", "wire", "open_fds", "malloc_trim", "esl_factory"]
+__all__ = ["Stack", "EXAMPLE_CONFIG", "stack_env", "wire", "open_fds", "malloc_trim", "esl_factory", "http_request"]
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "voicefork.yaml"
 log = logging.getLogger("testbed.stack")
@@ -54,6 +54,8 @@ def stack_env(config: Config) -> dict[str, str]:
     for t in config.trunks:
         if t.password_env:
             env[t.password_env] = "stack-trunk-secret"
+    if config.outbound is not None and config.outbound.token_env:
+        env[config.outbound.token_env] = "stack-api-token"
     return env
 
 
@@ -179,6 +181,9 @@ class Stack:
         self.rendered = render(self.config, self.env)
         write_tree(self.rendered, self.conf_dir)
         self.switch.load_dialplan(self.conf_dir / "dialplan" / "public")
+        if OUTBOUND_FILE in self.rendered:
+            self.switch.load_dialplan(self.conf_dir / OUTBOUND_FILE, context=OUTBOUND_CONTEXT)
+        self.switch.gateways = {Path(rel).stem for rel in self.rendered if rel.startswith("sip_profiles/external/")}
         if not self.esl_up_at_start:
             return
         if self.app is not None and not await self.app.esl.wait_up(5.0):
@@ -274,11 +279,33 @@ class Stack:
             os.path.relpath(os.path.join(d, f), self.spool) for d, _, files in os.walk(self.spool) for f in files
         )
 
+    async def http(self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+                   ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP/1.1 request to the fork server's port: (status, lower-case headers, body)."""
+        return await http_request(self.fork_port, method, path, body, headers)
+
     def number_of(self, route: str) -> str:
         r = self.config.route(route)
         if r.number:
             return r.number
         raise ValueError(f"route {route} has a pattern, not a number; pass a destination")
+
+
+async def http_request(port: int, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
+                       timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:``port`` (Connection: close): (status, lower-case headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    top, _, data = raw.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    got = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), got, data
 
 
 def open_fds(pid: int | None = None) -> int:

@@ -50,6 +50,7 @@ class Start:
     frame_ms: int = 20
     resumed: bool = False
     offset_ms: int = 0
+    direction: str = "inbound"  # | outbound (POST /v1/calls)
 
 
 @dataclass(frozen=True, slots=True)

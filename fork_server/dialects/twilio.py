@@ -162,6 +162,8 @@ class TwilioDialect(Dialect):
             if not isinstance(value, str):
                 raise LocalUsageError(f"twilio: start: {key}: expected str, got {type(value).__name__}")
             params[key] = _cap(value)
+        if s.direction == "outbound":  # a call the fork server originated (POST /v1/calls)
+            params["direction"] = "outbound"
         if len(params) > MAX_PARAMETERS:
             raise LocalUsageError(f"twilio: start: over {MAX_PARAMETERS} customParameters")
         call, stream = call_sid(s.uuid), stream_sid(s.uuid)

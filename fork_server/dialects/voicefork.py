@@ -177,6 +177,7 @@ def start(
     frame_ms: int = 20,
     resumed: bool = False,
     offset_ms: int = 0,
+    direction: str = "inbound",
 ) -> str:
     """The first message on every connector connection (``resumed=True`` after a reconnect).
 
@@ -201,12 +202,15 @@ def start(
         raise LocalUsageError(f"start: resumed: expected bool, got {_show(resumed)}")
     if not _is_int(offset_ms) or offset_ms < 0 or offset_ms % frame_ms:
         raise LocalUsageError(f"start: offset_ms: expected a whole number of frames >= 0, got {_show(offset_ms)}")
+    if direction not in ("inbound", "outbound"):
+        raise LocalUsageError(f"start: direction: expected inbound or outbound, got {_show(direction)}")
     return _dumps(
         {
             "type": "start",
             "version": PROTOCOL_VERSION,
             "resumed": resumed,
-            "call": {"uuid": uuid, "route": route, **caller, "language": language, "metadata": dict(metadata)},
+            "call": {"uuid": uuid, "route": route, "direction": direction, **caller, "language": language,
+                     "metadata": dict(metadata)},
             "audio": {"encoding": "pcm_s16le", "sample_rate": sample_rate, "channels": 1, "frame_ms": frame_ms,
                       "offset_ms": offset_ms},
         }
@@ -466,7 +470,7 @@ def encode(message: m.Message) -> str:
         s: m.Start = message  # type: ignore[assignment]
         return start(uuid=s.uuid, route=s.route, from_=s.from_, to=s.to, caller_name=s.caller_name,
                      language=s.language, metadata=s.metadata, sample_rate=s.sample_rate,
-                     frame_ms=s.frame_ms, resumed=s.resumed, offset_ms=s.offset_ms)
+                     frame_ms=s.frame_ms, resumed=s.resumed, offset_ms=s.offset_ms, direction=s.direction)
     raise LocalUsageError(f"voicefork: cannot encode {kind.__name__}")
 
 

@@ -203,7 +203,9 @@ class ForkStream:
             problems.append(f"{where}: call must be an object, got {call!r}")
         else:
             at = f"{where}: call"
-            problems += _keys(at, call, {"uuid", "route", "from", "to", "caller_name", "language", "metadata"})
+            problems += _keys(at, call, {"uuid", "route", "from", "to", "caller_name", "language", "metadata"}, {"direction"})
+            if call.get("direction", "inbound") not in ("inbound", "outbound"):
+                problems.append(f"{at}.direction must be inbound or outbound, got {call.get('direction')!r:.40}")
             uuid, route = call.get("uuid"), call.get("route")
             if not isinstance(uuid, str) or not uuid:
                 problems.append(f"{at}.uuid must be a non-empty string, got {uuid!r}")

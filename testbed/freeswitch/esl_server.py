@@ -3,8 +3,11 @@
 python-ESL connects to it unchanged. Framing and replies follow mod_event_socket.c:
 * on connect ``Content-Type: auth/request``; ``auth <pw>`` → ``command/reply`` with
   ``Reply-Text: +OK accepted`` or ``-ERR invalid`` followed by a disconnect notice;
-* ``api`` → ``api/response`` with ``Content-Length``; ``bgapi`` → ``+OK Job-UUID: …`` then a
-  BACKGROUND_JOB event carrying the output as its body;
+* ``api`` → ``api/response`` with ``Content-Length``; ``bgapi`` → ``+OK Job-UUID: …`` (the
+  command's own ``Job-UUID`` header if it has one) then a BACKGROUND_JOB event carrying the
+  output as its body, fired to every connection subscribed to it, not to the one that sent the
+  bgapi unless it is subscribed too (seen on a real 1.10.12); a core's ``bgapi`` may return a
+  coroutine (``originate`` rings for a while): the event goes out when it is done;
 * ``event plain <words>``: event names, and after ``CUSTOM`` every further word is a subclass
   name (so a subscription must list CUSTOM last); ``ALL`` subscribes everything;
 * ``filter <header> <value>``: once any filter exists an event is sent only if some filter
@@ -151,6 +154,7 @@ class EslServer:
         # Chaos tests: a slow switch. A command line starting with a key is answered that many
         # seconds late (the connection's later commands wait behind it, as on the real socket).
         self.reply_delay_s: dict[str, float] = {}
+        self._jobs: set[asyncio.Task[str]] = set()  # bgapi jobs still running (originate rings)
 
     @property
     def port(self) -> int:
@@ -161,6 +165,8 @@ class EslServer:
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        for job in list(self._jobs):
+            job.cancel()
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -253,7 +259,7 @@ class EslServer:
             out = self.core.api(name, args).encode()
             return b"Content-Type: api/response\nContent-Length: %d\n\n" % len(out) + out
         if word == "bgapi":
-            job = str(uuidlib.uuid4())
+            job = headers.get("Job-UUID") or str(uuidlib.uuid4())
             name, _, args = rest.partition(" ")
             loop = asyncio.get_running_loop()
             loop.call_soon(self._bgapi, lst, job, name, args)
@@ -306,7 +312,19 @@ class EslServer:
         return reply("+OK event listener enabled plain")
 
     def _bgapi(self, lst: _Listener, job: str, name: str, args: str) -> None:
-        out = self.core.api(name, args)
+        run = getattr(self.core, "bgapi", None)
+        out = run(name, args) if run is not None else self.core.api(name, args)
+        if asyncio.iscoroutine(out):
+            task = asyncio.get_running_loop().create_task(out)
+            self._jobs.add(task)
+            task.add_done_callback(lambda t: (self._jobs.discard(t), None if t.cancelled() else
+                                              self._job_done(job, name, args, t.result() if t.exception() is None
+                                                             else f"-ERR {t.exception()!r}\n")))
+            return
+        self._job_done(job, name, args, out)
+
+    def _job_done(self, job: str, name: str, args: str, out: str) -> None:
         headers = {"Event-Name": "BACKGROUND_JOB", "Job-UUID": job, "Job-Command": name, "Job-Command-Arg": args}
-        if lst.wants(headers):
-            lst.queue.put_nowait(serialize_event(headers, out))
+        for listener in list(self._listeners):
+            if listener.authed:
+                listener.on_event(headers, out)

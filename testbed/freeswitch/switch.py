@@ -38,6 +38,14 @@ the call's own), where the rendered dialplan runs again (an extension it does no
 test sees ``transferred_to``). The count comes back when the channel hangs up or goes back to
 routing, i.e. on any transfer (switch_limit.c limit_state_handler, without
 ``limit_ignore_transfer``).
+
+``bgapi originate {vars}sofia/gateway/<gw>/<number> <exten> XML <context>`` (outbound calls) is
+emulated as a real 1.10.12 did it (tests/freeswitch/test_outbound_real.py): a test says what each
+callee does (``callees[number]``, else ``default_callee``: "answer", "busy", "no-answer" or a
+cause) after ``ring_ms``, the ringing ones with a CHANNEL_PROGRESS first; the leg (``originated``) is a :class:`Channel` with
+``direction="outbound"`` whose far end is the callee; answered, it runs ``<exten>`` of the
+rendered ``<context>`` (``load_dialplan(path, context=...)``); ``gateways`` are the sofia
+gateways the switch has (another is ``-ERR INVALID_GATEWAY``).
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
+import typing
 import uuid as uuidlib
 import wave
 from collections import deque
@@ -105,7 +115,9 @@ class _Play:
 
 
 class Channel:
-    """One inbound call leg, parked in the dialplan with a fork attached."""
+    """One call leg, parked in the dialplan with a fork attached: an inbound call, or the leg an
+    ``originate`` made (``direction="outbound"``; its far end, the caller's side here, is the
+    callee: ``say`` is what the callee says, ``ear`` what it hears)."""
 
     def __init__(
         self,
@@ -116,17 +128,21 @@ class Channel:
         codec: str,
         ptime_ms: int,
         caller_sends_rtp: bool,
+        uuid: str | None = None,
+        direction: str = "inbound",
+        context: str = "public",
     ) -> None:
         self.switch = switch
-        self.uuid = str(uuidlib.uuid4())
+        self.uuid = uuid or str(uuidlib.uuid4())
+        self.direction = direction
         self.rate = 16000 if codec.upper() in ("L16", "G722") else 8000
         self.ptime_ms = ptime_ms
         self.frame_bytes = self.rate * ptime_ms // 1000 * 2
         self.caller_sends_rtp = caller_sends_rtp
         created = str(int(time.time() * 1_000_000))
         self.profile = {
-            "Caller-Direction": "inbound",
-            "Caller-Logical-Direction": "inbound",
+            "Caller-Direction": direction,
+            "Caller-Logical-Direction": direction,
             "Caller-Username": caller_id_number,
             "Caller-Dialplan": "XML",
             "Caller-Caller-ID-Name": caller_id_name,
@@ -138,7 +154,7 @@ class Channel:
             "Caller-Destination-Number": destination,
             "Caller-Unique-ID": self.uuid,
             "Caller-Source": "mod_sofia",
-            "Caller-Context": "public",
+            "Caller-Context": context,
             "Caller-Channel-Name": f"sofia/external/{caller_id_number}@127.0.0.1",
             "Caller-Profile-Index": "1",
             "Caller-Profile-Created-Time": created,
@@ -157,7 +173,7 @@ class Channel:
             **{k: _fill(v, fill) for k, v in _SIP_CHANNEL_VARS.items()},
             "uuid": self.uuid,
             "call_uuid": self.uuid,
-            "direction": "inbound",
+            "direction": direction,
             "read_codec": codec.upper(),
             "write_codec": codec.upper(),
             "read_rate": str(self.rate),
@@ -269,12 +285,23 @@ class EmulatedSwitch:
         self._started_at = 0.0
         self._peak = 0  # most channels at once (status)
         self.limit_usage: dict[tuple[str, str], set[str]] = {}  # mod_hash: (realm, id) -> channel uuids
+        # originate (bgapi): dialplan contexts besides public, the sofia gateways, and what each
+        # callee does: "answer", "busy", "no-answer" (rings until originate_timeout) or a cause.
+        self.contexts: dict[str, Dialplan] = {}
+        self.gateways: set[str] = set()
+        self.callees: dict[str, str] = {}
+        self.default_callee = "answer"
+        self.ring_ms = 100.0  # from the originate to the callee's answer or refusal
+        self.originated: list[Channel] = []  # every leg originate made, answered or not
 
-    def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None) -> None:
-        """(Re)load the rendered dialplan, as ``reloadxml`` would."""
+    def load_dialplan(self, path: str | Path, globals_: dict[str, str] | None = None, context: str = "public") -> None:
+        """(Re)load the rendered dialplan of ``context``, as ``reloadxml`` would."""
         if globals_:
             self.globals.update(globals_)
-        self.dialplan = Dialplan.load(path, self.globals)
+        if context == "public":
+            self.dialplan = Dialplan.load(path, self.globals)
+        else:
+            self.contexts[context] = Dialplan.load(path, self.globals)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -395,6 +422,7 @@ class EmulatedSwitch:
         if not ch.answered:
             ch.answered = True
             ch.vars["answer_state"] = "answered"
+            ch.profile["Caller-Channel-Answered-Time"] = str(int(time.time() * 1_000_000))
             # The jitter buffer is made with the RTP session, at answer: set it before (as FreeSWITCH).
             try:
                 ch.jitter_buffer_ms = max(0, int((ch.var("jitterbuffer_msec") or "0").split(":")[0].rstrip("p") or 0))
@@ -511,6 +539,69 @@ class EmulatedSwitch:
             self.errors.append(f"record_session {path}: {e}")
             return
         ch.recordings.append(path)
+
+    # ------------------------------------------------------------ originate (bgapi)
+
+    def bgapi(self, command: str, args: str = "") -> "str | typing.Coroutine[object, object, str]":
+        """A bgapi job: ``originate`` runs for the ring time (a coroutine the ESL server awaits),
+        anything else as ``api``."""
+        if command == "originate":
+            return self._originate(args)
+        return self.api(command, args)
+
+    async def _originate(self, args: str) -> str:
+        """``originate {vars}sofia/gateway/<gw>/<number> <exten> XML <context>``, as a real 1.10.12
+        did it (tests/freeswitch/test_outbound_real.py): an unknown gateway is ``-ERR
+        INVALID_GATEWAY`` at once; otherwise a leg is made (CHANNEL_CREATE, with the variables
+        given), and after ``ring_ms`` the callee answers (the leg is answered, the job says ``+OK
+        <uuid>`` and the leg runs the extension in the context) or refuses (486: ``USER_BUSY``;
+        another cause as given), or it rings until ``originate_timeout`` (``NO_ANSWER``); a leg
+        that was not answered hangs up with the job's cause."""
+        self._alive()
+        self.api_log.append((self.now(), f"originate {args}"))
+        m = _ORIGINATE.fullmatch(args)
+        if m is None:
+            self.errors.append(f"originate {args!r}: only {{vars}}sofia/gateway/<gw>/<number> <exten> XML <context> is emulated")
+            return "-ERR INVALID_ARGS\n"
+        raw_vars, gateway, number, exten, context = m.groups()
+        variables = dict(v.split("=", 1) for v in raw_vars.split(",") if "=" in v)
+        if gateway not in self.gateways:
+            return "-ERR INVALID_GATEWAY\n"
+        ch = Channel(self, exten, variables.get("origination_caller_id_number", "0000000000"),
+                     variables.get("origination_caller_id_name", ""), "PCMU", self.timings.ptime_ms, True,
+                     uuid=variables.get("origination_uuid"), direction="outbound", context=context)
+        ch.vars.update({k: v for k, v in variables.items() if k != "origination_uuid"})
+        ch.vars["dialed_number"] = number
+        self.channels[ch.uuid] = ch
+        self.originated.append(ch)
+        self._peak = max(self._peak, len(self.channels))
+        self._emit("CHANNEL_CREATE", ch)
+        behaviour = self.callees.get(number, self.default_callee)
+        timeout_s = float(variables.get("originate_timeout", "60") or 60)
+        if behaviour in ("answer", "no-answer"):  # the callee's 180 (a busy one answers 486 at once)
+            self._emit("CHANNEL_PROGRESS", ch)
+        ring_s = timeout_s if behaviour == "no-answer" else self.ring_ms / 1000
+        try:  # a leg killed while it rings (uuid_kill) ends the originate at once, with its cause
+            async with asyncio.timeout(ring_s):
+                await ch.hungup.wait()
+        except TimeoutError:
+            pass
+        cause = "NO_ANSWER" if behaviour == "no-answer" else {"answer": "", "busy": "USER_BUSY"}.get(behaviour, behaviour)
+        if not ch.alive:
+            return f"-ERR {ch.hangup_cause}\n"
+        if cause:
+            self._hangup(ch, cause)
+            return f"-ERR {cause}\n"
+        self._answer(ch)
+        dialplan = self.dialplan if context == "public" else self.contexts.get(context)
+        routed = dialplan.route({"destination_number": exten}) if dialplan is not None else None
+        if routed is None:
+            self.errors.append(f"originate: no extension {exten} in context {context}")
+            self._hangup(ch, "NO_ROUTE_DESTINATION")
+            return "+OK " + ch.uuid + "\n"  # the originate succeeded; the transfer found nothing
+        ch.extension, actions = routed
+        self._spawn(self._execute(ch, actions), f"dialplan-{ch.uuid}")
+        return "+OK " + ch.uuid + "\n"
 
     # ------------------------------------------------------------ EslCore: API
 
@@ -1140,8 +1231,8 @@ class EmulatedSwitch:
             "Channel-State-Number": "4",
             "Channel-Name": f"sofia/external/{ch.profile['Caller-Caller-ID-Number']}@127.0.0.1",
             "Unique-ID": ch.uuid,
-            "Call-Direction": "inbound",
-            "Presence-Call-Direction": "inbound",
+            "Call-Direction": ch.direction,
+            "Presence-Call-Direction": ch.direction,
             "Channel-HIT-Dialplan": "true",
             "Channel-Call-UUID": ch.uuid,
             "Answer-State": "answered" if ch.answered else "ringing",
@@ -1190,6 +1281,8 @@ class EmulatedSwitch:
         if not task.cancelled() and task.exception() is not None:
             self.errors.append(f"{task.get_name()}: {task.exception()!r}")
 
+
+_ORIGINATE = re.compile(r"\{([^{}]*)\}sofia/gateway/([A-Za-z0-9_.-]+)/([^ ]+) ([^ ]+) XML ([A-Za-z0-9_-]+)")
 
 _COND_OPS: dict[str, Callable[[object, object], bool]] = {
     ">": lambda a, b: a > b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,  # type: ignore[operator]

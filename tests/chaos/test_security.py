@@ -268,3 +268,41 @@ def test_any_caller_id_round_trips_through_the_dump_and_start(name, number):
     for got, sent in ((start["call"]["caller_name"], name), (start["call"]["from"], number)):
         want = clean(sent)
         assert got == (want if len(want) <= 256 else want[:255] + "\u2026")  # exact, or cut and marked
+
+
+# ------------------------------------------------------------------ outbound calls: no dial-string injection
+
+INJECTIONS = [
+    "+15551230000,origination_uuid=00000000-0000-4000-8000-000000000000",
+    "+15551230000}sofia/gateway/other/+1900",
+    "+15551230000 park XML default",
+    "+15551230000\napi shutdown",
+    "${system(id)}",
+    "$${ESL_PW}",
+    "+1555123|9000",
+    "sofia/external/x@evil.example",
+    "+15551230000&bgapi status",
+]
+
+
+async def test_outbound_requests_never_put_their_text_on_the_esl_wire():
+    async with stack() as s:
+        s.switch.default_callee = "busy"
+        headers = {"Authorization": "Bearer " + s.env["VOICEFORK_API_TOKEN"], "Content-Type": "application/json"}
+        good = {"to": "+15551230000", "from": "+15557654321", "route": "support"}
+        for field in ("to", "from", "route", "trunk"):
+            for bad in INJECTIONS:
+                code, _, body = await s.http("POST", "/v1/calls", json.dumps({**good, field: bad}).encode(), headers)
+                assert code == 400 and json.loads(body)["field"] == field, (field, bad, body)
+        code, _, body = await s.http("POST", "/v1/calls", json.dumps({**good, "metadata": {"x": INJECTIONS[0], "y": "${a}"}}).encode(), headers)
+        assert code == 202
+        call_id = json.loads(body)["id"]
+        await until(lambda: s.switch.originated, what="the one originate")
+        bg = [c for c in s.esl.commands if c.startswith("bgapi")]
+        assert bg == [f"bgapi originate {{origination_uuid={call_id},origination_caller_id_number=+15557654321,"
+                      "origination_caller_id_name=+15557654321,originate_timeout=30,voicefork_route=support,"
+                      "jitterbuffer_msec=20,ignore_early_media=true}sofia/gateway/twilio/+15551230000 support XML voicefork_outbound"]
+        leg = s.switch.originated[0]
+        assert not any("${" in v or "origination_uuid=0000" in v for v in leg.vars.values())  # metadata stayed home
+        code, _, _ = await s.http("POST", "/v1/calls", json.dumps(good).encode(), {**headers, "Authorization": "Bearer " + "x" * 4000})
+        assert code == 401

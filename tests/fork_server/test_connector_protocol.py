@@ -45,6 +45,7 @@ def test_start_has_the_documented_shape():
         "call": {
             "uuid": UUID,
             "route": "support",
+            "direction": "inbound",
             "from": "+15551230000",
             "to": "+15551234567",
             "caller_name": "Ann Smith",

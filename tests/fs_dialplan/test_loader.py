@@ -298,3 +298,46 @@ def test_the_example_configs_commented_twilio_connector_loads_when_uncommented()
     lines = [line.replace("  # ", "  ", 1) for line in block.splitlines() if line.startswith("  #   ") or line.startswith("  # twilio-bot")]
     c = parse_config(text.replace(block, block + "\n".join(lines) + "\n"), "voicefork.yaml").connectors["twilio-bot"]
     assert (c.protocol, c.account_sid, c.auth_token_env) == ("twilio", "AC" + "0123456789abcdef" * 2, "VOICEFORK_TWILIO_TOKEN")
+
+
+OUTBOUND = TRUNK + """\
+outbound:
+  token_env: API_TOKEN
+"""
+
+
+def test_outbound_section_loads_with_its_defaults():
+    ob = parse_config(OUTBOUND, "cfg.yaml").outbound
+    assert (ob.token_env, ob.default_trunk, ob.calls_per_second, ob.burst, ob.max_pending, ob.default_timeout_s,
+            ob.status_webhook) == ("API_TOKEN", "twilio", 1, 5, 20, 30.0, None)
+    assert parse_config(OUTBOUND.replace("API_TOKEN", "none"), "cfg.yaml").outbound.token_env is None
+    assert parse_config(BASE, "cfg.yaml").outbound is None
+    c = load_config(str(EXAMPLE)).outbound
+    assert (c.token_env, c.default_trunk, c.calls_per_second, c.burst) == ("VOICEFORK_API_TOKEN", "twilio", 2, 10)
+
+
+@pytest.mark.parametrize("text,expected", [
+    (BASE + "outbound:\n  token_env: API_TOKEN\n",
+     ["cfg.yaml:17: outbound: calls go out through a trunk: add one under `trunks:`"]),
+    (TRUNK + "outbound: {default_trunk: twilio}\n",
+     ["cfg.yaml:22: outbound.token_env: required key is missing"]),
+    (OUTBOUND + "  default_trunk: carrier\n",
+     ['cfg.yaml:24: outbound.default_trunk: no trunk "carrier"; the trunks are twilio']),
+    (OUTBOUND.replace("API_TOKEN", "my-secret-token"),
+     ['cfg.yaml:23: outbound.token_env: expected an environment variable NAME like VOICEFORK_ESL_PASSWORD (never the password itself), or none, got "my-secret-token"']),
+    (OUTBOUND + "  default_timeout: 3m\n",
+     ["cfg.yaml:24: outbound.default_timeout: expected a duration between 5 s and 120 s, got '3m'"]),
+    (OUTBOUND + "  status_webhook: ftp://x/y\n",
+     ['cfg.yaml:24: outbound.status_webhook: expected an http:// or https:// URL, got "ftp://x/y"']),
+    (OUTBOUND + "  burts: 5\n",
+     ["cfg.yaml:24: outbound.burts: unknown key (did you mean 'burst'?)"]),
+])
+def test_outbound_errors_name_file_line_and_key(text, expected):
+    assert errors(text) == expected
+
+
+def test_outbound_needs_a_default_trunk_with_several_trunks():
+    two = TRUNK + TRUNK[TRUNK.index("  - name: twilio"):].replace("twilio", "backup") + "outbound:\n  token_env: API_TOKEN\n"
+    assert errors(two) == ["cfg.yaml:28: outbound.default_trunk: required with several trunks (one of twilio, backup)"]
+    ok = parse_config(two + "  default_trunk: backup\n", "cfg.yaml").outbound
+    assert ok.default_trunk == "backup"

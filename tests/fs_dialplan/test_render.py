@@ -238,3 +238,23 @@ def test_stream_transport_renders_the_jambonz_modules_start_and_idle_silence(exa
     fork = next(d for d in data if d and d.startswith("fork_result="))
     line = fork[len("fork_result=${uuid_audio_fork("):-2].replace("${uuid}", "U").replace("${read_rate}", "8000")
     assert separate_blank(line, 10)[5:] == ["audio_fork", '{"route":"uk-line","uuid":"U","rate":"16k"}', "true", "true", "8000"]
+
+
+def test_outbound_context_only_with_an_outbound_section(example):
+    import dataclasses
+
+    from fs_dialplan.render import OUTBOUND_CONTEXT, OUTBOUND_FILE, TRUNK_CONTEXT
+    files = render(example, ENV)
+    root = ET.fromstring(files[OUTBOUND_FILE])
+    (ctx,) = root
+    assert ctx.tag == "context" and ctx.get("name") == OUTBOUND_CONTEXT != TRUNK_CONTEXT
+    exts = {e.get("name"): e for e in ctx}
+    assert list(exts) == [f"voicefork_outbound_{r.name}" for r in example.routes]
+    cond = exts["voicefork_outbound_uk-line"].find("condition")
+    assert (cond.get("field"), cond.get("expression")) == ("destination_number", "^uk-line$")
+    data = [a.get("data") for a in cond.iter("action")]
+    assert 'fork_result=${uuid_audio_fork(${uuid} start ws://127.0.0.1:8099/calls/uk-line mono 16k {"route":"uk-line","uuid":"${uuid}","rate":"16k","direction":"outbound"})}' in data
+    # The inbound extensions are the same whether or not outbound is configured.
+    without = render(dataclasses.replace(example, outbound=None), ENV)
+    assert OUTBOUND_FILE not in without and without[DIALPLAN_FILE] == files[DIALPLAN_FILE]
+    assert "voicefork_outbound" not in files[DIALPLAN_FILE]

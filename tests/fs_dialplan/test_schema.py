@@ -100,6 +100,12 @@ BROKEN = {
     "trunk password without user": _set("trunks.0.username", _DELETE),
     "unknown trunk key": _set("trunks.0.pasword", "x"),
     "trunk caller id not E.164": _set("trunks.0.caller_id_number", "555"),
+    "outbound without token_env": _set("outbound.token_env", _DELETE),
+    "outbound token_env a literal": _set("outbound.token_env", "s3cret-token"),
+    "outbound rate zero": _set("outbound.calls_per_second", 0),
+    "outbound timeout over 120 s": _set("outbound.default_timeout", 600),
+    "outbound webhook not http": _set("outbound.status_webhook", "ftp://example.com/x"),
+    "unknown outbound key": _set("outbound.trunk", "twilio"),
 }
 
 
@@ -126,7 +132,10 @@ VALID = {
     "duration as a number": _set("routes.0.max_duration", 90),
     "extension as a number": _set("routes.1.fallback.target", 1000),
     "bare IP in an ACL": _set("trunks.0.acl_cidrs.0", "192.0.2.1"),
-    "no trunks": _set("trunks", _DELETE),
+    "no trunks (and no outbound)": lambda d: (d.pop("trunks"), d.pop("outbound")),
+    "outbound without auth": _set("outbound.token_env", "none"),
+    "outbound with a webhook": _set("outbound.status_webhook", "https://hooks.example.com/vf?x=1"),
+    "outbound without default_trunk (one trunk)": _set("outbound.default_trunk", _DELETE),
     "registering trunk": _set("trunks.0.register", True),
     "tls trunk with a port": _set("trunks.0.proxy", "example.pstn.twilio.com:5061"),
 }
