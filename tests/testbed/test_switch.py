@@ -478,7 +478,9 @@ async def test_a_jitter_buffer_set_before_answer_keeps_the_caller_frames(tmp_pat
         assert peer.request.headers["Authorization"] == "Basic " + base64.b64encode(b"fs:secret").decode()
         assert "MOD_AUDIO_BASIC_AUTH_PASSWORD" not in ch.vars
         # rate: auto on a PCMU leg forks at 8k and says so in the metadata.
-        assert json.loads(peer.texts[0])["rate"] == "8k" and {len(b) for b in peer.binary} == {320}
+        # (20 ms frames of 320 bytes; a late send carries two or more in one message, as
+        # mod_audio_fork's does when its service thread is late: seen under load.)
+        assert json.loads(peer.texts[0])["rate"] == "8k" and {len(b) % 320 for b in peer.binary} == {0}
     finally:
         await sw.close()
         server.close()
