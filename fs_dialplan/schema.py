@@ -31,7 +31,9 @@ def _str_schema(key: spec.Key) -> dict[str, Any]:
     if key.json_types != ("string",):
         s = {"anyOf": [s] + [{"type": t} for t in key.json_types if t != "string"]}
     if key.none_words:
-        s = {"anyOf": [{"type": "null"}, {"enum": list(key.none_words)}, s]}
+        # YAML's null (an empty value, ~, null) only where the loader takes it as "not set".
+        nulls = [{"type": "null"}] if {"", "null", "~"} & set(key.none_words) else []
+        s = {"anyOf": [*nulls, {"enum": list(key.none_words)}, s]}
     return s
 
 

@@ -83,7 +83,7 @@ class Outbound:
 
 
 async def test_answered_call_the_connector_hears_the_callee_and_the_callee_hears_the_bot():
-    bot = {"bargein": False, "rate": 24000, "speed": 3.0, "answer_delay_ms": 1500, "mark_every_ms": 0}
+    bot = {"bargein": False, "rate": 24000, "speed": 3.0, "answer_delay_ms": 3000, "mark_every_ms": 0}
     async with Outbound(connector_options=bot) as o:
         s = o.s
         o.callee.callees[CALLEE] = "answer"
@@ -101,7 +101,9 @@ async def test_answered_call_the_connector_hears_the_callee_and_the_callee_hears
         assert (c["uuid"], c["route"], c["direction"], c["from"], c["to"]) == (call_id, "sales", "outbound", OURS, CALLEE)
         assert c["metadata"]["lead"] == "L-7"
         assert (await o.status(call_id))["status"] == "answered"
-        # The callee speaks while the bot still thinks (its answer comes 1.5 s after start).
+        # The callee speaks while the bot still thinks (its answer comes 3 s after start): a callee
+        # talking over the bot's first files is heard a frame off on outbound legs (README,
+        # "Not yet full duplex on outbound legs"); a loaded run with 1.5 s overlapped: 17.8 dB.
         said = ulaw_decode(ulaw_encode(load_wav(CALLER_QUESTION, 8000)))
         leg.say(said[: 8000 * 2])  # one second
         await until(lambda: not leg.speaking, what="the callee to finish")

@@ -102,6 +102,7 @@ BROKEN = {
     "trunk caller id not E.164": _set("trunks.0.caller_id_number", "555"),
     "outbound without token_env": _set("outbound.token_env", _DELETE),
     "outbound token_env a literal": _set("outbound.token_env", "s3cret-token"),
+    "outbound token_env empty": _set("outbound.token_env", None),  # only `none` turns auth off
     "outbound rate zero": _set("outbound.calls_per_second", 0),
     "outbound timeout over 120 s": _set("outbound.default_timeout", 600),
     "outbound webhook not http": _set("outbound.status_webhook", "ftp://example.com/x"),
