@@ -253,7 +253,16 @@ class RealSwitch:
             # switch (SIGSEGV, 2 of 3 tries on 1.10.12, seen by the bench on 2026-12-06).
             status = await self._esl_api("sofia status")
             if status is not None and any("external" in line and "RUNNING" in line for line in status.splitlines()):
-                return
+                # mod_sofia loads before mod_audio_fork and mod_hash, so its profile can run while
+                # they still load: wait for the core's "is ready" (after every module), then a
+                # moment for mod_audio_fork's libwebsockets context, which its service thread makes
+                # after the module load has returned (audio_pipe.cpp, lws_service_thread). A fork
+                # started 41 ms after the module loaded never got past fork_session_init, and its
+                # call never reached the fork server (a full run on 2026-12-07: "no call 0").
+                core = await self._esl_api("status")
+                if core is not None and re.search(r"^FreeSWITCH \(.*\) is ready", core, re.M):
+                    await asyncio.sleep(0.2)
+                    return
             await asyncio.sleep(0.2)
         raise RuntimeError(
             f"FreeSWITCH's SIP profile did not come up (ESL on {self.esl_port}, SIP on {self.sip_port}) "
