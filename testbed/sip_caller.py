@@ -122,16 +122,22 @@ class RtpEar:
     def pcm(self) -> bytes:
         return b"".join(p.pcm for p in self.packets)
 
-    def timeline(self) -> bytes:
-        """Everything heard on the RTP clock, holes as silence (from the first packet)."""
+    def timeline(self, *, close_resyncs: bool = False) -> bytes:
+        """Everything heard on the RTP clock, holes as silence (from the first packet).
+
+        With ``close_resyncs`` a timestamp jump that is a :meth:`resyncs` adds no silence: the
+        packets kept coming every ptime, so no audio was missing, only the switch's clock moved."""
         if not self.packets:
             return b""
-        t0 = self.packets[0].timestamp
-        end = (self.packets[-1].timestamp - t0) & 0xFFFFFFFF
-        out = bytearray(2 * (end + SAMPLES))
-        for p in self.packets:
-            off = 2 * ((p.timestamp - t0) & 0xFFFFFFFF)
-            out[off : off + len(p.pcm)] = p.pcm
+        closed = {i + 1: n * SAMPLES for i, n in self.resyncs()} if close_resyncs else {}
+        t0, shift = self.packets[0].timestamp, 0
+        offs = []
+        for i, p in enumerate(self.packets):
+            shift += closed.get(i, 0)
+            offs.append(((p.timestamp - t0) & 0xFFFFFFFF) - shift)
+        out = bytearray(2 * (offs[-1] + SAMPLES))
+        for p, off in zip(self.packets, offs):
+            out[2 * off : 2 * off + len(p.pcm)] = p.pcm
         return bytes(out)
 
 

@@ -21,7 +21,7 @@ def test_ulaw_matches_known_codes():
 
 
 def ear(*packets):
-    return RtpEar([RtpPacket(t / 1000, i, ts * 160, m, bytes(320)) for i, (t, ts, m) in enumerate(packets)])
+    return RtpEar([RtpPacket(t / 1000, i, ts * 160, m, bytes([i + 1]) * 320) for i, (t, ts, m) in enumerate(packets)])
 
 
 def test_a_late_packet_after_a_timestamp_jump_is_a_hole():
@@ -33,3 +33,12 @@ def test_a_late_packet_after_a_timestamp_jump_is_a_hole():
 def test_a_timestamp_jump_with_packets_on_time_is_a_resync_not_a_hole():
     e = ear((0, 0, True), (20, 2, True), (40, 3, False))
     assert e.gaps() == [] and e.resyncs() == [(0, 1)]
+    # On the RTP clock the resync is a frame of silence; closed, the audio runs on unbroken.
+    assert e.timeline() == bytes([1]) * 320 + bytes(320) + bytes([2]) * 320 + bytes([3]) * 320
+    assert e.timeline(close_resyncs=True) == bytes([1]) * 320 + bytes([2]) * 320 + bytes([3]) * 320
+
+
+def test_closing_resyncs_keeps_real_holes():
+    e = ear((0, 0, True), (20, 2, True), (80, 5, False))  # a resync, then a hole of 2 frames
+    assert e.resyncs() == [(0, 1)] and e.gaps() == [(1, 2)]
+    assert e.timeline(close_resyncs=True) == bytes([1]) * 320 + bytes([2]) * 320 + bytes(640) + bytes([3]) * 320
