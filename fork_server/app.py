@@ -305,6 +305,8 @@ class App:
             max_spool_bytes=p.max_spool_bytes_per_call,
             switch_temp_dir=self.config.freeswitch.temp_dir,
             connector_rate=dialects.DIALECTS[c.protocol].audio_rate,
+            start_lead_ms=(c.playout_lead_ms if c.playout_lead_ms is not None
+                           else dialects.DIALECTS[c.protocol].playout_lead_ms),
         )
 
     async def _on_call(self, ws: ForkConnection, route_name: str) -> None:

@@ -139,7 +139,29 @@ class SegmentPlanner:
         self.dropped_ms = 0
         self._new_utterance()
 
+    @property
+    def holding(self) -> bool:
+        """A start lead is running: nothing goes out yet (see :meth:`hold`)."""
+        return self._holding
+
+    def hold(self) -> None:
+        """sendmsg, an utterance starts with nothing playing: hand out nothing until
+        :meth:`release` (the start-lead timer), :meth:`flush` or :meth:`clear`. A connector that
+        paces its audio in real time (Pipecat: 137.5 ms bursts 120-160 ms apart) otherwise has
+        each file end before its next burst arrives. However much is buffered, only time makes
+        that margin: a big first burst of a real-time connector leaves none after it."""
+        if self.policy == "sendmsg":
+            self._holding = True
+
+    def release(self) -> list[Segment]:
+        """The start lead is over: hand out the first segment, whatever whole ptimes there are."""
+        if not self._holding:
+            return []
+        self._holding = False
+        return self._cut_sendmsg() or self.take_ready(0)
+
     def _new_utterance(self) -> None:
+        self._holding = False
         self._first = True
         # sendmsg sizes ramp up, 80, 160, 320, 400 ms: each next file is ready (at TTS faster
         # than real time) before the one ahead of it has played, with no wait for PLAYBACK_START.
@@ -206,7 +228,9 @@ class SegmentPlanner:
             self._cuts.append(cut)
 
     def _cut_sendmsg(self) -> list[Segment]:
-        out = []
+        out: list[Segment] = []
+        if self._holding:
+            return out
         while True:
             if self._cuts and self._cuts[0] <= len(self._buf):  # a mark's segment ends exactly there
                 seg = self._emit(self._cuts[0])
@@ -257,7 +281,7 @@ class SegmentPlanner:
         one-frame hole after it. A channel with nothing playing takes even one ptime.
         uuid_broadcast never tops up: every extra file costs a 100 ms hole.
         """
-        if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms:
+        if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms or self._holding:
             return []
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
         if self._cuts:
@@ -271,7 +295,7 @@ class SegmentPlanner:
         """sendmsg, the connector paused while a file still plays: the whole ptimes buffered go out
         now, never across a mark's cut; the partial frame stays for the next audio (see
         :meth:`fork_server.playback.core.Playback.timer`)."""
-        if self.policy != "sendmsg":
+        if self.policy != "sendmsg" or self._holding:
             return []
         whole = len(self._buf) - len(self._buf) % self.frame_bytes
         if self._cuts:

@@ -233,6 +233,7 @@ class SessionSettings:
     max_spool_bytes: int = 8 << 20
     prestart_buffer_ms: int = 2000  # caller audio kept while the connector connects
     tts_idle_flush_s: float = 0.06
+    start_lead_ms: int = 0  # file playback: an utterance's first file waits this long (the connector's playout_lead_ms)
     switch_temp_dir: str = "/tmp"
     connector_rate: int = CONNECTOR_RATE  # caller audio to the connector: the dialect's audio_rate
     direction: str = "inbound"  # | outbound: a call the fork server originated (POST /v1/calls)
@@ -278,6 +279,7 @@ class CallSession:
             uuid, transport, command=settings.playback_command, ptime_ms=settings.ptime_ms,
             first_segment_ms=settings.first_segment_ms, segment_ms=settings.segment_ms, lead_ms=settings.lead_ms,
             max_spool_bytes=settings.max_spool_bytes, tts_idle_flush_s=settings.tts_idle_flush_s,
+            start_lead_ms=settings.start_lead_ms,
         )
         self.files.errors = self.errors  # one count per call, whoever counts
         self.stream: StreamPlayback | None = None

@@ -304,6 +304,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
                 ping_interval_s=_opt(c, "ping_interval", lambda n: _key_seconds(ctx, n, f"{path}.ping_interval", C["ping_interval"]), 0.5),
                 ping_timeout_s=_opt(c, "ping_timeout", lambda n: _key_seconds(ctx, n, f"{path}.ping_timeout", C["ping_timeout"]), 1.0),
                 reconnect_attempts=_opt(c, "reconnect_attempts", lambda n: _key_int(ctx, n, f"{path}.reconnect_attempts", C["reconnect_attempts"]), 1),
+                playout_lead_ms=_opt(c, "playout_lead_ms", lambda n: _key_int(ctx, n, f"{path}.playout_lead_ms", C["playout_lead_ms"]), None),
                 send_queue_ms=_opt(c, "send_queue", lambda n: (lambda s: int(s * 1000) if s is not None else None)(_key_seconds(ctx, n, f"{path}.send_queue", C["send_queue"])), 2000),
                 **_twilio_fields(ctx, node, c, path),
             )

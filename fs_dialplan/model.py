@@ -85,6 +85,7 @@ class Connector:
     protocol: str = "voicefork"  # | twilio (fork_server.dialects)
     account_sid: str | None = None  # twilio: AC + 32 hex
     auth_token_env: str | None = None  # twilio: env var with the REST hang-up's auth token
+    playout_lead_ms: int | None = None  # None: the protocol's (fork_server.dialects: twilio 60, voicefork 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,9 @@ CONNECTOR = _section(
                     pattern=ACCOUNT_SID, expected="an account sid like AC followed by 32 lowercase hex digits"),
     auth_token_env=Key("protocol twilio: NAME of the env var with the auth token the bot's REST calls present "
                        "(HTTP Basic, account_sid as the user).", pattern=ENV_NAME, expected=ENV_EXPECT),
+    playout_lead_ms=Key("File playback: an utterance that starts on a silent channel waits this long before its first "
+                        "file, as margin for TTS paced in real time (default: 60 for protocol twilio, 0 for voicefork).",
+                        "int", lo=0, hi=500),
 )
 
 FALLBACK_ACTIONS = ("hangup", "play", "transfer")

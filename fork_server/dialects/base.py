@@ -20,7 +20,9 @@ class Dialect(abc.ABC):
     ``audio_rate``: the rate of the caller audio the dialect carries (the session resamples to
     it); ``binary_audio``: :meth:`encode_audio` returns the frames unchanged, so the adapter's
     hot path may skip the call; ``max_message_bytes``: the largest frame taken from the peer
-    (the WebSocket's ``max_size``). ``receive_*`` never raise on what the peer sent: anything
+    (the WebSocket's ``max_size``); ``playout_lead_ms``: how long file playback waits before an
+    utterance's first file by default (the connector's ``playout_lead_ms`` overrides it): bots
+    that pace their audio in real time need that margin. ``receive_*`` never raise on what the peer sent: anything
     off-spec is a :class:`~fork_server.dialects.messages.Malformed` event, counted in
     ``malformed``.
     """
@@ -30,6 +32,7 @@ class Dialect(abc.ABC):
     audio_rate: ClassVar[int]
     binary_audio: ClassVar[bool]
     max_message_bytes: ClassVar[int]
+    playout_lead_ms: ClassVar[int]
 
     @abc.abstractmethod
     def encode(self, message: Message) -> list[str]:

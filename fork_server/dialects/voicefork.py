@@ -482,6 +482,7 @@ class VoiceforkDialect(Dialect):
     audio_rate = 16000
     binary_audio = True
     max_message_bytes = MAX_BINARY_BYTES
+    playout_lead_ms = 0  # connector-protocol.md asks for TTS unpaced, as it is made: no lead needed
 
     def __init__(self) -> None:
         self.parser = ConnectorParser()

@@ -5,6 +5,7 @@ The emulator with REF's real timing and the caller's ear comes with issue 4."""
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -216,3 +217,21 @@ async def test_stop_ends_even_when_a_background_task_swallows_its_cancel(stack, 
     await asyncio.wait_for(app.stop(), 10)
     assert len(cancels) == 2 and not app._background
     assert "ignored their cancel (test_stop_ends_even_when_a_background_task_swallows_its_cancel.<locals>.stubborn)" in caplog.text
+
+
+def test_a_call_s_start_lead_is_its_connector_s_or_its_protocol_s(tmp_path):
+    # Twilio bots pace their audio in real time (Twilio plays it from a buffer): 60 ms by default;
+    # voicefork connectors send unpaced: none; a connector's playout_lead_ms wins over both.
+    base = config(1, "ws://127.0.0.1:9/bot", tmp_path)
+    sid = "AC" + "0123456789abcdef" * 2
+    connectors = {
+        "bot": Connector("bot", "ws://127.0.0.1:9/bot"),
+        "tw": Connector("tw", "ws://127.0.0.1:9/tw", protocol="twilio", account_sid=sid, auth_token_env="FORK_PW"),
+        "slow": Connector("slow", "ws://127.0.0.1:9/slow", playout_lead_ms=100),
+        "tw0": Connector("tw0", "ws://127.0.0.1:9/tw0", protocol="twilio", account_sid=sid, auth_token_env="FORK_PW",
+                         playout_lead_ms=0),
+    }
+    routes = tuple(Route(n, n, number=f"+1555123456{i}") for i, n in enumerate(connectors))
+    app = App(dataclasses.replace(base, connectors=connectors, routes=routes), env=ENV, listen_port=0)
+    leads = {r.name: app._settings(r, 8000).start_lead_ms for r in routes}
+    assert leads == {"bot": 0, "tw": 60, "slow": 100, "tw0": 0}

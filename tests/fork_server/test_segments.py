@@ -149,6 +149,45 @@ def test_clear_drops_buffer_and_restarts_utterance():
     assert seg.first and seg.ms == 80
 
 
+def test_hold_hands_out_nothing_until_release_then_the_first_segment():
+    # A start lead (Playback.start_lead_ms): however much is buffered, nothing goes out before
+    # release(); then the due segment takes every whole ptime, and the ramp goes on from there.
+    p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80)
+    p.hold()
+    assert p.holding and p.feed(tone(137)) == [] and p.feed(tone(100)) == []
+    assert p.take_ready(queued_ahead_ms=0) == [] and p.take_whole() == []
+    (seg,) = p.release()
+    assert seg.first and seg.ms == 220 and not p.holding and p.buffered_ms == 17
+    assert p.release() == []  # once only
+    assert [s.ms for s in p.feed(tone(413))] == [] and [s.ms for s in p.feed(tone(20))] == [440]  # due at 2 x 220
+
+
+def test_release_of_less_than_a_first_segment_hands_out_what_is_whole():
+    p = SegmentPlanner(RATE, "sendmsg", first_segment_ms=80)
+    p.hold()
+    p.feed(tone(50))
+    (seg,) = p.release()
+    assert seg.ms == 40 and p.buffered_ms == 10
+
+
+def test_flush_and_clear_end_a_hold():
+    p = SegmentPlanner(RATE, "sendmsg")
+    p.hold()
+    p.feed(tone(30))
+    (seg,) = p.flush()  # end of speech before the lead was over: it all goes, padded
+    assert seg.ms == 40 and seg.padded_ms == 10 and not p.holding
+    p.hold()
+    p.feed(tone(200))
+    p.clear()
+    assert not p.holding and p.release() == [] and p.buffered_ms == 0
+
+
+def test_uuid_broadcast_never_holds():
+    p = SegmentPlanner(RATE, "uuid_broadcast")
+    p.hold()
+    assert not p.holding
+
+
 # ------------------------------------------------------------------ uuid_broadcast
 
 

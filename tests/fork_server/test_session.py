@@ -358,3 +358,49 @@ def test_tts_in_bursts_with_pauses_is_played_whole_with_no_silence_inserted():
     assert all(len(w) % 320 == 0 for w in writes)  # whole ptimes, always
     assert heard[: len(spoken)] == spoken  # nothing inserted, nothing lost
     assert len(heard) - len(spoken) < 320 and not any(heard[len(spoken):])  # one pad, at the very end
+
+
+def _burst(i):
+    return np.rint(np.sin(np.arange(i * 1100, (i + 1) * 1100) * 0.05) * 8000).astype("<i2").tobytes()
+
+
+def test_a_start_lead_holds_an_utterance_s_first_file_until_its_timer():
+    # TTS paced in real time (Pipecat, 137.5 ms bursts 120-160 ms apart): on a real 1.10.12 each
+    # file ended before the next burst came and the caller heard 1-2 frame holes; the first
+    # file now waits start_lead_ms, so every later burst has that margin.
+    s = active(start_lead_ms=60)
+    acts = s.handle(cp.TtsAudio(_burst(0), 8000))
+    assert not [a for a in acts if isinstance(a, (WriteSegment, PlayFile))]
+    assert ("start_lead", 0.06) in [(a.name, a.delay_s) for a in acts if type(a).__name__ == "ArmTimer"]
+    assert not [a for a in s.handle(TimerFired("tts_idle")) if isinstance(a, (WriteSegment, PlayFile))]
+    acts = s.handle(TimerFired("start_lead"))
+    (first,) = [a for a in acts if isinstance(a, WriteSegment)]
+    (play,) = [a for a in acts if isinstance(a, PlayFile)]
+    assert first.pcm == _burst(0)[:1920]  # its 6 whole ptimes; the partial frame waits
+    s.handle(em.PlaybackStarted(U, "support", play.path))
+    # While a file plays, the next burst is not held: it goes out as it comes.
+    acts = s.handle(cp.TtsAudio(_burst(1), 8000))
+    assert [a.pcm for a in acts if isinstance(a, WriteSegment)] == [(_burst(0) + _burst(1))[1920:4160]]
+    assert "start_lead" not in [a.name for a in acts if type(a).__name__ == "ArmTimer"]
+
+
+def test_a_clear_during_the_start_lead_drops_it_and_the_timer_plays_nothing():
+    s = active(start_lead_ms=60)
+    s.handle(cp.TtsAudio(_burst(0), 8000))
+    acts = s.handle(cp.MarkRequest("m1"))
+    assert sent(acts) == []  # its audio has not played
+    assert sent(s.handle(cp.Clear())) == [{"type": "mark", "name": "m1", "status": "cleared"}]
+    assert not [a for a in s.handle(TimerFired("start_lead")) if isinstance(a, (WriteSegment, PlayFile))]
+    # The next utterance starts on a silent channel again: it is held again.
+    acts = s.handle(cp.TtsAudio(_burst(1), 8000))
+    assert not [a for a in acts if isinstance(a, (WriteSegment, PlayFile))]
+    assert [len(a.pcm) for a in s.handle(TimerFired("start_lead")) if isinstance(a, WriteSegment)] == [1920]
+
+
+def test_no_start_lead_by_default():
+    s = active()
+    acts = s.handle(cp.TtsAudio(_burst(0), 8000))
+    assert [len(a.pcm) for a in acts if isinstance(a, WriteSegment)] == [1920]
+    assert "start_lead" not in [a.name for a in acts if type(a).__name__ == "ArmTimer"]
+    with pytest.raises(LocalUsageError):
+        active(start_lead_ms=-1)

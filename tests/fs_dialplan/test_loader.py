@@ -298,6 +298,18 @@ def test_the_example_configs_commented_twilio_connector_loads_when_uncommented()
     lines = [line.replace("  # ", "  ", 1) for line in block.splitlines() if line.startswith("  #   ") or line.startswith("  # twilio-bot")]
     c = parse_config(text.replace(block, block + "\n".join(lines) + "\n"), "voicefork.yaml").connectors["twilio-bot"]
     assert (c.protocol, c.account_sid, c.auth_token_env) == ("twilio", "AC" + "0123456789abcdef" * 2, "VOICEFORK_TWILIO_TOKEN")
+    assert c.playout_lead_ms == 60
+
+
+def test_playout_lead_is_the_protocols_unless_the_connector_says():
+    # None here: the fork server takes the dialect's (twilio 60 ms, voicefork 0).
+    assert parse_config(BASE, "cfg.yaml").connectors["bot"].playout_lead_ms is None
+    text = BASE.replace("    url: ws://127.0.0.1:8765/bot\n", "    url: ws://127.0.0.1:8765/bot\n    playout_lead_ms: 40\n")
+    assert parse_config(text, "cfg.yaml").connectors["bot"].playout_lead_ms == 40
+    assert errors(text.replace("playout_lead_ms: 40", "playout_lead_ms: 600")) == [
+        'cfg.yaml:9: connectors.bot.playout_lead_ms: expected an integer 0..500, got "600"']
+    assert errors(text.replace("playout_lead_ms: 40", "playout_lead_ms: 60ms"))[0].startswith(
+        "cfg.yaml:9: connectors.bot.playout_lead_ms: expected an integer")
 
 
 OUTBOUND = TRUNK + """\
