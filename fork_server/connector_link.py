@@ -9,6 +9,11 @@ Caller audio written to the socket is kept until a pong proves the connector rea
 answers pings in order with data), at most ``max_replay_frames``. When the link is lost,
 :meth:`take_unconfirmed` hands back what the connector may not have had, for the next leg:
 a dead or half-open connector's socket buffers otherwise swallow seconds of the caller (issue 6).
+A pong proves only that the connector's WebSocket library read the frames: they may still wait
+in its receive queue (websockets keeps up to 16 messages) when the connector dies, so the last
+``CONFIRMED_TAIL_FRAMES`` confirmed frames go to the next leg too (its ``start`` gives their
+offset, so a connector skips what it had). Seen in the chaos suite under load: a connector that
+aborted its socket had lost up to 4 frames the pong had confirmed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from .dialects import messages as msg
 from .dialects import voicefork as cp
 from .errors import ConnectorProtocolError, LocalUsageError
 from .wsconn import WsConnection as ClientConnection, connect  # lean websockets client (issue 5)
+
+CONFIRMED_TAIL_FRAMES = 16  # websockets' default max_queue: read by the library, maybe not by the app
 
 __all__ = ["ConnectorLink"]
 
@@ -74,6 +81,8 @@ class ConnectorLink:
         self._unacked: deque[tuple[int, Any]] = deque()
         self._unacked_frames = 0
         self._max_replay = max_replay_frames
+        # The newest confirmed frames, (message count, frame), for a connector that dies with them queued.
+        self._acked_tail: deque[tuple[int, bytes]] = deque(maxlen=min(CONFIRMED_TAIL_FRAMES, max_replay_frames))
         self._gap_at = -1  # sent-message count when the queue last dropped audio (a hole before it)
         self.alive_at = 0.0  # monotonic time of the last proof the connector reads (open, pong)
         self._on_event = on_event
@@ -184,12 +193,15 @@ class ConnectorLink:
         self._unacked_frames += len(frames)
         while self._unacked_frames > self._max_replay and len(self._unacked) > 1:
             self._unacked_frames -= len(self._unacked.popleft()[1])
+            self._acked_tail.clear()  # no longer next to what is kept: the run would have a hole
 
     def _acked(self, acked_messages: int) -> None:
         self.alive_at = time.monotonic()
         u = self._unacked
         while u and u[0][0] <= acked_messages:
-            self._unacked_frames -= len(u.popleft()[1])
+            mark, frames = u.popleft()
+            self._unacked_frames -= len(frames)
+            self._acked_tail.extend((mark, f) for f in frames)
 
     @property
     def timed_out(self) -> bool:
@@ -200,12 +212,15 @@ class ConnectorLink:
     def take_unconfirmed(self) -> list[bytes]:
         """Caller frames the connector may not have read, oldest first (after the link is lost).
 
-        Written but not covered by a pong, then still queued; only the newest unbroken run (a
-        queue drop leaves a hole: frames before it are not handed back, as they would be out of
-        order). Empties the link's buffers."""
+        The last confirmed frames (see the module's docstring), then those written but not
+        covered by a pong, then those still queued; only the newest unbroken run (a queue drop
+        leaves a hole: frames before it are not handed back, as they would be out of order).
+        Empties the link's buffers."""
         gap = self._gap_at
-        out = [f for mark, frames in self._unacked if mark > gap for f in frames]
+        out = [f for mark, f in self._acked_tail if mark > gap]
+        out.extend(f for mark, frames in self._unacked if mark > gap for f in frames)
         out.extend(item for item in self._out if isinstance(item, bytes))
+        self._acked_tail.clear()
         self._unacked.clear()
         self._unacked_frames = 0
         self._out.clear()

@@ -7,7 +7,7 @@ import socket
 
 from websockets.asyncio.server import serve
 
-from fork_server.connector_link import ConnectorLink
+from fork_server.connector_link import CONFIRMED_TAIL_FRAMES, ConnectorLink
 
 LOG = logging.LoggerAdapter(logging.getLogger("test.link"), {})
 
@@ -74,6 +74,26 @@ async def test_a_healthy_connector_confirms_frames_by_pong_so_few_are_kept():
         peer.hang.set()
         peer.done.set()
         link.abort()
+
+
+async def test_the_last_confirmed_frames_are_handed_back_too():
+    # A pong proves only that the connector's WebSocket library read the frames; they may still
+    # sit in its receive queue (websockets: 16 messages) when the connector dies. The chaos suite
+    # under load lost up to 4 such frames from a connector that aborted its socket.
+    peer = _Peer()
+    async with serve(peer.handler, "127.0.0.1", 0, subprotocols=["voicefork.v1"], close_timeout=0.2) as server:
+        port = server.sockets[0].getsockname()[1]
+        lost = asyncio.get_running_loop().create_future()
+        link = await _link(f"ws://127.0.0.1:{port}/", lost, ping_interval_s=0.05, ping_timeout_s=0.5)
+        await _pump(link, 0, 50)
+        await asyncio.sleep(0.3)  # pongs confirm all 50
+        unacked, back, again = link._unacked_frames, link.take_unconfirmed(), link.take_unconfirmed()
+        peer.hang.set()
+        peer.done.set()
+        link.abort()
+        assert unacked == 0
+        assert [int.from_bytes(f[:2], "little") for f in back] == list(range(50 - CONFIRMED_TAIL_FRAMES, 50))
+        assert again == []
 
 
 async def test_a_half_open_connector_is_found_and_its_unread_frames_are_handed_back_in_order():
