@@ -114,10 +114,13 @@ async def test_pipecat_bot_answers_and_hangs_up_through_the_rest_api(stack, capl
         first = ch.ear.frames[0].time - answer["t"]
         print(f"pipecat: answer pushed → first audio heard {1000 * first:.0f} ms; heard {len(heard) / 8:.0f} of "
               f"{len(ref) / 8:.0f} ms, spectrum r>={match:.2f}; {runs} zero runs ({pad_ms:.1f} ms, the WAV's own "
-              f"2.1) inserted; hang-up by REST")
+              f"2.1) inserted; hang-up by REST; holes {ch.ear.gaps()}")
         # A burst's partial frame waits for the next burst while a file plays (95.5 ms of zeros when
         # every pause padded it; 15.5 measured after); a loaded box may run dry a few times more.
         assert pad_ms <= 60, f"{runs} runs of zeros, {pad_ms:.1f} ms, in the answer"
+        # Pipecat paces its bursts in real time: without the twilio playout lead the emulator, like
+        # the real switch, had 2-3 one-frame holes in every answer (3 runs each way).
+        assert ch.ear.gaps() == [], ch.ear.gaps()
         await bot.wait("ended", timeout=10)
     finally:
         await bot.stop()
