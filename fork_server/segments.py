@@ -283,9 +283,7 @@ class SegmentPlanner:
         """
         if self.policy != "sendmsg" or queued_ahead_ms >= self.low_water_ms or self._holding:
             return []
-        whole = len(self._buf) - len(self._buf) % self.frame_bytes
-        if self._cuts:
-            whole = min(whole, self._cuts[0])  # never across a mark's cut
+        whole = self._whole_to_cut()
         busy = queued_ahead_ms > 0 or playing
         if whole == 0 or (busy and whole * 1000 < self.min_refill_ms * 2 * self.rate):
             return []
@@ -297,10 +295,13 @@ class SegmentPlanner:
         :meth:`fork_server.playback.core.Playback.timer`)."""
         if self.policy != "sendmsg" or self._holding:
             return []
-        whole = len(self._buf) - len(self._buf) % self.frame_bytes
-        if self._cuts:
-            whole = min(whole, self._cuts[0])
+        whole = self._whole_to_cut()
         return [self._emit(whole)] if whole else []
+
+    def _whole_to_cut(self) -> int:
+        """Bytes of whole ptimes buffered, never across a mark's cut."""
+        whole = len(self._buf) - len(self._buf) % self.frame_bytes
+        return min(whole, self._cuts[0]) if self._cuts else whole
 
     def flush(self) -> list[Segment]:
         """End of an utterance (or a mark): everything buffered goes out, padded to a whole ptime."""

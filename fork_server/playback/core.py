@@ -349,10 +349,11 @@ class Playback:
         return self.tts_idle_flush_s
 
     def _start_lead(self) -> list[Any]:
-        """An utterance starts on a silent channel: its first file waits ``start_lead_ms``, so
-        TTS paced in real time keeps that margin over the switch's playout. Measured on a real 1.10.12 with Pipecat's
-        Twilio serializer: with no lead each later burst came 0-40 ms after the file before it
-        had ended, and the caller heard a 1-2 frame hole at the first bursts of every answer."""
+        """An utterance starts on a silent channel: its first file waits ``start_lead_ms``, so TTS
+        paced in real time keeps that margin over the switch's playout. Measured on a real
+        1.10.12 with Pipecat's Twilio serializer: with no lead each later burst came 0-40 ms after
+        the file before it had ended, and the caller heard a 1-2 frame hole at the first bursts
+        of every answer."""
         if (not self.start_lead_ms or self.command != "sendmsg" or self.queue or self.awaiting_file
                 or self._planner is None or self._planner.buffered_ms or self._planner.holding):
             return []
